@@ -1,0 +1,54 @@
+"""guardrail: make AI agents safe to let loose on tools that change the world.
+
+Every tool call is recorded before and after it runs; on failure the run halts, reversible
+actions are undone newest first, and whatever could not be undone waits for a person, who
+resumes or aborts the run. See README.md.
+"""
+
+from guardrail.audit import ActionLog, Verification
+from guardrail.call import ResultWarning
+from guardrail.errors import (
+    CallRefused,
+    Conflict,
+    GuardrailError,
+    PolicyError,
+    ResultNotReplayable,
+    RunHalted,
+    RunNotFound,
+    RunStateError,
+    StoreError,
+    UnknownTool,
+)
+from guardrail.guard import Guard
+from guardrail.lifecycle import Decision
+from guardrail.policy import Policy, Retry, Review
+from guardrail.run import Run, current_run
+from guardrail.store import Action, Compensation, ReviewItem, RunRecord
+
+__all__ = [
+    "Action",
+    "ActionLog",
+    "CallRefused",
+    "Compensation",
+    "Conflict",
+    "Decision",
+    "Guard",
+    "GuardrailError",
+    "Policy",
+    "PolicyError",
+    "ResultNotReplayable",
+    "ResultWarning",
+    "Retry",
+    "Review",
+    "ReviewItem",
+    "Run",
+    "RunHalted",
+    "RunNotFound",
+    "RunRecord",
+    "RunStateError",
+    "StoreError",
+    "UnknownTool",
+    "Verification",
+    "current_run",
+]
+__version__ = "0.1.0"

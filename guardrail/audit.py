@@ -1,0 +1,109 @@
+"""Reading a run's action log, and proving that nobody edited it.
+
+Every committed transition appended a journal entry whose hash covers the previous entry's
+hash and the rows it wrote. `verify` recomputes the chain, checks the run's recorded head
+(so deleting the newest entries shows), and replays the entries to check that every stored row
+still says what the journal says it was set to (so editing or deleting a row shows).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from guardrail.store import Action, Compensation, ReviewItem, RunRecord, Store
+from guardrail.store.schema import KEYS, UNJOURNALED
+from guardrail.store.sql import entry_hash
+
+
+class ActionLog(BaseModel):
+    """Everything recorded about one run, in order."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    run: RunRecord
+    actions: list[Action]
+    compensations: list[Compensation]
+    review_items: list[ReviewItem]
+
+    def action(self, seq: int) -> Action:
+        return next(a for a in self.actions if a.seq == seq)
+
+
+class Verification(BaseModel):
+    """The verdict of `Guard.verify`: ``ok`` when the chain and every row check out."""
+
+    run_id: str
+    ok: bool
+    entries: int
+    problems: list[str]
+
+
+def read_log(store: Store, run: RunRecord) -> ActionLog:
+    return ActionLog(
+        run=run,
+        actions=store.actions(run.id),
+        compensations=store.compensations(run.id),
+        review_items=store.review_items(run_id=run.id),
+    )
+
+
+def verify(store: Store, run: RunRecord) -> Verification:
+    problems: list[str] = []
+    entries = store.entries(run.id)
+    prev = ""
+    expected: dict[tuple[str, tuple[Any, ...]], dict[str, Any]] = {}
+    last_touch: dict[tuple[Any, ...], str] = {}
+    for i, entry in enumerate(entries, start=1):
+        if entry.n != i:
+            problems.append(f"journal entry {i} is missing (found {entry.n} next)")
+        if entry.prev_hash != prev:
+            problems.append(f"journal entry {entry.n} does not follow the entry before it")
+        if entry_hash(entry.prev_hash, entry.kind, entry.body) != entry.hash:
+            problems.append(f"journal entry {entry.n} ({entry.kind}) was edited")
+        prev = entry.hash
+        try:
+            writes = json.loads(entry.body)
+        except ValueError:
+            problems.append(f"journal entry {entry.n} is not readable")
+            continue
+        for table, key, values, _insert in writes:
+            ident = (table, tuple(key[k] for k in KEYS[table]))
+            expected.setdefault(ident, {}).update(values)
+            if table == "actions":
+                last_touch[ident[1]] = entry.hash
+    if entries and (run.head_n != entries[-1].n or run.head_hash != entries[-1].hash):
+        problems.append(
+            f"the run's chain head is entry {run.head_n} but the journal ends at {entries[-1].n}: "
+            "entries were deleted or added outside guardrail"
+        )
+    if not entries:
+        problems.append("the run has no journal entries")
+
+    actual: dict[tuple[str, tuple[Any, ...]], dict[str, Any]] = {}
+    rows: list[tuple[str, Any]] = [("runs", run)]
+    rows += [("actions", a) for a in store.actions(run.id)]
+    rows += [("compensations", c) for c in store.compensations(run.id)]
+    rows += [("review_items", r) for r in store.review_items(run_id=run.id)]
+    rows += [("external_ids", x) for x in store.external_ids(run.id)]
+    for table, row in rows:
+        actual[(table, tuple(getattr(row, k) for k in KEYS[table]))] = row.model_dump()
+    for ident, values in expected.items():
+        row_values = actual.get(ident)
+        table, key = ident
+        label = f"{table} row {'/'.join(str(k) for k in key)}"
+        if row_values is None:
+            problems.append(f"{label} was deleted")
+            continue
+        for column, value in values.items():
+            if column in UNJOURNALED:
+                continue
+            if row_values.get(column) != value:
+                problems.append(f"{label}: {column} was changed outside guardrail")
+        if table == "actions" and row_values.get("hash") != last_touch.get(key):
+            problems.append(f"{label}: its hash does not match the journal")
+    for ident in actual.keys() - expected.keys():
+        problems.append(f"{ident[0]} row {'/'.join(str(k) for k in ident[1])} is not in the journal")
+    return Verification(run_id=run.id, ok=not problems, entries=len(entries), problems=problems)

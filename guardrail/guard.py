@@ -1,0 +1,283 @@
+"""`Guard`: the one entry point. Holds the store, the policies, and the people-facing API."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar, overload
+
+from guardrail import lifecycle
+from guardrail.audit import ActionLog, Verification, read_log, verify
+from guardrail.drive import adrive, drive
+from guardrail.errors import GuardrailError, PolicyError, RunNotFound, UnknownTool
+from guardrail.lifecycle import Decision
+from guardrail.policy import Policy, make_policy
+from guardrail.run import Run, current_run
+from guardrail.store import Action, RunRecord, Store, open_store
+
+F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger("guardrail")
+
+
+class Guard:
+    """Guards an agent's tools: records every call, compensates on failure, halts for review.
+
+    Example::
+
+        guard = Guard(store="sqlite:///guardrail.db")
+
+        @guard.tool(effect="reversible", undo=cancel_order, external_ids={"order_id": "result.id"})
+        def create_order(item: str) -> dict: ...
+
+        with guard.run(agent="shop"):
+            create_order(item="book")
+
+    ``strict`` refuses tools without a policy; ``durability`` is ``"process"`` (survives a
+    process crash) or ``"power"`` (survives power loss; slower); ``on_halt`` is called with the
+    run record whenever a run starts waiting for a person.
+    """
+
+    def __init__(
+        self,
+        store: str | Store = "sqlite:///guardrail.db",
+        *,
+        policies: Iterable[Policy] = (),
+        strict: bool = True,
+        durability: str = "process",
+        on_halt: Callable[[RunRecord], None] | None = None,
+        heartbeat_interval: float = 5.0,
+        max_args_bytes: int = 1_000_000,
+        max_result_bytes: int | None = 256_000,
+    ) -> None:
+        self.store: Store = open_store(store, durability=durability) if isinstance(store, str) else store
+        self.strict = strict
+        self.on_halt = on_halt
+        self.heartbeat_interval = heartbeat_interval
+        self.stale_after = heartbeat_interval * 6
+        self.max_args_bytes = max_args_bytes
+        self.max_result_bytes = max_result_bytes
+        self.owner = lifecycle.make_owner()
+        self._policies: dict[str, Policy] = {}
+        self._tools: dict[str, Callable[..., Any]] = {}
+        self._beat: threading.Thread | None = None
+        self._stop = threading.Event()
+        for policy in policies:
+            self.add_policy(policy)
+
+    # -- policies ----------------------------------------------------------------------------
+
+    def add_policy(self, policy: Policy) -> Policy:
+        self._policies[policy.name] = policy
+        return policy
+
+    def policy(self, name: str, **fields: Any) -> Policy:
+        """Declare the policy of the tool called ``name`` (see :class:`Policy` for the fields)."""
+        return self.add_policy(make_policy(name, **fields))
+
+    def find_policy(self, name: str) -> Policy | None:
+        return self._policies.get(name)
+
+    @overload
+    def tool(self, fn: F, /) -> F: ...
+    @overload
+    def tool(self, fn: None = None, /, **fields: Any) -> Callable[[F], F]: ...
+
+    def tool(self, fn: F | None = None, /, *, name: str | None = None, **fields: Any) -> Any:
+        """Guard a function or coroutine function; keyword arguments declare its policy.
+
+        With no ``effect`` the function must already have a policy (``guard.policy``).
+        """
+
+        def decorate(fn: F) -> F:
+            tool_name = name or fn.__name__
+            if fields:
+                self.policy(tool_name, **fields)
+            elif tool_name not in self._policies and self.strict:
+                raise PolicyError(
+                    f"@guard.tool on {tool_name!r} declares no policy; pass effect=... "
+                    "(and undo= or review=) or declare guard.policy(...) first",
+                    tool=tool_name,
+                    field="effect",
+                )
+            signature = inspect.signature(fn)
+            if any(p.kind is p.VAR_POSITIONAL for p in signature.parameters.values()):
+                raise PolicyError(
+                    f"tool {tool_name!r} takes *args; guarded tools take named parameters",
+                    tool=tool_name,
+                    field="args",
+                )
+            self._tools[tool_name] = fn
+
+            def named(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+                if not args:
+                    bound = signature.bind_partial(**kwargs)
+                else:
+                    bound = signature.bind(*args, **kwargs)
+                bound.apply_defaults()
+                merged = dict(bound.arguments)
+                for p in signature.parameters.values():
+                    if p.kind is p.VAR_KEYWORD:
+                        merged.update(merged.pop(p.name, {}))
+                return merged
+
+            def active(*args: Any, **kwargs: Any) -> Run:
+                run = current_run()
+                if run is None or run.guard is not self:
+                    raise GuardrailError(
+                        f"{tool_name} was called outside a run of this guard; call it inside "
+                        "`with guard.run(agent=...):`",
+                        tool=tool_name,
+                    )
+                return run
+
+            if inspect.iscoroutinefunction(fn):
+
+                @functools.wraps(fn)
+                async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                    run = active()
+                    return await run.acall(tool_name, named(args, kwargs), fn=fn)
+
+                wrapper: Any = async_wrapper
+            else:
+
+                @functools.wraps(fn)
+                def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+                    run = active()
+                    return run.call(tool_name, named(args, kwargs), fn=fn)
+
+                wrapper = sync_wrapper
+            wrapper.__guardrail_raw__ = fn
+            wrapper.__guardrail_policy__ = self._policies.get(tool_name)
+            return wrapper  # type: ignore[no-any-return]
+
+        return decorate(fn) if fn is not None else decorate
+
+    def resolve_tool(
+        self, tool: str, fn: Callable[..., Any] | None, *, run_id: str
+    ) -> tuple[Policy, Callable[..., Any]]:
+        policy = self._policies.get(tool)
+        if policy is None:
+            if self.strict:
+                raise UnknownTool(
+                    f"run {run_id}: tool {tool!r} has no policy and the guard is strict; declare "
+                    f"guard.policy({tool!r}, effect=...) or use @guard.tool",
+                    run_id=run_id,
+                    tool=tool,
+                    field="policy",
+                )
+            policy = self.add_policy(make_policy(tool, effect="irreversible"))
+        target = fn if fn is not None else self._tools.get(tool)
+        if target is None:
+            raise UnknownTool(
+                f"run {run_id}: no callable is registered for tool {tool!r}; pass fn=...",
+                run_id=run_id,
+                tool=tool,
+            )
+        return policy, getattr(target, "__guardrail_raw__", target)
+
+    # -- runs --------------------------------------------------------------------------------
+
+    def run(
+        self,
+        agent: str = "agent",
+        *,
+        run_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Run:
+        """A run to enter around the agent; pass ``run_id`` to continue a resumed run."""
+        return Run(self, agent=agent, run_id=run_id, metadata=metadata)
+
+    def runs(
+        self, *, status: str | None = None, agent: str | None = None, since: float | None = None
+    ) -> list[RunRecord]:
+        """Runs, newest first, filtered by status, agent, or last change since a time."""
+        return self.store.runs(status=status, agent=agent, since=since)
+
+    def require_run(self, run_id: str) -> RunRecord:
+        run = self.store.run(run_id)
+        if run is None:
+            raise RunNotFound(f"no run {run_id!r} in {self.store.url}", run_id=run_id)
+        return run
+
+    def log(self, run_id: str) -> ActionLog:
+        """The run's action log: actions, compensations and review items, in order."""
+        return read_log(self.store, self.require_run(run_id))
+
+    def verify(self, run_id: str) -> Verification:
+        """Check the run's hash chain and that no stored row was edited or deleted."""
+        return verify(self.store, self.require_run(run_id))
+
+    def find(self, external_id: str, *, name: str | None = None) -> list[Action]:
+        """Actions that produced ``external_id`` (optionally only under that ``name``)."""
+        found: list[Action] = []
+        for ref in self.store.find(value=external_id, name=name):
+            found.extend(a for a in self.store.actions(ref.run_id) if a.seq == ref.seq)
+        return found
+
+    # -- decisions ---------------------------------------------------------------------------
+
+    def resume(self, run_id: str, *, by: str, note: str | None = None) -> Decision:
+        """Let a halted run continue; restart the agent with ``guard.run(run_id=...)``."""
+        return lifecycle.resume(self, run_id, by, note)
+
+    def abort(self, run_id: str, *, by: str, reason: str | None = None) -> Decision:
+        """Undo whatever is still undoable and end the run as ``aborted``."""
+        return drive(lifecycle.abort(self, run_id, by, reason))
+
+    async def aabort(self, run_id: str, *, by: str, reason: str | None = None) -> Decision:
+        return await adrive(lifecycle.abort(self, run_id, by, reason))
+
+    def resolve(
+        self, item_id: str, resolution: str, *, by: str, note: str | None = None
+    ) -> Decision:
+        """Record a person's decision on a review item (``done_manually``, ``retried``, ...)."""
+        return lifecycle.resolve(self, item_id, resolution, by, note)
+
+    def recover(self) -> list[str]:
+        """Finish the runs whose owner process died; returns the ids recovered."""
+        return drive(lifecycle.recover(self))
+
+    async def arecover(self) -> list[str]:
+        return await adrive(lifecycle.recover(self))
+
+    # -- liveness and hooks ------------------------------------------------------------------
+
+    def beat(self) -> None:
+        """Start the heartbeat that tells other processes this one still owns its runs."""
+        if self._beat is not None and self._beat.is_alive():
+            return
+        self._stop.clear()
+        self._beat = threading.Thread(target=self._heartbeat, name="guardrail-heartbeat", daemon=True)
+        self._beat.start()
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.heartbeat_interval):
+            try:
+                self.store.heartbeat(self.owner, lifecycle.now())
+            except Exception:
+                log.warning("guardrail heartbeat failed", exc_info=True)
+
+    def notify(self, run: RunRecord) -> None:
+        from guardrail import telemetry
+
+        telemetry.event("guardrail " + run.status, **{"run.id": run.id, "agent": run.agent})
+        if self.on_halt is not None:
+            try:
+                self.on_halt(run)
+            except Exception:
+                log.exception("guardrail on_halt hook failed for run %s", run.id)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join(timeout=5)
+        self.store.close()
+
+    def __enter__(self) -> Guard:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

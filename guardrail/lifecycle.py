@@ -1,0 +1,507 @@
+"""The run's life after a failure: halt, compensate, resume, abort, resolve, recover.
+
+Each transition is one `Store.transact` (committed rows plus a journal entry), guarded by the
+state it expects, so a crash between two steps leaves a state recovery can finish, and two
+deciders racing on one run see exactly one of them land. Steps that run user code (undos,
+probes) are generators of `drive` steps, so one implementation serves sync and async callers.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from guardrail import telemetry
+from guardrail.drive import Invoke, Steps, attempts
+from guardrail.errors import Conflict, RunNotFound, RunStateError
+from guardrail.policy import Policy
+from guardrail.redact import NotJSON, to_jsonable
+from guardrail.store import Action, ReviewItem, RunRecord, Write
+
+if TYPE_CHECKING:
+    from guardrail.guard import Guard
+
+RESOLUTIONS = ("done_manually", "retried", "skipped", "approved", "rejected")
+LIVE = ("running", "compensating", "aborting")
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What a resume, abort or resolve did. ``landed`` is False when an identical decision was
+    already recorded (the call was a repeat); a different earlier decision raises Conflict."""
+
+    run_id: str
+    status: str
+    landed: bool
+    by: str | None = None
+
+
+def now() -> float:
+    return time.time()
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+# -- owners and liveness --------------------------------------------------------------------
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def make_owner() -> str:
+    """``host|pid|start`` names this process so another one can tell whether it is alive."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}|{pid}|{_start_time(pid) or uuid.uuid4().hex[:8]}"
+
+
+def owner_alive(owner: str | None, heartbeat_at: float | None, stale_after: float) -> bool:
+    """Dead when its process is gone from this host, or its heartbeat stopped."""
+    if owner is None:
+        return True  # nobody is executing it: it waits for a person or an agent to restart it
+    host, _, rest = owner.partition("|")
+    pid_text, _, start = rest.partition("|")
+    if host == socket.gethostname() and pid_text.isdigit():
+        seen = _start_time(int(pid_text))
+        if os.path.exists("/proc/self/stat"):
+            return seen is not None and seen == start
+        try:
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+    return heartbeat_at is not None and heartbeat_at >= now() - stale_after
+
+
+# -- review items ---------------------------------------------------------------------------
+
+
+def review_write(
+    run_id: str, seq: int | None, reason: str, policy: Policy | None, detail: str | None = None
+) -> Write:
+    review = policy.review_or_default if policy is not None else None
+    instructions = review.instructions if review is not None else None
+    if detail:
+        instructions = f"{detail}. {instructions}" if instructions else detail
+    return Write(
+        "review_items",
+        {"id": new_id()},
+        {
+            "run_id": run_id,
+            "seq": seq,
+            "reason": reason,
+            "kind": review.kind if review is not None else "handoff",
+            "owner": review.owner if review is not None else None,
+            "instructions": instructions,
+            "status": "open",
+            "created_at": now(),
+        },
+        insert=True,
+    )
+
+
+def run_write(run_id: str, expect: tuple[str, ...], **values: Any) -> Write:
+    values.setdefault("updated_at", now())
+    return Write("runs", {"id": run_id}, values, expect={"status": expect})
+
+
+# -- halt and compensation ------------------------------------------------------------------
+
+
+def halt(
+    guard: Guard, run_id: str, *, reason: str, hold: bool = False, failed_seq: int | None = None
+) -> Steps[RunRecord]:
+    """Stop a running run: compensate (or hold), then leave it ``pending_review``."""
+    store = guard.store
+    if hold:
+        policy = None
+        if failed_seq is not None:
+            failed = next((a for a in store.actions(run_id) if a.seq == failed_seq), None)
+            policy = guard.find_policy(failed.tool) if failed else None
+        detail = f"held on failure: {reason}; nothing was undone. Resume or abort the run"
+        store.transact(
+            run_id,
+            "run.hold",
+            [
+                run_write(run_id, ("running",), status="pending_review", reason=reason),
+                review_write(run_id, failed_seq, "held", policy, detail),
+            ],
+        )
+    else:
+        store.transact(
+            run_id,
+            "run.halt",
+            [run_write(run_id, ("running",), status="compensating", reason=reason)],
+        )
+        yield from compensate(guard, run_id)
+        store.transact(
+            run_id, "run.review", [run_write(run_id, ("compensating",), status="pending_review")]
+        )
+    record = guard.require_run(run_id)
+    guard.notify(record)
+    return record
+
+
+def compensate(guard: Guard, run_id: str) -> Steps[None]:
+    """Undo what can be undone, newest first; everything else becomes a review item.
+
+    Safe to run again after a crash: compensated actions are skipped, an undo that was
+    interrupted is re-run only if the policy says the undo is idempotent.
+    """
+    store = guard.store
+    comps = {c.seq: c for c in store.compensations(run_id)}
+    listed = {(i.seq, i.reason) for i in store.review_items(run_id=run_id)}
+
+    def add_item(action: Action, reason: str, policy: Policy | None, detail: str) -> None:
+        if (action.seq, reason) not in listed:
+            store.transact(
+                run_id, f"review.{reason}", [review_write(run_id, action.seq, reason, policy, detail)]
+            )
+            listed.add((action.seq, reason))
+
+    for action in reversed(store.actions(run_id)):
+        policy = guard.find_policy(action.tool)
+        if action.state == "succeeded" and action.effect == "reversible":
+            if policy is None or policy.undo is None:
+                add_item(action, "no_undo", policy, f"no undo is registered for {action.tool}")
+            else:
+                yield from _undo(guard, action, policy, interrupted=False)
+        elif action.state == "succeeded" and action.effect == "irreversible":
+            add_item(action, "irreversible", policy, f"{action.tool} cannot be undone")
+        elif action.state == "compensating":
+            comp = comps.get(action.seq)
+            if policy is not None and policy.undo is not None and policy.undo_idempotent:
+                yield from _undo(guard, action, policy, interrupted=True)
+            else:
+                writes = [
+                    Write(
+                        "actions",
+                        {"run_id": run_id, "seq": action.seq},
+                        {"state": "compensation_failed"},
+                        expect={"state": ("compensating",)},
+                    ),
+                    review_write(
+                        run_id,
+                        action.seq,
+                        "compensation_in_doubt",
+                        policy,
+                        f"the undo of {action.tool} was interrupted by a crash; check whether "
+                        "it took effect",
+                    ),
+                ]
+                if comp is not None:
+                    writes.append(
+                        Write(
+                            "compensations",
+                            {"run_id": run_id, "seq": action.seq},
+                            {"state": "interrupted", "finished_at": now(),
+                             "error": "interrupted by a crash; outcome unknown"},
+                        )
+                    )
+                store.transact(run_id, "compensation.interrupted", writes)
+                listed.add((action.seq, "compensation_in_doubt"))
+        elif action.state == "in_doubt":
+            add_item(action, "in_doubt", policy, f"{action.tool} may or may not have taken effect")
+
+
+def _undo(guard: Guard, action: Action, policy: Policy, *, interrupted: bool) -> Steps[None]:
+    store = guard.store
+    key = {"run_id": action.run_id, "seq": action.seq}
+    undo = policy.undo
+    assert undo is not None
+    undo = getattr(undo, "__guardrail_raw__", undo)
+    name = getattr(undo, "__qualname__", repr(undo))
+    comp = {"undo": name, "state": "started", "attempts": 0, "started_at": now()}
+    begun = store.transact(
+        action.run_id,
+        "compensation.start",
+        [
+            Write("actions", key, {"state": "compensating"}, expect={"state": ("succeeded",)}),
+            Write("compensations", key, comp, insert=True),
+        ]
+        if not interrupted
+        else [Write("compensations", key, comp)],
+    )
+    if not begun:
+        return  # someone else compensated it
+    ids = {x.name: x.value for x in store.external_ids(action.run_id) if x.seq == action.seq}
+    span = telemetry.start_compensation(action.tool, action.run_id, action.seq)
+    kwargs = undo_kwargs(undo, action, ids)
+    outcome = yield from attempts(policy.undo_retry, Invoke(undo, kwargs, span))
+    done = now()
+    if outcome.error is None:
+        telemetry.end(span, **{"compensation.status": "compensated"})
+        store.transact(
+            action.run_id,
+            "compensation.done",
+            [
+                Write("actions", key, {"state": "compensated"}),
+                Write(
+                    "compensations",
+                    key,
+                    {"state": "succeeded", "attempts": outcome.attempts, "finished_at": done},
+                ),
+            ],
+        )
+    else:
+        error = f"{type(outcome.error).__name__}: {outcome.error}"
+        telemetry.end(span, error=outcome.error, **{"compensation.status": "failed"})
+        store.transact(
+            action.run_id,
+            "compensation.failed",
+            [
+                Write("actions", key, {"state": "compensation_failed"}),
+                Write(
+                    "compensations",
+                    key,
+                    {
+                        "state": "failed",
+                        "attempts": outcome.attempts,
+                        "error": error[:2000],
+                        "finished_at": done,
+                    },
+                ),
+                review_write(
+                    action.run_id,
+                    action.seq,
+                    "compensation_failed",
+                    policy,
+                    f"the undo of {action.tool} failed after {outcome.attempts} attempt(s): "
+                    f"{error[:500]}",
+                ),
+            ],
+        )
+
+
+def undo_kwargs(
+    fn: Callable[..., Any], action: Action, external_ids: Mapping[str, str]
+) -> dict[str, Any]:
+    """Pick what the undo asks for by parameter name; else pass the original arguments."""
+    offered: dict[str, Any] = {
+        "args": dict(action.args or {}),
+        "result": action.result,
+        "external_ids": dict(external_ids),
+        "action": action,
+    }
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return dict(action.args or {})
+    wanted = {name: offered[name] for name in params if name in offered}
+    return wanted if wanted else dict(action.args or {})
+
+
+# -- decisions by people --------------------------------------------------------------------
+
+
+def resume(guard: Guard, run_id: str, by: str, note: str | None) -> Decision:
+    store = guard.store
+    run = guard.require_run(run_id)
+    landed = store.transact(
+        run_id,
+        "run.resume",
+        [
+            run_write(
+                run_id,
+                ("pending_review", "awaiting_approval"),
+                status="running",
+                owner=None,
+                decided_by=by,
+                decision_note=note,
+            )
+        ],
+    )
+    run = guard.require_run(run_id)
+    if not landed and run.status != "running":
+        raise Conflict(
+            f"run {run_id} is {run.status}, it cannot be resumed"
+            + (f" (decided by {run.decided_by})" if run.decided_by else ""),
+            run_id=run_id,
+            status=run.status,
+        )
+    telemetry.decision("resume", run_id, by, "landed" if landed else "repeat")
+    return Decision(run_id, run.status, landed, by)
+
+
+def abort(guard: Guard, run_id: str, by: str, reason: str | None) -> Steps[Decision]:
+    store = guard.store
+    run = guard.require_run(run_id)
+    landed = store.transact(
+        run_id,
+        "run.abort",
+        [
+            run_write(
+                run_id,
+                ("pending_review", "awaiting_approval"),
+                status="aborting",
+                owner=guard.owner,
+                heartbeat_at=now(),
+                decided_by=by,
+                decision_note=reason,
+            )
+        ],
+    )
+    if not landed:
+        run = guard.require_run(run_id)
+        if run.status in ("aborting", "aborted"):
+            return Decision(run_id, run.status, False, run.decided_by)
+        raise Conflict(
+            f"run {run_id} is {run.status}, it cannot be aborted"
+            + (f" (decided by {run.decided_by})" if run.decided_by else ""),
+            run_id=run_id,
+            status=run.status,
+        )
+    guard.beat()
+    yield from compensate(guard, run_id)
+    store.transact(
+        run_id, "run.aborted", [run_write(run_id, ("aborting",), status="aborted", owner=None)]
+    )
+    telemetry.decision("abort", run_id, by, "landed")
+    return Decision(run_id, "aborted", True, by)
+
+
+def resolve(guard: Guard, item_id: str, resolution: str, by: str, note: str | None) -> Decision:
+    if resolution not in RESOLUTIONS:
+        raise RunStateError(
+            f"resolution {resolution!r} is not one of {', '.join(RESOLUTIONS)}", status=None
+        )
+    store = guard.store
+    item = store.review_item(item_id)
+    if item is None:
+        raise RunNotFound(f"no review item {item_id!r} in {store.url}")
+    landed = store.transact(
+        item.run_id,
+        "review.resolve",
+        [
+            Write(
+                "review_items",
+                {"id": item_id},
+                {
+                    "status": "resolved",
+                    "resolution": resolution,
+                    "resolved_by": by,
+                    "note": note,
+                    "resolved_at": now(),
+                },
+                expect={"status": ("open",)},
+            )
+        ],
+    )
+    if not landed:
+        item = store.review_item(item_id)
+        assert item is not None
+        if item.resolution != resolution:
+            raise Conflict(
+                f"review item {item_id} was already resolved as {item.resolution} by "
+                f"{item.resolved_by}",
+                run_id=item.run_id,
+                status=item.status,
+            )
+    telemetry.decision("resolve", item.run_id, by, resolution)
+    return Decision(item.run_id, resolution, landed, by)
+
+
+# -- crash recovery -------------------------------------------------------------------------
+
+
+def recover(guard: Guard) -> Steps[list[str]]:
+    """Finish the runs whose owner died. Returns the ids of the runs this call recovered."""
+    store = guard.store
+    recovered: list[str] = []
+    for status in LIVE:
+        for run in store.runs(status=status):
+            if owner_alive(run.owner, run.heartbeat_at, guard.stale_after):
+                continue
+            claimed = store.transact(
+                run.id,
+                "run.claim",
+                [
+                    Write(
+                        "runs",
+                        {"id": run.id},
+                        {"owner": guard.owner, "heartbeat_at": now(), "updated_at": now()},
+                        expect={"owner": (run.owner,), "status": (status,)},
+                    )
+                ],
+            )
+            if not claimed:
+                continue  # another recovery worker took it
+            guard.beat()
+            yield from _finish(guard, run)
+            recovered.append(run.id)
+    return recovered
+
+
+def _finish(guard: Guard, run: RunRecord) -> Steps[None]:
+    store = guard.store
+    if run.status == "running":
+        for action in store.actions(run.id):
+            if action.state == "started":
+                yield from _settle(guard, action)
+        yield from halt(guard, run.id, reason=f"recovered: owner {run.owner} is gone")
+    elif run.status == "compensating":
+        yield from compensate(guard, run.id)
+        store.transact(
+            run.id, "run.review", [run_write(run.id, ("compensating",), status="pending_review")]
+        )
+        guard.notify(guard.require_run(run.id))
+    else:
+        yield from compensate(guard, run.id)
+        store.transact(
+            run.id, "run.aborted", [run_write(run.id, ("aborting",), status="aborted", owner=None)]
+        )
+
+
+def _settle(guard: Guard, action: Action) -> Steps[None]:
+    """An action that started but has no outcome: ask the probe, else mark it in doubt."""
+    from guardrail.call import finish_writes
+
+    policy = guard.find_policy(action.tool)
+    verdict: Any = None
+    if policy is not None and policy.probe is not None:
+        kwargs = undo_kwargs(policy.probe, action, {})
+        kwargs.pop("result", None)
+        outcome = yield from attempts(policy.undo_retry, Invoke(policy.probe, kwargs))
+        verdict = outcome.value if outcome.error is None else None
+    key = {"run_id": action.run_id, "seq": action.seq}
+    if verdict is False:
+        writes = [
+            Write(
+                "actions",
+                key,
+                {"state": "failed", "error": "probe: it did not take effect", "finished_at": now()},
+                expect={"state": ("started",)},
+            )
+        ]
+    elif verdict is not None and policy is not None:
+        result = None if verdict is True else verdict
+        try:
+            result = to_jsonable(result)
+        except NotJSON:
+            result = None
+        writes = finish_writes(guard, policy, action.run_id, action.seq, dict(action.args), result)
+        writes[0].expect = {"state": ("started",)}
+    else:
+        writes = [
+            Write(
+                "actions",
+                key,
+                {"state": "in_doubt", "error": "owner died during the call", "finished_at": now()},
+                expect={"state": ("started",)},
+            )
+        ]
+    guard.store.transact(action.run_id, "action.settle", writes)

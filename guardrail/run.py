@@ -1,0 +1,233 @@
+"""A live run: the context in which an agent's tool calls are guarded."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from collections.abc import Callable
+from contextvars import ContextVar, Token
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from guardrail.call import guarded_call
+from guardrail.drive import Steps, adrive, drive
+from guardrail.errors import Conflict, GuardrailError, RunHalted, RunStateError
+from guardrail.lifecycle import halt, new_id, now, owner_alive, run_write
+from guardrail.store import RunRecord, Write
+
+if TYPE_CHECKING:
+    from guardrail.guard import Guard
+
+_current: ContextVar[Run | None] = ContextVar("guardrail_run", default=None)
+
+
+def current_run() -> Run | None:
+    """The run entered by the innermost ``with guard.run(...)`` of this context."""
+    return _current.get()
+
+
+class Run:
+    """One agent run. Enter it (``with`` or ``async with``) around the agent.
+
+    Tools decorated with ``@guard.tool`` find the run they belong to by themselves; adapters
+    call :meth:`call` / :meth:`acall`. Leaving the block normally completes the run; an exception
+    from the agent halts it (compensating what it did) and propagates.
+
+    Example::
+
+        with guard.run(agent="shop") as run:
+            create_order(item="book")
+        print(run.id, run.status)
+    """
+
+    def __init__(
+        self,
+        guard: Guard,
+        *,
+        agent: str,
+        run_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        self.guard = guard
+        self.agent = agent
+        self.id = run_id or new_id() + new_id()[:8]
+        self.metadata = dict(metadata or {})
+        self.halted = False
+        self._entered = False
+        self._seq: itertools.count[int] = itertools.count(1)
+        self._occurrences: Counter[tuple[str, str]] = Counter()
+        self._tokens: list[Token[Run | None]] = []
+
+    # -- entering and leaving ----------------------------------------------------------------
+
+    def _open(self) -> None:
+        store, guard = self.guard.store, self.guard
+        existing = store.run(self.id)
+        if existing is None:
+            stamp = now()
+            store.transact(
+                self.id,
+                "run.start",
+                [
+                    Write(
+                        "runs",
+                        {"id": self.id},
+                        {
+                            "agent": self.agent,
+                            "status": "running",
+                            "owner": guard.owner,
+                            "heartbeat_at": stamp,
+                            "meta": self.metadata,
+                            "created_at": stamp,
+                            "updated_at": stamp,
+                        },
+                        insert=True,
+                    )
+                ],
+            )
+        else:
+            self._attach(existing)
+        self._seq = itertools.count(store.next_seq(self.id))
+        self._occurrences.clear()
+        self.halted = False
+        self._entered = True
+        guard.beat()
+
+    def _attach(self, existing: RunRecord) -> None:
+        """Continue a run after a person resumed it (or in a new process after a restart)."""
+        store, guard = self.guard.store, self.guard
+        store.forget(self.id)
+        if existing.status != "running":
+            raise RunStateError(
+                f"run {self.id} is {existing.status}; it continues only after a person resumes "
+                f"it (guardrail resume {self.id})",
+                run_id=self.id,
+                status=existing.status,
+            )
+        if existing.owner != guard.owner and owner_alive(
+            existing.owner, existing.heartbeat_at, guard.stale_after
+        ):
+            raise Conflict(
+                f"run {self.id} is being executed by {existing.owner}; one agent per run",
+                run_id=self.id,
+                status=existing.status,
+            )
+        claimed = store.transact(
+            self.id,
+            "run.attach",
+            [
+                Write(
+                    "runs",
+                    {"id": self.id},
+                    {"owner": guard.owner, "heartbeat_at": now(), "updated_at": now()},
+                    expect={"status": ("running",), "owner": (existing.owner,)},
+                )
+            ],
+        )
+        if not claimed:
+            raise Conflict(f"run {self.id} was claimed by another worker", run_id=self.id)
+        self.agent = existing.agent
+
+    def _close(self, error: BaseException | None) -> Steps[None]:
+        self._entered = False
+        if error is None:
+            if not self.halted:
+                self.guard.store.transact(
+                    self.id,
+                    "run.complete",
+                    [run_write(self.id, ("running",), status="completed", owner=None)],
+                )
+        elif not isinstance(error, RunHalted) and not self.halted:
+            self.halted = True
+            reason = f"the agent raised {type(error).__name__}: {error}"[:500]
+            yield from halt(self.guard, self.id, reason=reason)
+
+    def __enter__(self) -> Run:
+        self._open()
+        self._tokens.append(_current.set(self))
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            drive(self._close(exc))
+        finally:
+            _current.reset(self._tokens.pop())
+
+    async def __aenter__(self) -> Run:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            await adrive(self._close(exc))
+        finally:
+            _current.reset(self._tokens.pop())
+
+    # -- calls -------------------------------------------------------------------------------
+
+    def call(
+        self,
+        tool: str,
+        args: dict[str, Any] | None = None,
+        *,
+        fn: Callable[..., Any] | None = None,
+        call_id: str | None = None,
+    ) -> Any:
+        """Call ``tool`` (by name) under its policy, with ``args`` as keyword arguments.
+
+        ``fn`` is the callable to run; it may be left out for tools registered with
+        ``@guard.tool``. ``call_id`` is the framework's tool-call id, when there is one.
+        """
+        policy, target = self.guard.resolve_tool(tool, fn, run_id=self.id)
+        return drive(guarded_call(self.guard, self, policy, target, dict(args or {}), call_id))
+
+    async def acall(
+        self,
+        tool: str,
+        args: dict[str, Any] | None = None,
+        *,
+        fn: Callable[..., Any] | None = None,
+        call_id: str | None = None,
+    ) -> Any:
+        """Async twin of :meth:`call`; ``fn`` may be sync or async."""
+        policy, target = self.guard.resolve_tool(tool, fn, run_id=self.id)
+        return await adrive(
+            guarded_call(self.guard, self, policy, target, dict(args or {}), call_id)
+        )
+
+    # -- used by the guarded call ------------------------------------------------------------
+
+    def check_open(self) -> None:
+        if not self._entered:
+            raise GuardrailError(
+                f"run {self.id} is not entered; use `with guard.run(...) as run:`", run_id=self.id
+            )
+        if self.halted:
+            record = self.guard.require_run(self.id)
+            raise RunHalted(
+                f"run {self.id} halted earlier and is {record.status}; no more calls run until "
+                f"a person resumes it (guardrail resume {self.id})",
+                run_id=self.id,
+                status=record.status,
+            )
+
+    def take_seq(self) -> int:
+        return next(self._seq)
+
+    def occurrence(self, tool: str, args_hash: str) -> int:
+        self._occurrences[tool, args_hash] += 1
+        return self._occurrences[tool, args_hash]
+
+    @property
+    def status(self) -> str:
+        """The run's status as stored now."""
+        return self.guard.require_run(self.id).status

@@ -1,0 +1,78 @@
+"""Where the action log lives: one `Store` protocol, one SQL implementation (SQLite, PostgreSQL).
+
+Every change of state is a `transact` call: a list of row writes committed together with one
+hash-chained journal entry. Reads return the SQLModel records from `guardrail.store.schema`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from guardrail.store.schema import (
+    Action,
+    Compensation,
+    Entry,
+    ExternalId,
+    ReviewItem,
+    RunRecord,
+)
+
+__all__ = [
+    "Action",
+    "Compensation",
+    "Entry",
+    "ExternalId",
+    "ReviewItem",
+    "RunRecord",
+    "Store",
+    "Write",
+    "open_store",
+]
+
+
+@dataclass(slots=True)
+class Write:
+    """One row change: insert ``values`` under ``key``, or update the row at ``key``.
+
+    ``expect`` makes the write conditional (column -> allowed current values); when no row
+    matches, the whole transaction is rolled back and `Store.transact` returns False. That is how
+    two reviewers racing on one run end with exactly one decision.
+    """
+
+    table: str
+    key: dict[str, Any]
+    values: dict[str, Any]
+    insert: bool = False
+    expect: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+
+
+class Store(Protocol):
+    url: str
+
+    def transact(self, run_id: str, kind: str, writes: Sequence[Write]) -> bool: ...
+    def heartbeat(self, owner: str, now: float) -> None: ...
+    def run(self, run_id: str) -> RunRecord | None: ...
+    def runs(
+        self, *, status: str | None = None, agent: str | None = None, since: float | None = None
+    ) -> list[RunRecord]: ...
+    def actions(self, run_id: str) -> list[Action]: ...
+    def next_seq(self, run_id: str) -> int: ...
+    def done_action(self, run_id: str, key: str) -> tuple[int, Any, str | None] | None: ...
+    def compensations(self, run_id: str) -> list[Compensation]: ...
+    def review_items(
+        self, *, run_id: str | None = None, status: str | None = None
+    ) -> list[ReviewItem]: ...
+    def review_item(self, item_id: str) -> ReviewItem | None: ...
+    def entries(self, run_id: str) -> list[Entry]: ...
+    def external_ids(self, run_id: str) -> list[ExternalId]: ...
+    def find(self, *, value: str, name: str | None = None) -> list[ExternalId]: ...
+    def close(self) -> None: ...
+
+
+def open_store(url: str, *, durability: str = "process") -> Store:
+    """Open the store at ``url`` (``sqlite:///path.db`` or ``postgresql+psycopg://...``)."""
+    from guardrail.store.sql import SQLStore
+
+    return SQLStore(url, durability=durability)

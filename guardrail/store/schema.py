@@ -1,0 +1,160 @@
+"""The stored records. These SQLModel classes are both the schema and what the API returns.
+
+Times are seconds since the epoch (floats): cheap to write on the hot path, easy to compare.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, Text
+from sqlmodel import Field, SQLModel
+
+RUN_STATUSES = (
+    "running",
+    "awaiting_approval",
+    "compensating",
+    "pending_review",
+    "aborting",
+    "aborted",
+    "completed",
+)
+ACTION_STATES = (
+    "started",
+    "succeeded",
+    "failed",
+    "in_doubt",
+    "compensating",
+    "compensated",
+    "compensation_failed",
+)
+
+
+class RunRecord(SQLModel, table=True):
+    """One agent run: its status, who owns it, and the head of its hash chain."""
+
+    __tablename__ = "runs"
+    __table_args__ = (Index("ix_runs_status_updated", "status", "updated_at"),)
+
+    id: str = Field(primary_key=True)
+    agent: str = Field(index=True)
+    status: str
+    owner: str | None = None
+    heartbeat_at: float | None = None
+    meta: dict[str, Any] = Field(default_factory=dict, sa_column=Column("metadata", JSON))
+    reason: str | None = None
+    decided_by: str | None = None
+    decision_note: str | None = None
+    created_at: float
+    updated_at: float
+    head_n: int = 0
+    head_hash: str = ""
+
+
+class Action(SQLModel, table=True):
+    """One tool call in a run's action log."""
+
+    __tablename__ = "actions"
+    __table_args__ = (Index("ix_actions_key", "run_id", "idempotency_key"),)
+
+    run_id: str = Field(primary_key=True)
+    seq: int = Field(primary_key=True)
+    tool: str
+    call_id: str | None = None
+    idempotency_key: str
+    effect: str
+    state: str
+    attempts: int = 0
+    args: Any = Field(default=None, sa_column=Column(JSON))
+    args_hash: str
+    result: Any = Field(default=None, sa_column=Column(JSON))
+    result_note: str | None = None
+    error: str | None = None
+    external_ids: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON))
+    trace_id: str | None = None
+    span_id: str | None = None
+    started_at: float
+    finished_at: float | None = None
+    prev_hash: str = ""
+    hash: str = ""
+
+
+class ExternalId(SQLModel, table=True):
+    """An external id an action produced, as its own indexed row so it can be searched."""
+
+    __tablename__ = "external_ids"
+    __table_args__ = (Index("ix_external_ids_value", "value", "name"),)
+
+    run_id: str = Field(primary_key=True)
+    seq: int = Field(primary_key=True)
+    name: str = Field(primary_key=True)
+    value: str
+
+
+class Compensation(SQLModel, table=True):
+    """The one attempt to undo an action (with its retries). At most one per action."""
+
+    __tablename__ = "compensations"
+
+    run_id: str = Field(primary_key=True)
+    seq: int = Field(primary_key=True)
+    undo: str
+    state: str  # started | succeeded | failed | interrupted
+    attempts: int = 0
+    error: str | None = None
+    started_at: float
+    finished_at: float | None = None
+
+
+class ReviewItem(SQLModel, table=True):
+    """Something a person must decide."""
+
+    __tablename__ = "review_items"
+
+    id: str = Field(primary_key=True)
+    run_id: str = Field(index=True)
+    seq: int | None = None
+    reason: str  # irreversible | compensation_failed | in_doubt | held | agent_error
+    kind: str
+    owner: str | None = None
+    instructions: str | None = None
+    status: str = "open"  # open | resolved
+    resolution: str | None = None
+    resolved_by: str | None = None
+    note: str | None = None
+    created_at: float
+    resolved_at: float | None = None
+
+
+class Entry(SQLModel, table=True):
+    """One committed transition of a run, hash-chained to the one before it."""
+
+    __tablename__ = "journal"
+
+    run_id: str = Field(primary_key=True)
+    n: int = Field(primary_key=True)
+    at: float
+    kind: str
+    body: str = Field(sa_column=Column(Text, nullable=False))
+    prev_hash: str
+    hash: str
+
+
+TABLES: dict[str, type[SQLModel]] = {
+    "runs": RunRecord,
+    "actions": Action,
+    "external_ids": ExternalId,
+    "compensations": Compensation,
+    "review_items": ReviewItem,
+}
+KEYS: dict[str, tuple[str, ...]] = {
+    "runs": ("id",),
+    "actions": ("run_id", "seq"),
+    "external_ids": ("run_id", "seq", "name"),
+    "compensations": ("run_id", "seq"),
+    "review_items": ("id",),
+}
+# Columns that change without a transition (liveness, chain bookkeeping): not journaled.
+UNJOURNALED = {"heartbeat_at", "head_n", "head_hash", "prev_hash", "hash"}
+JSON_COLUMNS = {"meta", "args", "result", "external_ids"}
+COLUMN_NAMES = {"meta": "metadata"}

@@ -1,0 +1,395 @@
+"""The SQL store: SQLModel for the schema and reads, the raw DBAPI connection for writes.
+
+Writes are on the hot path of every guarded call, so they skip the ORM: one transaction holds
+the row changes, the journal entry that chains them, and a compare-and-set of the run's chain
+head. SQLite runs in WAL mode with ``synchronous=NORMAL`` (durability "process": survives a
+process crash) or ``FULL`` (durability "power": survives power loss, about 4x slower).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Session, SQLModel, col, select
+
+from guardrail.errors import StoreError
+from guardrail.redact import canonical, digest
+from guardrail.store import Write
+from guardrail.store.schema import (
+    COLUMN_NAMES,
+    JSON_COLUMNS,
+    TABLES,
+    Action,
+    Compensation,
+    Entry,
+    ExternalId,
+    ReviewItem,
+    RunRecord,
+)
+
+T = TypeVar("T")
+_DURABILITY = {"process": "NORMAL", "power": "FULL"}
+
+
+def entry_hash(prev_hash: str, kind: str, body: str) -> str:
+    return digest(f"{prev_hash}\n{kind}\n{body}")
+
+
+class SQLStore:
+    """The action log in SQLite or PostgreSQL."""
+
+    def __init__(self, url: str, *, durability: str = "process", busy_timeout: float = 10.0):
+        if durability not in _DURABILITY:
+            raise StoreError(
+                f"durability={durability!r} is not one of 'process' or 'power'", field="durability"
+            )
+        try:
+            parsed: URL = make_url(url)
+        except Exception as exc:
+            raise StoreError(
+                f"store URL {url!r} is not a database URL; expected sqlite:///path.db or "
+                "postgresql+psycopg://user@host/db",
+                field="store",
+            ) from exc
+        self.url = parsed.render_as_string(hide_password=True)
+        self._sqlite = parsed.get_backend_name() == "sqlite"
+        self._busy_timeout = busy_timeout
+        self._sync = _DURABILITY[durability]
+        self._local = threading.local()
+        self._heads: dict[str, tuple[int, str]] = {}
+        self._sql_cache: dict[tuple[Any, ...], str] = {}
+        self._closed = False
+        self._all_conns: list[Any] = []
+        self._conns_lock = threading.Lock()
+        if self._sqlite:
+            path = parsed.database or ""
+            if path in ("", ":memory:"):
+                raise StoreError(
+                    "an in-memory SQLite store cannot be shared by the guard's connections; "
+                    "use a file, e.g. sqlite:///guardrail.db (tests: a tmp_path file)",
+                    field="store",
+                )
+            self._path = path
+            self._connect: Callable[[], Any] = self._connect_sqlite
+            self._ph = "?"
+            self.engine: Engine = create_engine(
+                url, connect_args={"timeout": busy_timeout, "check_same_thread": False}
+            )
+        else:
+            self._dsn = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+            self._connect = self._connect_postgres
+            self._ph = "%s"
+            self.engine = create_engine(parsed, pool_pre_ping=True)
+        self._attach_pragmas()
+        try:
+            SQLModel.metadata.create_all(
+                self.engine,
+                tables=[m.__table__ for m in (*TABLES.values(), Entry)],  # type: ignore[attr-defined]
+            )
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot open the store at {self.url}: {exc.orig or exc}") from exc
+
+    # -- connections -------------------------------------------------------------------------
+
+    def _attach_pragmas(self) -> None:
+        if not self._sqlite:
+            return
+        sync = self._sync
+
+        @event.listens_for(self.engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.execute("PRAGMA journal_mode=WAL")
+            dbapi_conn.execute(f"PRAGMA synchronous={sync}")
+
+    def _connect_sqlite(self) -> Any:
+        conn = sqlite3.connect(
+            self._path, isolation_level=None, check_same_thread=False, timeout=self._busy_timeout
+        )
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self._sync}")
+        return conn
+
+    def _connect_postgres(self) -> Any:
+        import psycopg
+
+        return psycopg.connect(self._dsn, autocommit=True)
+
+    def _conn(self) -> Any:
+        if self._closed:
+            raise StoreError(f"the store at {self.url} is closed; open a new Guard")
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = self._connect()
+            except Exception as exc:
+                raise StoreError(f"cannot connect to the store at {self.url}: {exc}") from exc
+            self._local.conn = conn
+            with self._conns_lock:
+                self._all_conns.append(conn)
+        return conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        conn = self._conn()
+        cur = conn.cursor()
+        cur.execute("BEGIN IMMEDIATE" if self._sqlite else "BEGIN")
+        try:
+            yield cur
+        except BaseException:
+            try:
+                cur.execute("ROLLBACK")
+            except Exception:
+                self._drop_conn()
+            raise
+        else:
+            cur.execute("COMMIT")
+
+    def _drop_conn(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def transact(self, run_id: str, kind: str, writes: Sequence[Write]) -> bool:
+        """Commit ``writes`` and one journal entry for them, or nothing.
+
+        Returns False (and commits nothing) when a write's ``expect`` did not hold.
+        """
+        body = canonical([[w.table, w.key, w.values, int(w.insert)] for w in writes])
+        creates_run = any(w.insert and w.table == "runs" for w in writes)
+        for _ in range(20):
+            head = (0, "") if creates_run else self._heads.get(run_id)
+            try:
+                with self._transaction() as cur:
+                    if head is None:
+                        head = self._read_head(cur, run_id)
+                    n, prev = head[0] + 1, head[1]
+                    h = entry_hash(prev, kind, body)
+                    for w in writes:
+                        if not self._apply(cur, w, prev, h):
+                            raise _Rejected
+                    cur.execute(
+                        self._sql(
+                            "INSERT INTO journal (run_id, n, at, kind, body, prev_hash, hash) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?)"
+                        ),
+                        (run_id, n, time.time(), kind, body, prev, h),
+                    )
+                    cur.execute(
+                        self._sql(
+                            "UPDATE runs SET head_n = ?, head_hash = ? WHERE id = ? AND head_n = ?"
+                        ),
+                        (n, h, run_id, head[0]),
+                    )
+                    if cur.rowcount != 1:
+                        raise _StaleHead
+            except _Rejected:
+                return False
+            except _StaleHead:
+                self._heads.pop(run_id, None)
+                continue
+            except StoreError:
+                raise
+            except Exception as exc:
+                self._heads.pop(run_id, None)
+                if _is_integrity_error(exc):
+                    raise _Duplicate(str(exc)) from exc
+                self._drop_conn()
+                raise StoreError(
+                    f"could not record {kind!r} for run {run_id} in {self.url}: {exc}",
+                    run_id=run_id,
+                ) from exc
+            self._heads[run_id] = (n, h)
+            return True
+        raise StoreError(f"run {run_id}: too much contention on its journal", run_id=run_id)
+
+    def _read_head(self, cur: Any, run_id: str) -> tuple[int, str]:
+        cur.execute(self._sql("SELECT head_n, head_hash FROM runs WHERE id = ?"), (run_id,))
+        row = cur.fetchone()
+        if row is None:
+            raise StoreError(f"run {run_id} does not exist in {self.url}", run_id=run_id)
+        return int(row[0]), str(row[1])
+
+    def _apply(self, cur: Any, w: Write, prev: str, h: str) -> bool:
+        values = dict(w.values)
+        if w.table == "actions":
+            values["prev_hash"], values["hash"] = prev, h
+        elif w.table == "runs" and w.insert:
+            values["head_n"], values["head_hash"] = 0, ""
+        cols = tuple(values)
+        params = [json.dumps(values[c]) if c in JSON_COLUMNS else values[c] for c in cols]
+        names = [COLUMN_NAMES.get(c, c) for c in cols]
+        if w.insert:
+            key = (w.table, "i", cols)
+            sql = self._sql_cache.get(key)
+            if sql is None:
+                allnames = [*w.key, *names]
+                sql = self._sql(
+                    f"INSERT INTO {w.table} ({', '.join(allnames)}) "
+                    f"VALUES ({', '.join('?' for _ in allnames)})"
+                )
+                self._sql_cache[key] = sql
+            cur.execute(sql, [*w.key.values(), *params])
+            return True
+        exp = tuple((c, len(v)) for c, v in w.expect.items())
+        key = (w.table, "u", cols, tuple(w.key), exp)
+        sql = self._sql_cache.get(key)
+        if sql is None:
+            where = [f"{k} = ?" for k in w.key]
+            where += [f"{c} IN ({', '.join('?' for _ in v)})" for c, v in w.expect.items()]
+            sql = self._sql(
+                f"UPDATE {w.table} SET {', '.join(f'{n} = ?' for n in names)} "
+                f"WHERE {' AND '.join(where)}"
+            )
+            self._sql_cache[key] = sql
+        expected = [v for vs in w.expect.values() for v in vs]
+        cur.execute(sql, [*params, *w.key.values(), *expected])
+        return bool(cur.rowcount == 1)
+
+    def _sql(self, sql: str) -> str:
+        return sql if self._sqlite else sql.replace("?", "%s")
+
+    def heartbeat(self, owner: str, now: float) -> None:
+        with self._transaction() as cur:
+            cur.execute(
+                self._sql(
+                    "UPDATE runs SET heartbeat_at = ? WHERE owner = ? "
+                    "AND status IN ('running', 'compensating', 'aborting')"
+                ),
+                (now, owner),
+            )
+
+    def forget(self, run_id: str) -> None:
+        """Drop the cached chain head (another process may have written)."""
+        self._heads.pop(run_id, None)
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def _read(self, fn: Callable[[Session], T]) -> T:
+        if self._closed:
+            raise StoreError(f"the store at {self.url} is closed; open a new Guard")
+        try:
+            with Session(self.engine) as session:
+                return fn(session)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot read the store at {self.url}: {exc.orig or exc}") from exc
+
+    def run(self, run_id: str) -> RunRecord | None:
+        return self._read(lambda s: s.get(RunRecord, run_id))
+
+    def runs(
+        self, *, status: str | None = None, agent: str | None = None, since: float | None = None
+    ) -> list[RunRecord]:
+        q = select(RunRecord)
+        if status is not None:
+            q = q.where(RunRecord.status == status)
+        if agent is not None:
+            q = q.where(RunRecord.agent == agent)
+        if since is not None:
+            q = q.where(RunRecord.updated_at >= since)
+        q = q.order_by(col(RunRecord.created_at).desc())
+        return self._read(lambda s: list(s.exec(q).all()))
+
+    def actions(self, run_id: str) -> list[Action]:
+        q = select(Action).where(Action.run_id == run_id).order_by(col(Action.seq))
+        return self._read(lambda s: list(s.exec(q).all()))
+
+    def next_seq(self, run_id: str) -> int:
+        cur = self._conn().cursor()
+        cur.execute(self._sql("SELECT MAX(seq) FROM actions WHERE run_id = ?"), (run_id,))
+        row = cur.fetchone()
+        return 1 if row is None or row[0] is None else int(row[0]) + 1
+
+    def done_action(self, run_id: str, key: str) -> tuple[int, Any, str | None] | None:
+        cur = self._conn().cursor()
+        try:
+            cur.execute(
+                self._sql(
+                    "SELECT seq, result, result_note FROM actions WHERE run_id = ? "
+                    "AND idempotency_key = ? AND state = 'succeeded' ORDER BY seq DESC LIMIT 1"
+                ),
+                (run_id, key),
+            )
+            row = cur.fetchone()
+        except Exception as exc:
+            self._drop_conn()
+            raise StoreError(f"cannot read the store at {self.url}: {exc}", run_id=run_id) from exc
+        if row is None:
+            return None
+        result = row[1] if not isinstance(row[1], str) else json.loads(row[1])
+        return int(row[0]), result, row[2]
+
+    def compensations(self, run_id: str) -> list[Compensation]:
+        q = select(Compensation).where(Compensation.run_id == run_id).order_by(col(Compensation.seq))
+        return self._read(lambda s: list(s.exec(q).all()))
+
+    def review_items(
+        self, *, run_id: str | None = None, status: str | None = None
+    ) -> list[ReviewItem]:
+        q = select(ReviewItem)
+        if run_id is not None:
+            q = q.where(ReviewItem.run_id == run_id)
+        if status is not None:
+            q = q.where(ReviewItem.status == status)
+        q = q.order_by(col(ReviewItem.created_at))
+        return self._read(lambda s: list(s.exec(q).all()))
+
+    def review_item(self, item_id: str) -> ReviewItem | None:
+        return self._read(lambda s: s.get(ReviewItem, item_id))
+
+    def entries(self, run_id: str) -> list[Entry]:
+        q = select(Entry).where(Entry.run_id == run_id).order_by(col(Entry.n))
+        return self._read(lambda s: list(s.exec(q).all()))
+
+    def external_ids(self, run_id: str) -> list[ExternalId]:
+        q = select(ExternalId).where(ExternalId.run_id == run_id)
+        return self._read(lambda s: list(s.exec(q).all()))
+
+    def find(self, *, value: str, name: str | None = None) -> list[ExternalId]:
+        q = select(ExternalId).where(ExternalId.value == value)
+        if name is not None:
+            q = q.where(ExternalId.name == name)
+        return self._read(lambda s: list(s.exec(q).all()))
+
+    def close(self) -> None:
+        self._closed = True
+        with self._conns_lock:
+            conns, self._all_conns = self._all_conns, []
+        for conn in conns:
+            try:
+                conn.close()
+            except Exception:
+                pass
+        self.engine.dispose()
+
+
+class _Rejected(Exception):
+    pass
+
+
+class _StaleHead(Exception):
+    pass
+
+
+class _Duplicate(StoreError):
+    """A row with that key exists already (a concurrent writer recorded it first)."""
+
+
+def _is_integrity_error(exc: Exception) -> bool:
+    if isinstance(exc, sqlite3.IntegrityError):
+        return "UNIQUE" in str(exc)
+    return type(exc).__name__ == "UniqueViolation"

@@ -1,0 +1,1 @@
+"""Ready-made policy packs for real toolkits, imported as ``guardrail.policies``."""
