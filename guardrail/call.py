@@ -13,6 +13,7 @@ from guardrail.lifecycle import halt, now
 from guardrail.policy import Policy, resolve_path
 from guardrail.redact import NotJSON, canonical, digest, redact, to_jsonable
 from guardrail.store import Write
+from guardrail.testing import crash_point
 
 if TYPE_CHECKING:
     from guardrail.guard import Guard
@@ -96,8 +97,10 @@ def guarded_call(
             )
         ],
     )
+    crash_point("after_start")
     outcome = yield from attempts(policy.call_retry, Invoke(fn, args, span))
     if outcome.error is None:
+        crash_point("after_call")
         writes = finish_writes(guard, policy, run.id, seq, args, outcome.value, outcome.attempts)
         guard.store.transact(run.id, "action.succeed", writes)
         telemetry.end(span, **{"action.seq": seq, "external_ids": _ids_attr(writes)})

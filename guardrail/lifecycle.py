@@ -22,7 +22,8 @@ from guardrail.drive import Invoke, Steps, attempts
 from guardrail.errors import Conflict, RunNotFound, RunStateError
 from guardrail.policy import Policy
 from guardrail.redact import NotJSON, to_jsonable
-from guardrail.store import Action, ReviewItem, RunRecord, Write
+from guardrail.store import Action, RunRecord, Write
+from guardrail.testing import crash_point
 
 if TYPE_CHECKING:
     from guardrail.guard import Guard
@@ -238,10 +239,12 @@ def _undo(guard: Guard, action: Action, policy: Policy, *, interrupted: bool) ->
     )
     if not begun:
         return  # someone else compensated it
+    crash_point("after_compensation_start")
     ids = {x.name: x.value for x in store.external_ids(action.run_id) if x.seq == action.seq}
     span = telemetry.start_compensation(action.tool, action.run_id, action.seq)
     kwargs = undo_kwargs(undo, action, ids)
     outcome = yield from attempts(policy.undo_retry, Invoke(undo, kwargs, span))
+    crash_point("after_undo")
     done = now()
     if outcome.error is None:
         telemetry.end(span, **{"compensation.status": "compensated"})
@@ -366,6 +369,7 @@ def abort(guard: Guard, run_id: str, by: str, reason: str | None) -> Steps[Decis
             status=run.status,
         )
     guard.beat()
+    crash_point("after_abort_start")
     yield from compensate(guard, run_id)
     store.transact(
         run_id, "run.aborted", [run_write(run_id, ("aborting",), status="aborted", owner=None)]

@@ -47,15 +47,16 @@ class RunRecord(SQLModel, table=True):
     decision_note: str | None = None
     created_at: float
     updated_at: float
-    head_n: int = 0
-    head_hash: str = ""
 
 
 class Action(SQLModel, table=True):
     """One tool call in a run's action log."""
 
     __tablename__ = "actions"
-    __table_args__ = (Index("ix_actions_key", "run_id", "idempotency_key"),)
+    __table_args__ = (
+        Index("ix_actions_key", "idempotency_key", "run_id"),
+        {"sqlite_with_rowid": False},
+    )
 
     run_id: str = Field(primary_key=True)
     seq: int = Field(primary_key=True)
@@ -83,7 +84,7 @@ class ExternalId(SQLModel, table=True):
     """An external id an action produced, as its own indexed row so it can be searched."""
 
     __tablename__ = "external_ids"
-    __table_args__ = (Index("ix_external_ids_value", "value", "name"),)
+    __table_args__ = (Index("ix_external_ids_value", "value", "name"), {"sqlite_with_rowid": False})
 
     run_id: str = Field(primary_key=True)
     seq: int = Field(primary_key=True)
@@ -130,6 +131,7 @@ class Entry(SQLModel, table=True):
     """One committed transition of a run, hash-chained to the one before it."""
 
     __tablename__ = "journal"
+    __table_args__ = ({"sqlite_with_rowid": False},)
 
     run_id: str = Field(primary_key=True)
     n: int = Field(primary_key=True)
@@ -155,6 +157,6 @@ KEYS: dict[str, tuple[str, ...]] = {
     "review_items": ("id",),
 }
 # Columns that change without a transition (liveness, chain bookkeeping): not journaled.
-UNJOURNALED = {"heartbeat_at", "head_n", "head_hash", "prev_hash", "hash"}
+UNJOURNALED = {"heartbeat_at", "prev_hash", "hash"}
 JSON_COLUMNS = {"meta", "args", "result", "external_ids"}
 COLUMN_NAMES = {"meta": "metadata"}

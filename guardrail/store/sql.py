@@ -90,6 +90,13 @@ class SQLStore:
             self._ph = "%s"
             self.engine = create_engine(parsed, pool_pre_ping=True)
         self._attach_pragmas()
+        # SQLite's planner prefers the (covering) primary key over the key index without
+        # statistics, which scans the whole run: name the index.
+        self._done_sql = self._sql(
+            "SELECT seq, result, result_note FROM actions"
+            + (" INDEXED BY ix_actions_key" if self._sqlite else "")
+            + " WHERE run_id = ? AND idempotency_key = ? AND state = 'succeeded'"
+        )
         try:
             SQLModel.metadata.create_all(
                 self.engine,
@@ -116,6 +123,7 @@ class SQLStore:
         )
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self._sync}")
+        conn.execute("PRAGMA wal_autocheckpoint=10000")
         return conn
 
     def _connect_postgres(self) -> Any:
@@ -169,7 +177,8 @@ class SQLStore:
 
         Returns False (and commits nothing) when a write's ``expect`` did not hold.
         """
-        body = canonical([[w.table, w.key, w.values, int(w.insert)] for w in writes])
+        prepared = [_prepare(w) for w in writes]
+        body = canonical([[w.table, w.key, journaled, int(w.insert)] for w, _, journaled in prepared])
         creates_run = any(w.insert and w.table == "runs" for w in writes)
         for _ in range(20):
             head = (0, "") if creates_run else self._heads.get(run_id)
@@ -179,9 +188,8 @@ class SQLStore:
                         head = self._read_head(cur, run_id)
                     n, prev = head[0] + 1, head[1]
                     h = entry_hash(prev, kind, body)
-                    for w in writes:
-                        if not self._apply(cur, w, prev, h):
-                            raise _Rejected
+                    # The journal's primary key (run_id, n) is the compare-and-set: a writer
+                    # with a stale head collides here, rolls back and retries from the real head.
                     cur.execute(
                         self._sql(
                             "INSERT INTO journal (run_id, n, at, kind, body, prev_hash, hash) "
@@ -189,23 +197,17 @@ class SQLStore:
                         ),
                         (run_id, n, time.time(), kind, body, prev, h),
                     )
-                    cur.execute(
-                        self._sql(
-                            "UPDATE runs SET head_n = ?, head_hash = ? WHERE id = ? AND head_n = ?"
-                        ),
-                        (n, h, run_id, head[0]),
-                    )
-                    if cur.rowcount != 1:
-                        raise _StaleHead
+                    for w, values, _ in prepared:
+                        if not self._apply(cur, w, values, prev, h):
+                            raise _Rejected
             except _Rejected:
                 return False
-            except _StaleHead:
-                self._heads.pop(run_id, None)
-                continue
             except StoreError:
                 raise
             except Exception as exc:
                 self._heads.pop(run_id, None)
+                if _is_integrity_error(exc) and "journal" in str(exc) or _is_pk_race(exc):
+                    continue
                 if _is_integrity_error(exc):
                     raise _Duplicate(str(exc)) from exc
                 self._drop_conn()
@@ -218,20 +220,21 @@ class SQLStore:
         raise StoreError(f"run {run_id}: too much contention on its journal", run_id=run_id)
 
     def _read_head(self, cur: Any, run_id: str) -> tuple[int, str]:
-        cur.execute(self._sql("SELECT head_n, head_hash FROM runs WHERE id = ?"), (run_id,))
-        row = cur.fetchone()
-        if row is None:
+        """The newest journal entry of the run: (n, hash)."""
+        cur.execute(
+            self._sql("SELECT n, hash FROM journal WHERE run_id = ? ORDER BY n DESC LIMIT 1"),
+            (run_id,),
+        )
+        row = cur.fetchall()
+        if not row:
             raise StoreError(f"run {run_id} does not exist in {self.url}", run_id=run_id)
-        return int(row[0]), str(row[1])
+        return int(row[0][0]), str(row[0][1])
 
-    def _apply(self, cur: Any, w: Write, prev: str, h: str) -> bool:
-        values = dict(w.values)
+    def _apply(self, cur: Any, w: Write, values: dict[str, Any], prev: str, h: str) -> bool:
         if w.table == "actions":
             values["prev_hash"], values["hash"] = prev, h
-        elif w.table == "runs" and w.insert:
-            values["head_n"], values["head_hash"] = 0, ""
         cols = tuple(values)
-        params = [json.dumps(values[c]) if c in JSON_COLUMNS else values[c] for c in cols]
+        params = list(values.values())
         names = [COLUMN_NAMES.get(c, c) for c in cols]
         if w.insert:
             key = (w.table, "i", cols)
@@ -311,27 +314,21 @@ class SQLStore:
     def next_seq(self, run_id: str) -> int:
         cur = self._conn().cursor()
         cur.execute(self._sql("SELECT MAX(seq) FROM actions WHERE run_id = ?"), (run_id,))
-        row = cur.fetchone()
-        return 1 if row is None or row[0] is None else int(row[0]) + 1
+        row = cur.fetchall()[0]
+        return 1 if row[0] is None else int(row[0]) + 1
 
     def done_action(self, run_id: str, key: str) -> tuple[int, Any, str | None] | None:
         cur = self._conn().cursor()
         try:
-            cur.execute(
-                self._sql(
-                    "SELECT seq, result, result_note FROM actions WHERE run_id = ? "
-                    "AND idempotency_key = ? AND state = 'succeeded' ORDER BY seq DESC LIMIT 1"
-                ),
-                (run_id, key),
-            )
-            row = cur.fetchone()
+            cur.execute(self._done_sql, (run_id, key))
+            rows = cur.fetchall()
         except Exception as exc:
             self._drop_conn()
             raise StoreError(f"cannot read the store at {self.url}: {exc}", run_id=run_id) from exc
-        if row is None:
+        if not rows:
             return None
-        result = row[1] if not isinstance(row[1], str) else json.loads(row[1])
-        return int(row[0]), result, row[2]
+        seq, result, note = rows[-1]
+        return int(seq), json.loads(result) if isinstance(result, str) else result, note
 
     def compensations(self, run_id: str) -> list[Compensation]:
         q = select(Compensation).where(Compensation.run_id == run_id).order_by(col(Compensation.seq))
@@ -377,6 +374,25 @@ class SQLStore:
         self.engine.dispose()
 
 
+def journal_value(column: str, value: Any) -> Any:
+    """How a column's value appears in a journal entry: JSON columns by their canonical text,
+    or that text's digest when it is long (the row holds the value; the journal proves it)."""
+    if column not in JSON_COLUMNS:
+        return value
+    return _journal_text(canonical(value))
+
+
+def _journal_text(text: str) -> str:
+    return text if len(text) <= 64 else "sha256:" + digest(text)
+
+
+def _prepare(w: Write) -> tuple[Write, dict[str, Any], dict[str, Any]]:
+    """The row values to bind (JSON columns as text) and the values to journal."""
+    values = {c: canonical(v) if c in JSON_COLUMNS else v for c, v in w.values.items()}
+    journaled = {c: _journal_text(v) if c in JSON_COLUMNS else v for c, v in values.items()}
+    return w, values, journaled
+
+
 class _Rejected(Exception):
     pass
 
@@ -387,6 +403,10 @@ class _StaleHead(Exception):
 
 class _Duplicate(StoreError):
     """A row with that key exists already (a concurrent writer recorded it first)."""
+
+
+def _is_pk_race(exc: Exception) -> bool:
+    return type(exc).__name__ == "UniqueViolation" and "journal_pkey" in str(exc)
 
 
 def _is_integrity_error(exc: Exception) -> bool:

@@ -1,0 +1,106 @@
+"""Overhead of a guarded call on SQLite against the bare call and the physical floor.
+
+Run: ``python benchmarks/bench_core.py [--batches 15] [--calls 400]``.
+
+Measured in the same run, median of repeated batches (microseconds per call):
+- the bare function call;
+- two raw sqlite3 commits (WAL, synchronous=NORMAL): the floor any durable write-ahead log pays;
+- guarded calls (read-only, reversible, irreversible) through `@guard.tool`.
+Prints a table and the ratios the targets in ../shared/DESIGN.md section 12 are stated in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+from guardrail import Guard, Review
+
+
+def per_call_us(fn: Callable[[], None], calls: int, batches: int) -> float:
+    samples = []
+    for _ in range(batches):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        samples.append((time.perf_counter() - start) / calls * 1e6)
+    return statistics.median(samples)
+
+
+def raw_sqlite_floor(path: str) -> Callable[[], None]:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, state TEXT, body TEXT)")
+    counter = iter(range(10**9))
+
+    def two_commits() -> None:
+        i = next(counter)
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO t VALUES (?, 'started', ?)", (i, '{"item":"book"}'))
+        conn.execute("COMMIT")
+        conn.execute("BEGIN")
+        conn.execute("UPDATE t SET state = 'succeeded', body = ? WHERE id = ?", ('{"id":1}', i))
+        conn.execute("COMMIT")
+
+    return two_commits
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--batches", type=int, default=15)
+    parser.add_argument("--calls", type=int, default=400)
+    opts = parser.parse_args()
+    tmp = tempfile.mkdtemp(prefix="guardrail-bench-")
+    guard = Guard(store=f"sqlite:///{os.path.join(tmp, 'bench.db')}")
+
+    def bare(item: str) -> dict[str, str]:
+        return {"id": "o-1", "item": item}
+
+    lookup = guard.tool(name="lookup", effect="read_only")(bare)
+    create = guard.tool(
+        name="create_order",
+        effect="reversible",
+        undo=lambda external_ids: None,
+        external_ids={"order_id": "result.id"},
+    )(bare)
+    notify = guard.tool(name="notify", effect="irreversible", review=Review(kind="correct"))(bare)
+
+    results: dict[str, float] = {}
+    results["bare call"] = per_call_us(lambda: bare(item="book"), opts.calls, opts.batches)
+    results["two raw sqlite3 commits (floor)"] = per_call_us(
+        raw_sqlite_floor(os.path.join(tmp, "raw.db")), opts.calls, opts.batches
+    )
+    counter = iter(range(10**9))
+    for label, tool in (
+        ("guarded read_only", lookup),
+        ("guarded reversible (+1 external id)", create),
+        ("guarded irreversible", notify),
+    ):
+        with guard.run(agent="bench"):
+            # distinct args: no call is deduplicated against an earlier one
+            results[label] = per_call_us(
+                lambda tool=tool: tool(item=f"book-{next(counter)}"), opts.calls, opts.batches
+            )
+    guard.close()
+
+    floor = results["two raw sqlite3 commits (floor)"]
+    base = results["bare call"]
+    print(f"{'measure':40} {'us/call':>10} {'overhead us':>12} {'x floor':>8}")
+    for label, us in results.items():
+        overhead = us - base
+        print(f"{label:40} {us:10.1f} {overhead:12.1f} {us / floor:8.2f}")
+    worst = max(v for k, v in results.items() if k.startswith("guarded")) - base
+    print(f"\nworst guarded overhead: {worst:.1f} us (target <= 200 us on SQLite NORMAL)")
+    print(f"guarded calls per second (one core, reversible): {1e6 / results['guarded reversible (+1 external id)']:.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

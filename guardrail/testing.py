@@ -1,0 +1,91 @@
+"""Helpers for testing your own policies the way guardrail tests its own.
+
+Crash points: guardrail calls :func:`crash_point` at the moments where a crash is most
+interesting. Arm one with :func:`arm` (or the ``GUARDRAIL_CRASH_AT`` environment variable in a
+child process) and the process kills itself with SIGKILL when it gets there, exactly as if the
+machine had pulled the plug on it::
+
+    GUARDRAIL_CRASH_AT=after_call python my_agent.py   # dies after the tool ran, before it is recorded
+    python -c "from guardrail import Guard; print(Guard(store=...).recover())"
+
+Points: ``after_start`` (the ``started`` row is committed, the tool has not run),
+``after_call`` (the tool returned, its success is not recorded), ``after_compensation_start``
+(an undo is recorded as started, it has not run), ``after_undo`` (the undo ran, its success is not
+recorded), ``after_abort_start`` (an abort is recorded, nothing undone yet). A point may be
+qualified by a count, ``after_call:3``, to die on its third visit.
+
+:class:`ScriptedTool` is a tool whose outcomes you script (return values, exceptions).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterable
+from typing import Any
+
+CRASH_POINTS = (
+    "after_start",
+    "after_call",
+    "after_compensation_start",
+    "after_undo",
+    "after_abort_start",
+)
+
+_armed: tuple[str, int] | None = None
+_visits: dict[str, int] = {}
+
+
+def arm(point: str | None) -> None:
+    """Die with SIGKILL at ``point`` (``name`` or ``name:count``); ``None`` disarms."""
+    global _armed
+    _visits.clear()
+    if point is None:
+        _armed = None
+        return
+    name, _, count = point.partition(":")
+    if name not in CRASH_POINTS:
+        raise ValueError(f"unknown crash point {name!r}; expected one of {', '.join(CRASH_POINTS)}")
+    _armed = (name, int(count) if count else 1)
+
+
+def crash_point(name: str) -> None:
+    """Called by guardrail at each named point; kills the process if that point is armed."""
+    if _armed is None or _armed[0] != name:
+        return
+    _visits[name] = _visits.get(name, 0) + 1
+    if _visits[name] >= _armed[1]:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+if os.environ.get("GUARDRAIL_CRASH_AT"):
+    arm(os.environ["GUARDRAIL_CRASH_AT"])
+
+
+class ScriptedTool:
+    """A callable tool whose outcomes follow a script: values are returned, exceptions raised.
+
+    When the script runs out, the last outcome repeats. ``calls`` records every call's kwargs.
+
+    Example::
+
+        flaky = ScriptedTool([TimeoutError("slow"), {"id": "o-1"}])
+        flaky(item="book")   # raises TimeoutError
+        flaky(item="book")   # returns {"id": "o-1"}
+    """
+
+    def __init__(self, outcomes: Iterable[Any] = (None,), *, name: str = "scripted") -> None:
+        self.outcomes = list(outcomes) or [None]
+        self.calls: list[dict[str, Any]] = []
+        self.__name__ = name
+        self.__qualname__ = name
+
+    def __call__(self, **kwargs: Any) -> Any:
+        self.calls.append(kwargs)
+        index = min(len(self.calls) - 1, len(self.outcomes) - 1)
+        outcome = self.outcomes[index]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        if isinstance(outcome, type) and issubclass(outcome, BaseException):
+            raise outcome()
+        return outcome
