@@ -104,7 +104,7 @@ class Run:
                 run_id=self.id,
                 status=existing.status,
             )
-        if existing.owner != guard.owner and owner_alive(
+        if existing.owner not in (None, guard.owner) and owner_alive(
             existing.owner, existing.heartbeat_at, guard.stale_after
         ):
             raise Conflict(

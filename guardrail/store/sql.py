@@ -248,18 +248,23 @@ class SQLStore:
                 self._sql_cache[key] = sql
             cur.execute(sql, [*w.key.values(), *params])
             return True
-        exp = tuple((c, len(v)) for c, v in w.expect.items())
-        key = (w.table, "u", cols, tuple(w.key), exp)
+        expect = {c: [v for v in vs if v is not None] for c, vs in w.expect.items()}
+        nullable = tuple(c for c, vs in w.expect.items() if None in vs)
+        exp = tuple((c, len(v)) for c, v in expect.items())
+        key = (w.table, "u", cols, tuple(w.key), exp, nullable)
         sql = self._sql_cache.get(key)
         if sql is None:
             where = [f"{k} = ?" for k in w.key]
-            where += [f"{c} IN ({', '.join('?' for _ in v)})" for c, v in w.expect.items()]
+            for c, vs in expect.items():
+                test = [f"{c} IN ({', '.join('?' for _ in vs)})"] if vs else []
+                test += [f"{c} IS NULL"] if c in nullable else []
+                where.append("(" + " OR ".join(test) + ")")
             sql = self._sql(
                 f"UPDATE {w.table} SET {', '.join(f'{n} = ?' for n in names)} "
                 f"WHERE {' AND '.join(where)}"
             )
             self._sql_cache[key] = sql
-        expected = [v for vs in w.expect.values() for v in vs]
+        expected = [v for vs in expect.values() for v in vs]
         cur.execute(sql, [*params, *w.key.values(), *expected])
         return bool(cur.rowcount == 1)
 
