@@ -333,7 +333,10 @@ class SQLStore:
         if not rows:
             return None
         seq, result, note = rows[-1]
-        return int(seq), json.loads(result) if isinstance(result, str) else result, note
+        # psycopg decodes json columns itself; sqlite3 hands back the text
+        if self._sqlite and result is not None:
+            result = json.loads(result)
+        return int(seq), result, note
 
     def compensations(self, run_id: str) -> list[Compensation]:
         q = select(Compensation).where(Compensation.run_id == run_id).order_by(col(Compensation.seq))
