@@ -89,6 +89,7 @@ def guarded_call(
                     "attempts": 1,
                     "args": stored_args,
                     "args_hash": args_hash,
+                    "external_ids": {},
                     "trace_id": trace_id,
                     "span_id": span_id,
                     "started_at": now(),

@@ -225,7 +225,7 @@ def _undo(guard: Guard, action: Action, policy: Policy, *, interrupted: bool) ->
     undo = policy.undo
     assert undo is not None
     undo = getattr(undo, "__guardrail_raw__", undo)
-    name = getattr(undo, "__qualname__", repr(undo))
+    name = getattr(undo, "__name__", None) or repr(undo)
     comp = {"undo": name, "state": "started", "attempts": 0, "started_at": now()}
     begun = store.transact(
         action.run_id,
