@@ -98,7 +98,8 @@ def main() -> int:
         print(f"{label:40} {us:10.1f} {overhead:12.1f} {us / floor:8.2f}")
     worst = max(v for k, v in results.items() if k.startswith("guarded")) - base
     print(f"\nworst guarded overhead: {worst:.1f} us (target <= 200 us on SQLite NORMAL)")
-    print(f"guarded calls per second (one core, reversible): {1e6 / results['guarded reversible (+1 external id)']:.0f}")
+    per_second = 1e6 / results["guarded reversible (+1 external id)"]
+    print(f"guarded calls per second (one core, reversible): {per_second:.0f}")
     return 0
 
 

@@ -100,5 +100,7 @@ def verify(store: Store, run: RunRecord) -> Verification:
         if table == "actions" and row_values.get("hash") != last_touch.get(key):
             problems.append(f"{label}: its hash does not match the journal")
     for ident in actual.keys() - expected.keys():
-        problems.append(f"{ident[0]} row {'/'.join(str(k) for k in ident[1])} is not in the journal")
+        problems.append(
+            f"{ident[0]} row {'/'.join(str(k) for k in ident[1])} is not in the journal"
+        )
     return Verification(run_id=run.id, ok=not problems, entries=len(entries), problems=problems)

@@ -104,7 +104,7 @@ def guarded_call(
         crash_point("after_call")
         writes = finish_writes(guard, policy, run.id, seq, args, outcome.value, outcome.attempts)
         guard.store.transact(run.id, "action.succeed", writes)
-        telemetry.end(span, **{"action.seq": seq, "external_ids": _ids_attr(writes)})
+        telemetry.end(span, attributes={"action.seq": seq, "external_ids": _ids_attr(writes)})
         return outcome.value
 
     error = outcome.error
@@ -125,7 +125,7 @@ def guarded_call(
             )
         ],
     )
-    telemetry.end(span, error=error, **{"action.seq": seq})
+    telemetry.end(span, error=error, attributes={"action.seq": seq})
     run.halted = True
     record = yield from halt(
         guard,
@@ -192,7 +192,11 @@ def finish_writes(
             ResultWarning,
             stacklevel=2,
         )
-    if note is None and guard.max_result_bytes is not None and isinstance(result, dict | list | str):
+    if (
+        note is None
+        and guard.max_result_bytes is not None
+        and isinstance(result, dict | list | str)
+    ):
         size = len(canonical(result))
         if size > guard.max_result_bytes:
             note = "truncated"

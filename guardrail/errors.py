@@ -75,7 +75,7 @@ class StoreError(GuardrailError):
     """The store could not be reached or written. What was committed before is intact."""
 
 
-class RunHalted(BaseException):  # noqa: N818 - the name says what happened, like KeyboardInterrupt
+class RunHalted(BaseException):
     """The run halted and awaits a person: stop the agent.
 
     Derives from ``BaseException`` so an agent's generic ``except Exception`` cannot swallow it.
@@ -98,7 +98,7 @@ class RunHalted(BaseException):  # noqa: N818 - the name says what happened, lik
         run_id: str,
         status: str,
         tool: str | None = None,
-        review_items: tuple[int, ...] = (),
+        review_items: tuple[str, ...] = (),
     ) -> None:
         super().__init__(message)
         self.run_id = run_id

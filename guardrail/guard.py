@@ -52,7 +52,9 @@ class Guard:
         max_args_bytes: int = 1_000_000,
         max_result_bytes: int | None = 256_000,
     ) -> None:
-        self.store: Store = open_store(store, durability=durability) if isinstance(store, str) else store
+        self.store: Store = (
+            open_store(store, durability=durability) if isinstance(store, str) else store
+        )
         self.strict = strict
         self.on_halt = on_halt
         self.heartbeat_interval = heartbeat_interval
@@ -250,7 +252,9 @@ class Guard:
         if self._beat is not None and self._beat.is_alive():
             return
         self._stop.clear()
-        self._beat = threading.Thread(target=self._heartbeat, name="guardrail-heartbeat", daemon=True)
+        self._beat = threading.Thread(
+            target=self._heartbeat, name="guardrail-heartbeat", daemon=True
+        )
         self._beat.start()
 
     def _heartbeat(self) -> None:

@@ -170,7 +170,9 @@ def compensate(guard: Guard, run_id: str) -> Steps[None]:
     def add_item(action: Action, reason: str, policy: Policy | None, detail: str) -> None:
         if (action.seq, reason) not in listed:
             store.transact(
-                run_id, f"review.{reason}", [review_write(run_id, action.seq, reason, policy, detail)]
+                run_id,
+                f"review.{reason}",
+                [review_write(run_id, action.seq, reason, policy, detail)],
             )
             listed.add((action.seq, reason))
 
@@ -209,8 +211,11 @@ def compensate(guard: Guard, run_id: str) -> Steps[None]:
                         Write(
                             "compensations",
                             {"run_id": run_id, "seq": action.seq},
-                            {"state": "interrupted", "finished_at": now(),
-                             "error": "interrupted by a crash; outcome unknown"},
+                            {
+                                "state": "interrupted",
+                                "finished_at": now(),
+                                "error": "interrupted by a crash; outcome unknown",
+                            },
                         )
                     )
                 store.transact(run_id, "compensation.interrupted", writes)
@@ -247,7 +252,7 @@ def _undo(guard: Guard, action: Action, policy: Policy, *, interrupted: bool) ->
     crash_point("after_undo")
     done = now()
     if outcome.error is None:
-        telemetry.end(span, **{"compensation.status": "compensated"})
+        telemetry.end(span, attributes={"compensation.status": "compensated"})
         store.transact(
             action.run_id,
             "compensation.done",
@@ -262,7 +267,7 @@ def _undo(guard: Guard, action: Action, policy: Policy, *, interrupted: bool) ->
         )
     else:
         error = f"{type(outcome.error).__name__}: {outcome.error}"
-        telemetry.end(span, error=outcome.error, **{"compensation.status": "failed"})
+        telemetry.end(span, error=outcome.error, attributes={"compensation.status": "failed"})
         store.transact(
             action.run_id,
             "compensation.failed",

@@ -2,7 +2,7 @@
 
 A policy is declared per tool, in code::
 
-    guard.policy("send_email", effect="irreversible", review=Review(kind="correct", owner="support"))
+    guard.policy("send_email", effect="irreversible", review=Review(kind="correct"))
 
     @guard.tool(effect="reversible", undo=cancel_order, external_ids={"order_id": "result.id"})
     def create_order(item: str) -> dict: ...
@@ -68,7 +68,8 @@ class Policy(BaseModel):
       tool-call id, else the tool, the arguments' hash and how often they occurred in this run.
     - ``redact``: paths (``args.card``, ``result.token``) replaced by ``"[REDACTED]"`` before
       anything is stored or exported.
-    - ``on_failure``: ``compensate`` (undo at once) or ``hold`` (undo nothing until a person decides).
+    - ``on_failure``: ``compensate`` (undo at once) or ``hold`` (undo nothing until a person
+      decides).
     - ``probe``: for an action left ``in_doubt`` by a crash: returns the result if the call took
       effect, ``False`` if it did not, ``None`` if it still cannot tell.
     - ``undo_idempotent``: recovery may re-run an undo that a crash interrupted.
@@ -134,8 +135,8 @@ _PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
 def _check_path(path: str, tool: str, field: str, *, roots: tuple[str, ...]) -> None:
     if not isinstance(path, str) or not _PATH.match(path) or path.split(".")[0] not in roots:
         raise PolicyError(
-            f"policy for tool {tool!r}: {field} = {path!r} is not a path; expected a dotted path starting with "
-            + " or ".join(repr(r + ".") for r in roots),
+            f"policy for tool {tool!r}: {field} = {path!r} is not a path; "
+            "expected a dotted path starting with " + " or ".join(repr(r + ".") for r in roots),
             tool=tool,
             field=field,
         )

@@ -64,7 +64,8 @@ def digest(text: str) -> str:
 
 
 def redact(value: Any, paths: Iterable[str], root: str) -> Any:
-    """Copy of ``value`` with declared ``paths`` (under ``root``) and secret-looking values redacted."""
+    """Copy of ``value`` with the declared ``paths`` under ``root`` and secret-looking values
+    redacted."""
     out = _redact_secrets(value)
     for path in paths:
         parts = path.split(".")

@@ -59,9 +59,11 @@ def ids(span: Span) -> tuple[str | None, str | None]:
     return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
 
 
-def end(span: Span, *, error: BaseException | None = None, **attributes: Any) -> None:
+def end(
+    span: Span, *, error: BaseException | None = None, attributes: dict[str, Any] | None = None
+) -> None:
     if span.is_recording():
-        for key, value in attributes.items():
+        for key, value in (attributes or {}).items():
             if value is not None:
                 span.set_attribute(f"guardrail.{key}", value)
         if error is not None:

@@ -5,7 +5,8 @@ interesting. Arm one with :func:`arm` (or the ``GUARDRAIL_CRASH_AT`` environment
 child process) and the process kills itself with SIGKILL when it gets there, exactly as if the
 machine had pulled the plug on it::
 
-    GUARDRAIL_CRASH_AT=after_call python my_agent.py   # dies after the tool ran, before it is recorded
+    # die after the tool ran, before its success is recorded
+    GUARDRAIL_CRASH_AT=after_call python my_agent.py
     python -c "from guardrail import Guard; print(Guard(store=...).recover())"
 
 Points: ``after_start`` (the ``started`` row is committed, the tool has not run),

@@ -13,7 +13,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
 from sqlalchemy import create_engine, event
@@ -103,7 +103,9 @@ class SQLStore:
                 tables=[m.__table__ for m in (*TABLES.values(), Entry)],  # type: ignore[attr-defined]
             )
         except SQLAlchemyError as exc:
-            raise StoreError(f"cannot open the store at {self.url}: {exc.orig or exc}") from exc
+            raise StoreError(
+                f"cannot open the store at {self.url}: {getattr(exc, 'orig', None) or exc}"
+            ) from exc
 
     # -- connections -------------------------------------------------------------------------
 
@@ -165,10 +167,8 @@ class SQLStore:
         conn = getattr(self._local, "conn", None)
         self._local.conn = None
         if conn is not None:
-            try:
+            with suppress(Exception):
                 conn.close()
-            except Exception:
-                pass
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -178,7 +178,9 @@ class SQLStore:
         Returns False (and commits nothing) when a write's ``expect`` did not hold.
         """
         prepared = [_prepare(w) for w in writes]
-        body = canonical([[w.table, w.key, journaled, int(w.insert)] for w, _, journaled in prepared])
+        body = canonical(
+            [[w.table, w.key, journaled, int(w.insert)] for w, _, journaled in prepared]
+        )
         creates_run = any(w.insert and w.table == "runs" for w in writes)
         for _ in range(20):
             head = (0, "") if creates_run else self._heads.get(run_id)
@@ -206,7 +208,7 @@ class SQLStore:
                 raise
             except Exception as exc:
                 self._heads.pop(run_id, None)
-                if _is_integrity_error(exc) and "journal" in str(exc) or _is_pk_race(exc):
+                if _is_journal_race(exc):
                     continue
                 if _is_integrity_error(exc):
                     raise _Duplicate(str(exc)) from exc
@@ -237,15 +239,14 @@ class SQLStore:
         params = list(values.values())
         names = [COLUMN_NAMES.get(c, c) for c in cols]
         if w.insert:
-            key = (w.table, "i", cols)
-            sql = self._sql_cache.get(key)
+            sql = self._sql_cache.get((w.table, "i", cols))
             if sql is None:
                 allnames = [*w.key, *names]
                 sql = self._sql(
                     f"INSERT INTO {w.table} ({', '.join(allnames)}) "
                     f"VALUES ({', '.join('?' for _ in allnames)})"
                 )
-                self._sql_cache[key] = sql
+                self._sql_cache[(w.table, "i", cols)] = sql
             cur.execute(sql, [*w.key.values(), *params])
             return True
         expect = {c: [v for v in vs if v is not None] for c, vs in w.expect.items()}
@@ -294,7 +295,9 @@ class SQLStore:
             with Session(self.engine) as session:
                 return fn(session)
         except SQLAlchemyError as exc:
-            raise StoreError(f"cannot read the store at {self.url}: {exc.orig or exc}") from exc
+            raise StoreError(
+                f"cannot read the store at {self.url}: {getattr(exc, 'orig', None) or exc}"
+            ) from exc
 
     def run(self, run_id: str) -> RunRecord | None:
         return self._read(lambda s: s.get(RunRecord, run_id))
@@ -339,7 +342,11 @@ class SQLStore:
         return int(seq), result, note
 
     def compensations(self, run_id: str) -> list[Compensation]:
-        q = select(Compensation).where(Compensation.run_id == run_id).order_by(col(Compensation.seq))
+        q = (
+            select(Compensation)
+            .where(Compensation.run_id == run_id)
+            .order_by(col(Compensation.seq))
+        )
         return self._read(lambda s: list(s.exec(q).all()))
 
     def review_items(
@@ -375,10 +382,8 @@ class SQLStore:
         with self._conns_lock:
             conns, self._all_conns = self._all_conns, []
         for conn in conns:
-            try:
+            with suppress(Exception):
                 conn.close()
-            except Exception:
-                pass
         self.engine.dispose()
 
 
@@ -413,8 +418,9 @@ class _Duplicate(StoreError):
     """A row with that key exists already (a concurrent writer recorded it first)."""
 
 
-def _is_pk_race(exc: Exception) -> bool:
-    return type(exc).__name__ == "UniqueViolation" and "journal_pkey" in str(exc)
+def _is_journal_race(exc: Exception) -> bool:
+    """Another writer appended to the run's journal first (our cached head was stale)."""
+    return _is_integrity_error(exc) and ("journal.run_id" in str(exc) or "journal_pkey" in str(exc))
 
 
 def _is_integrity_error(exc: Exception) -> bool:
