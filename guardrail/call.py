@@ -7,12 +7,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from guardrail import telemetry
+from guardrail.conditions import ConditionError
 from guardrail.drive import Invoke, Steps, attempts
-from guardrail.errors import CallRefused, ResultNotReplayable, RunHalted
-from guardrail.lifecycle import halt, now
-from guardrail.policy import Policy, resolve_path
+from guardrail.errors import CallRefused, CallRejected, Conflict, ResultNotReplayable, RunHalted
+from guardrail.lifecycle import halt, hook_kwargs, now, open_approvals, review_write, run_write
+from guardrail.policy import NO_RETRY, Policy, resolve_path
 from guardrail.redact import NotJSON, canonical, digest, redact, to_jsonable
-from guardrail.store import Write
+from guardrail.store import ReviewItem, Write
 from guardrail.testing import crash_point
 
 if TYPE_CHECKING:
@@ -69,35 +70,49 @@ def guarded_call(
             )
         return result
 
-    seq = run.take_seq()
+    approved = None
+    if policy.approval is not None:
+        approved = gate(guard, run, policy, plain, args_hash, key, call_id)
+    snapshot = None
+    if policy.snapshot is not None:
+        snapshot = yield from take_snapshot(run, policy, args)
+
+    seq = approved if approved is not None else run.take_seq()
     span = telemetry.start_tool(tool, call_id, run.id, policy.effect)
     trace_id, span_id = telemetry.ids(span)
-    stored_args = redact(plain, policy.redact, "args")
-    guard.store.transact(
+    started = {
+        "tool": tool,
+        "call_id": call_id,
+        "idempotency_key": key,
+        "effect": policy.effect,
+        "state": "started",
+        "attempts": 1,
+        "args": redact(plain, policy.redact, "args"),
+        "args_hash": args_hash,
+        "external_ids": {},
+        "snapshot": snapshot,
+        "trace_id": trace_id,
+        "span_id": span_id,
+        "started_at": now(),
+    }
+    begun = guard.store.transact(
         run.id,
         "action.start",
         [
-            Write(
-                "actions",
-                {"run_id": run.id, "seq": seq},
-                {
-                    "tool": tool,
-                    "call_id": call_id,
-                    "idempotency_key": key,
-                    "effect": policy.effect,
-                    "state": "started",
-                    "attempts": 1,
-                    "args": stored_args,
-                    "args_hash": args_hash,
-                    "external_ids": {},
-                    "trace_id": trace_id,
-                    "span_id": span_id,
-                    "started_at": now(),
-                },
-                insert=True,
+            Write("actions", {"run_id": run.id, "seq": seq}, started, insert=True)
+            if approved is None
+            else Write(
+                "actions", {"run_id": run.id, "seq": seq}, started, expect={"state": ("approved",)}
             )
         ],
     )
+    if not begun:
+        telemetry.end(span, error=Conflict("approval already used"))
+        raise Conflict(
+            f"run {run.id}: the approved call of {tool} (action {seq}) was started elsewhere",
+            run_id=run.id,
+            status="running",
+        )
     crash_point("after_start")
     outcome = yield from attempts(policy.call_retry, Invoke(fn, args, span))
     if outcome.error is None:
@@ -143,6 +158,159 @@ def guarded_call(
         tool=tool,
         review_items=items,
     ) from error
+
+
+def gate(
+    guard: Guard,
+    run: Run,
+    policy: Policy,
+    plain: dict[str, Any],
+    args_hash: str,
+    key: str,
+    call_id: str | None,
+) -> int | None:
+    """The approval gate (DESIGN.md section 4, step 2).
+
+    Returns None when no approval is needed, or the seq of the approved action to run. Else
+    records an approval request for exactly these arguments (an ``awaiting_approval`` action and
+    its review item), sets the run ``awaiting_approval`` and raises RunHalted; raises
+    CallRejected when a person rejected these arguments.
+    """
+    assert policy.approval is not None
+    tool, store = policy.name, guard.store
+    scope = {
+        "args": plain,
+        "tool": tool,
+        "run": {"id": run.id, "agent": run.agent, "metadata": run.metadata},
+    }
+    problem: str | None = None
+    try:
+        needed = policy.approval.holds(scope)
+    except ConditionError as exc:
+        needed, problem = True, str(exc)  # fail closed: a person decides
+    if not needed:
+        return None
+    asked = [
+        a
+        for a in store.keyed_actions(run.id, key)
+        if a.args_hash == args_hash and a.state in ("awaiting_approval", "approved", "rejected")
+    ]
+    latest = asked[-1] if asked else None
+    item = _approval_item(guard, run.id, latest.seq) if latest is not None else None
+    if latest is not None and latest.state == "approved" and item is not None:
+        ttl = policy.approval.ttl
+        if ttl is None or (item.resolved_at or 0) + ttl >= now():
+            return latest.seq
+        store.transact(
+            run.id,
+            "approval.expired",
+            [
+                Write(
+                    "actions",
+                    {"run_id": run.id, "seq": latest.seq},
+                    {"state": "expired", "error": f"approval expired after {ttl:g}s"},
+                    expect={"state": ("approved",)},
+                )
+            ],
+        )
+        latest = None
+    if latest is not None and latest.state == "rejected":
+        who = f" by {item.resolved_by}" if item is not None and item.resolved_by else ""
+        why = f": {item.note}" if item is not None and item.note else ""
+        raise CallRejected(
+            f"run {run.id}: {tool} with these arguments was rejected{who}{why}; it did not "
+            "run. Change the plan or the arguments (new arguments need a new approval)",
+            run_id=run.id,
+            tool=tool,
+            field="approval",
+        )
+    writes: list[Write] = []
+    if latest is None:
+        seq = run.take_seq()
+        detail = (
+            f"approve or reject {tool} with the arguments recorded in action {seq}"
+            + (
+                f" (condition: {policy.approval.when})"
+                if isinstance(policy.approval.when, str)
+                else ""
+            )
+            + (
+                f"; the condition could not be evaluated, so approval is required: {problem}"
+                if problem
+                else ""
+            )
+        )
+        item_write = review_write(run.id, seq, "approval", policy, detail)
+        item_write.values["kind"] = "approve"
+        writes += [
+            Write(
+                "actions",
+                {"run_id": run.id, "seq": seq},
+                {
+                    "tool": tool,
+                    "call_id": call_id,
+                    "idempotency_key": key,
+                    "effect": policy.effect,
+                    "state": "awaiting_approval",
+                    "attempts": 0,
+                    "args": redact(plain, policy.redact, "args"),
+                    "args_hash": args_hash,
+                    "external_ids": {},
+                    "started_at": now(),
+                },
+                insert=True,
+            ),
+            item_write,
+        ]
+    writes.append(
+        run_write(
+            run.id,
+            ("running",),
+            status="awaiting_approval",
+            owner=None,
+            reason=f"{tool} needs approval",
+        )
+    )
+    store.transact(run.id, "approval.request", writes)
+    run.halted = True
+    record = guard.require_run(run.id)
+    guard.notify(record)
+    items = tuple(i.id for i in open_approvals(guard, run.id))
+    raise RunHalted(
+        f"run {run.id} awaits approval: {tool} needs a person's approval for these arguments"
+        + (f" ({problem})" if problem else "")
+        + f". Approve with `guardrail approve {items[-1] if items else '<item>'}`, then resume "
+        "the run.",
+        run_id=run.id,
+        status=record.status,
+        tool=tool,
+        review_items=items,
+    )
+
+
+def _approval_item(guard: Guard, run_id: str, seq: int) -> ReviewItem | None:
+    found = [i for i in guard.store.review_items(run_id=run_id) if i.seq == seq]
+    return next((i for i in reversed(found) if i.reason == "approval"), None)
+
+
+def take_snapshot(run: Run, policy: Policy, args: dict[str, Any]) -> Steps[Any]:
+    """Keep what the call will change, for its undo; if that fails the call does not run."""
+    assert policy.snapshot is not None
+    kwargs = hook_kwargs(policy.snapshot, {"args": args})
+    outcome = yield from attempts(NO_RETRY, Invoke(policy.snapshot, kwargs))
+    error: BaseException | str | None = outcome.error
+    if error is None:
+        try:
+            return to_jsonable(outcome.value)
+        except NotJSON as exc:
+            error = f"its snapshot is not JSON ({exc})"
+    raise CallRefused(
+        f"run {run.id}: cannot take the snapshot {policy.name} needs for its undo ({error}); "
+        "nothing ran",
+        run_id=run.id,
+        tool=policy.name,
+        field="snapshot",
+    ) from (error if isinstance(error, BaseException) else None)
 
 
 def idempotency_key(

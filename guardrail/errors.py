@@ -9,6 +9,7 @@ The tree::
             ├── PolicyError       a policy is missing, malformed or refuses a call
             │   └── UnknownTool   strict mode: a tool without a policy
             ├── CallRefused       a call was refused before it ran (too large, bad arguments)
+            ├── CallRejected      a person rejected the call at its approval gate
             ├── RunNotFound       no run or review item with that id
             ├── RunStateError     the run is not in a state that allows this
             │   └── Conflict      another reviewer or worker decided first
@@ -40,7 +41,24 @@ class GuardrailError(Exception):
 
 
 class PolicyError(GuardrailError):
-    """A policy is missing, malformed, or names something that does not exist."""
+    """A policy is missing, malformed, or names something that does not exist.
+
+    From a policy file, ``file`` and (where the format tells) ``line`` say where.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        run_id: str | None = None,
+        tool: str | None = None,
+        field: str | None = None,
+        file: str | None = None,
+        line: int | None = None,
+    ) -> None:
+        super().__init__(message, run_id=run_id, tool=tool, field=field)
+        self.file = file
+        self.line = line
 
 
 class UnknownTool(PolicyError):
@@ -49,6 +67,13 @@ class UnknownTool(PolicyError):
 
 class CallRefused(GuardrailError):
     """A call was refused before it ran; nothing happened and nothing was recorded."""
+
+
+class CallRejected(GuardrailError):
+    """A person rejected this call at its approval gate; the agent should take another way.
+
+    Unlike :class:`RunHalted` this is an ordinary exception: frameworks show it to the model.
+    """
 
 
 class RunNotFound(GuardrailError):

@@ -6,14 +6,16 @@ import functools
 import inspect
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any, TypeVar, overload
 
-from guardrail import lifecycle
+from guardrail import lifecycle, policy_file
 from guardrail.audit import ActionLog, Verification, read_log, verify
 from guardrail.drive import adrive, drive
 from guardrail.errors import GuardrailError, PolicyError, RunNotFound, UnknownTool
-from guardrail.lifecycle import Decision
+from guardrail.lifecycle import Decision, PlannedStep
 from guardrail.policy import Policy, make_policy
 from guardrail.run import Run, current_run
 from guardrail.store import Action, RunRecord, Store, open_store
@@ -62,7 +64,9 @@ class Guard:
         self.max_args_bytes = max_args_bytes
         self.max_result_bytes = max_result_bytes
         self.owner = lifecycle.make_owner()
-        self._policies: dict[str, Policy] = {}
+        self._policies: dict[str, Policy] = {}  # declared in code
+        self._loaded: dict[str, Policy] = {}  # from files and packs: these win
+        self._hinted: dict[str, Policy] = {}  # from tool hints: defaults only
         self._tools: dict[str, Callable[..., Any]] = {}
         self._beat: threading.Thread | None = None
         self._stop = threading.Event()
@@ -80,7 +84,66 @@ class Guard:
         return self.add_policy(make_policy(name, **fields))
 
     def find_policy(self, name: str) -> Policy | None:
-        return self._policies.get(name)
+        """The tool's policy: loaded (file or pack) over code over hints."""
+        return self._loaded.get(name) or self._policies.get(name) or self._hinted.get(name)
+
+    @property
+    def policies(self) -> dict[str, Policy]:
+        """Every tool's effective policy, by tool name."""
+        return {**self._hinted, **self._policies, **self._loaded}
+
+    def load_policies(self, source: str | Path | Mapping[str, Any], **options: Any) -> list[Policy]:
+        """Load policies from a YAML/TOML file, a parsed mapping, or a policy pack by name.
+
+        Loaded policies take precedence over code declarations of the same tool (so operators
+        can change a policy without a code change), and a later load over an earlier one::
+
+            guard.load_policies("policies.yaml")
+            guard.load_policies("langchain-file-management", root_dir="/srv/agent")
+        """
+        if isinstance(source, Mapping):
+            policies = policy_file.parse_mapping(source)
+        elif isinstance(source, Path) or Path(source).suffix.lower() in policy_file.SUFFIXES:
+            if options:
+                raise PolicyError(
+                    f"{source}: options ({', '.join(options)}) are for policy packs, not files",
+                    file=str(source),
+                )
+            policies = policy_file.load(source)
+        else:
+            policies = load_pack(source, **options)
+        for policy in policies:
+            if policy.name in self._policies:
+                log.info(
+                    "policy for %s from %s replaces the one declared in code", policy.name, source
+                )
+            self._loaded[policy.name] = policy
+        return policies
+
+    def hint(
+        self,
+        name: str,
+        *,
+        read_only: bool | None = None,
+        destructive: bool | None = None,
+        idempotent: bool | None = None,
+    ) -> Policy:
+        """Seed a default policy from MCP-style hints; any declared policy still wins."""
+        policy = Policy.from_hints(
+            name, read_only=read_only, destructive=destructive, idempotent=idempotent
+        )
+        self._hinted[name] = policy
+        return policy
+
+    def register(self, fn: Callable[..., Any], *, name: str | None = None) -> Callable[..., Any]:
+        """Make a callable known by name without guarding it, e.g. an undo tool of a policy file."""
+        self._tools[name or fn.__name__] = fn
+        return fn
+
+    def tool_function(self, name: str) -> Callable[..., Any] | None:
+        """The raw (unguarded) callable registered for a tool name."""
+        fn = self._tools.get(name)
+        return getattr(fn, "__guardrail_raw__", fn) if fn is not None else None
 
     @overload
     def tool(self, fn: F, /) -> F: ...
@@ -97,7 +160,7 @@ class Guard:
             tool_name = name or fn.__name__
             if fields:
                 self.policy(tool_name, **fields)
-            elif tool_name not in self._policies and self.strict:
+            elif self.find_policy(tool_name) is None and self.strict:
                 raise PolicyError(
                     f"@guard.tool on {tool_name!r} declares no policy; pass effect=... "
                     "(and undo= or review=) or declare guard.policy(...) first",
@@ -152,7 +215,6 @@ class Guard:
 
                 wrapper = sync_wrapper
             wrapper.__guardrail_raw__ = fn
-            wrapper.__guardrail_policy__ = self._policies.get(tool_name)
             return wrapper  # type: ignore[no-any-return]
 
         return decorate(fn) if fn is not None else decorate
@@ -160,7 +222,7 @@ class Guard:
     def resolve_tool(
         self, tool: str, fn: Callable[..., Any] | None, *, run_id: str
     ) -> tuple[Policy, Callable[..., Any]]:
-        policy = self._policies.get(tool)
+        policy = self.find_policy(tool)
         if policy is None:
             if self.strict:
                 raise UnknownTool(
@@ -238,6 +300,18 @@ class Guard:
         """Record a person's decision on a review item (``done_manually``, ``retried``, ...)."""
         return lifecycle.resolve(self, item_id, resolution, by, note)
 
+    def approve(self, item_id: str, *, by: str, note: str | None = None) -> Decision:
+        """Approve an approval request; then resume the run and the call runs once."""
+        return lifecycle.decide(self, item_id, True, by, note)
+
+    def reject(self, item_id: str, *, by: str, reason: str | None = None) -> Decision:
+        """Reject an approval request; after resume the agent gets CallRejected for that call."""
+        return lifecycle.decide(self, item_id, False, by, reason)
+
+    def plan_undo(self, run_id: str) -> list[PlannedStep]:
+        """What compensation would do now (undo, review, nothing), newest first; changes nothing."""
+        return lifecycle.plan(self.store.actions(self.require_run(run_id).id), self.find_policy)
+
     def recover(self) -> list[str]:
         """Finish the runs whose owner process died; returns the ids recovered."""
         return drive(lifecycle.recover(self))
@@ -285,3 +359,25 @@ class Guard:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+PACK_GROUP = "guardrail.policy_packs"
+
+
+def load_pack(name: str, **options: Any) -> list[Policy]:
+    """A policy pack by name, found through the ``guardrail.policy_packs`` entry points (ours in
+    ``guardrail.policies``; other distributions can add their own)."""
+    packs = {ep.name: ep for ep in entry_points(group=PACK_GROUP)}
+    if name not in packs:
+        known = ", ".join(sorted(packs)) or "none installed"
+        raise PolicyError(
+            f"{name!r} is neither a policy file (.yaml, .yml, .toml) nor a known policy pack "
+            f"({known})",
+            field="source",
+        )
+    build = packs[name].load()
+    try:
+        policies = build(**options)
+    except TypeError as exc:
+        raise PolicyError(f"policy pack {name!r}: {exc}", field="options") from None
+    return list(policies)

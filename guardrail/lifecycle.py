@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 from guardrail import telemetry
 from guardrail.drive import Invoke, Steps, attempts
-from guardrail.errors import Conflict, RunNotFound, RunStateError
-from guardrail.policy import Policy
+from guardrail.errors import Conflict, RunNotFound, RunStateError, UnknownTool
+from guardrail.policy import Policy, UndoTool
 from guardrail.redact import NotJSON, to_jsonable
-from guardrail.store import Action, RunRecord, Write
+from guardrail.store import Action, ReviewItem, RunRecord, Write
 from guardrail.testing import crash_point
 
 if TYPE_CHECKING:
@@ -157,6 +157,73 @@ def halt(
     return record
 
 
+@dataclass(frozen=True, slots=True)
+class PlannedStep:
+    """What compensation will do with one action: ``undo`` it, list it for ``review``, or
+    ``nothing`` (read-only, failed, already compensated, never ran)."""
+
+    seq: int
+    tool: str
+    effect: str
+    state: str
+    do: str  # undo | review | nothing
+    reason: str | None = None  # the review item's reason
+    detail: str = ""
+
+
+def plan(actions: list[Action], find_policy: Callable[[str], Policy | None]) -> list[PlannedStep]:
+    """The compensation plan for a run's actions, newest first. Pure: no I/O."""
+    steps: list[PlannedStep] = []
+    for action in reversed(actions):
+        policy = find_policy(action.tool)
+        base = (action.seq, action.tool, action.effect, action.state)
+        if action.state == "succeeded" and action.effect == "reversible":
+            if policy is None or policy.undo is None:
+                steps.append(
+                    PlannedStep(
+                        *base, "review", "no_undo", f"no undo is registered for {action.tool}"
+                    )
+                )
+            else:
+                steps.append(PlannedStep(*base, "undo", detail=f"undo with {undo_name(policy)}"))
+        elif action.state == "succeeded" and action.effect == "irreversible":
+            steps.append(
+                PlannedStep(*base, "review", "irreversible", f"{action.tool} cannot be undone")
+            )
+        elif action.state == "compensating":
+            if policy is not None and policy.undo is not None and policy.undo_idempotent:
+                steps.append(
+                    PlannedStep(*base, "undo", detail="re-run the interrupted (idempotent) undo")
+                )
+            else:
+                steps.append(
+                    PlannedStep(
+                        *base,
+                        "review",
+                        "compensation_in_doubt",
+                        f"the undo of {action.tool} was interrupted by a crash; check whether "
+                        "it took effect",
+                    )
+                )
+        elif action.state == "in_doubt":
+            steps.append(
+                PlannedStep(
+                    *base, "review", "in_doubt", f"{action.tool} may or may not have taken effect"
+                )
+            )
+        else:
+            steps.append(PlannedStep(*base, "nothing"))
+    return steps
+
+
+def undo_name(policy: Policy) -> str:
+    undo = policy.undo
+    if isinstance(undo, UndoTool):
+        return undo.tool
+    undo = getattr(undo, "__guardrail_raw__", undo)
+    return getattr(undo, "__name__", None) or repr(undo)
+
+
 def compensate(guard: Guard, run_id: str) -> Steps[None]:
     """Undo what can be undone, newest first; everything else becomes a review item.
 
@@ -164,53 +231,34 @@ def compensate(guard: Guard, run_id: str) -> Steps[None]:
     interrupted is re-run only if the policy says the undo is idempotent.
     """
     store = guard.store
+    actions = {a.seq: a for a in store.actions(run_id)}
     comps = {c.seq: c for c in store.compensations(run_id)}
     listed = {(i.seq, i.reason) for i in store.review_items(run_id=run_id)}
 
-    def add_item(action: Action, reason: str, policy: Policy | None, detail: str) -> None:
-        if (action.seq, reason) not in listed:
-            store.transact(
-                run_id,
-                f"review.{reason}",
-                [review_write(run_id, action.seq, reason, policy, detail)],
-            )
-            listed.add((action.seq, reason))
-
-    for action in reversed(store.actions(run_id)):
+    for step in plan(list(actions.values()), guard.find_policy):
+        action = actions[step.seq]
         policy = guard.find_policy(action.tool)
-        if action.state == "succeeded" and action.effect == "reversible":
-            if policy is None or policy.undo is None:
-                add_item(action, "no_undo", policy, f"no undo is registered for {action.tool}")
-            else:
-                yield from _undo(guard, action, policy, interrupted=False)
-        elif action.state == "succeeded" and action.effect == "irreversible":
-            add_item(action, "irreversible", policy, f"{action.tool} cannot be undone")
-        elif action.state == "compensating":
-            comp = comps.get(action.seq)
-            if policy is not None and policy.undo is not None and policy.undo_idempotent:
-                yield from _undo(guard, action, policy, interrupted=True)
-            else:
-                writes = [
+        if step.do == "undo":
+            assert policy is not None
+            yield from _undo(guard, action, policy, interrupted=step.state == "compensating")
+        elif step.do == "review" and (step.seq, step.reason) not in listed:
+            assert step.reason is not None
+            writes = [review_write(run_id, step.seq, step.reason, policy, step.detail)]
+            if step.reason == "compensation_in_doubt":
+                writes.insert(
+                    0,
                     Write(
                         "actions",
-                        {"run_id": run_id, "seq": action.seq},
+                        {"run_id": run_id, "seq": step.seq},
                         {"state": "compensation_failed"},
                         expect={"state": ("compensating",)},
                     ),
-                    review_write(
-                        run_id,
-                        action.seq,
-                        "compensation_in_doubt",
-                        policy,
-                        f"the undo of {action.tool} was interrupted by a crash; check whether "
-                        "it took effect",
-                    ),
-                ]
-                if comp is not None:
+                )
+                if step.seq in comps:
                     writes.append(
                         Write(
                             "compensations",
-                            {"run_id": run_id, "seq": action.seq},
+                            {"run_id": run_id, "seq": step.seq},
                             {
                                 "state": "interrupted",
                                 "finished_at": now(),
@@ -218,19 +266,14 @@ def compensate(guard: Guard, run_id: str) -> Steps[None]:
                             },
                         )
                     )
-                store.transact(run_id, "compensation.interrupted", writes)
-                listed.add((action.seq, "compensation_in_doubt"))
-        elif action.state == "in_doubt":
-            add_item(action, "in_doubt", policy, f"{action.tool} may or may not have taken effect")
+            store.transact(run_id, f"review.{step.reason}", writes)
+            listed.add((step.seq, step.reason))
 
 
 def _undo(guard: Guard, action: Action, policy: Policy, *, interrupted: bool) -> Steps[None]:
     store = guard.store
     key = {"run_id": action.run_id, "seq": action.seq}
-    undo = policy.undo
-    assert undo is not None
-    undo = getattr(undo, "__guardrail_raw__", undo)
-    name = getattr(undo, "__name__", None) or repr(undo)
+    name = undo_name(policy)
     comp = {"undo": name, "state": "started", "attempts": 0, "started_at": now()}
     begun = store.transact(
         action.run_id,
@@ -247,7 +290,7 @@ def _undo(guard: Guard, action: Action, policy: Policy, *, interrupted: bool) ->
     crash_point("after_compensation_start")
     ids = {x.name: x.value for x in store.external_ids(action.run_id) if x.seq == action.seq}
     span = telemetry.start_compensation(action.tool, action.run_id, action.seq)
-    kwargs = undo_kwargs(undo, action, ids)
+    undo, kwargs = _undo_call(guard, action, policy, ids)
     outcome = yield from attempts(policy.undo_retry, Invoke(undo, kwargs, span))
     crash_point("after_undo")
     done = now()
@@ -295,22 +338,64 @@ def _undo(guard: Guard, action: Action, policy: Policy, *, interrupted: bool) ->
         )
 
 
+def _undo_call(
+    guard: Guard, action: Action, policy: Policy, ids: Mapping[str, str]
+) -> tuple[Callable[..., Any], dict[str, Any]]:
+    undo = policy.undo
+    if isinstance(undo, UndoTool):
+        fn = guard.tool_function(undo.tool)
+        if fn is None:
+            return _missing(action, undo.tool), {}
+        scope = {
+            "args": dict(action.args or {}),
+            "result": action.result,
+            "external_ids": dict(ids),
+            "snapshot": action.snapshot,
+        }
+        return fn, undo.kwargs(scope)
+    assert undo is not None
+    undo = getattr(undo, "__guardrail_raw__", undo)
+    return undo, undo_kwargs(undo, action, ids)
+
+
+def _missing(action: Action, tool: str) -> Callable[..., Any]:
+    def missing() -> None:
+        raise UnknownTool(
+            f"run {action.run_id}: the undo of {action.tool} is the tool {tool!r}, which is not "
+            "registered with this guard; register it (@guard.tool, guard.register or a wrapped "
+            "toolkit) and abort again, or undo it by hand",
+            run_id=action.run_id,
+            tool=action.tool,
+            field="undo.tool",
+        )
+
+    return missing
+
+
+def hook_kwargs(fn: Callable[..., Any], offered: Mapping[str, Any]) -> dict[str, Any]:
+    """Pick what a hook asks for by parameter name; else pass the original arguments."""
+    args = dict(offered.get("args") or {})
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return args
+    wanted = {name: offered[name] for name in params if name in offered}
+    return wanted if wanted else args
+
+
 def undo_kwargs(
     fn: Callable[..., Any], action: Action, external_ids: Mapping[str, str]
 ) -> dict[str, Any]:
-    """Pick what the undo asks for by parameter name; else pass the original arguments."""
+    """What an undo or probe asks for: ``args``, ``result``, ``external_ids``, ``snapshot``,
+    ``action`` by parameter name; else the original arguments as keywords."""
     offered: dict[str, Any] = {
         "args": dict(action.args or {}),
         "result": action.result,
         "external_ids": dict(external_ids),
+        "snapshot": action.snapshot,
         "action": action,
     }
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return dict(action.args or {})
-    wanted = {name: offered[name] for name in params if name in offered}
-    return wanted if wanted else dict(action.args or {})
+    return hook_kwargs(fn, offered)
 
 
 # -- decisions by people --------------------------------------------------------------------
@@ -319,6 +404,15 @@ def undo_kwargs(
 def resume(guard: Guard, run_id: str, by: str, note: str | None) -> Decision:
     store = guard.store
     run = guard.require_run(run_id)
+    if run.status == "awaiting_approval":
+        waiting = [i.id for i in open_approvals(guard, run_id)]
+        if waiting:
+            raise RunStateError(
+                f"run {run_id} awaits approval of item(s) {', '.join(waiting)}; approve or "
+                "reject them first (guard.approve / guard.reject), or abort the run",
+                run_id=run_id,
+                status=run.status,
+            )
     landed = store.transact(
         run_id,
         "run.resume",
@@ -375,6 +469,10 @@ def abort(guard: Guard, run_id: str, by: str, reason: str | None) -> Steps[Decis
         )
     guard.beat()
     crash_point("after_abort_start")
+    for item in open_approvals(guard, run_id):
+        store.transact(
+            run_id, "approval.rejected", _approval_writes(item, False, by, "run aborted")
+        )
     yield from compensate(guard, run_id)
     store.transact(
         run_id, "run.aborted", [run_write(run_id, ("aborting",), status="aborted", owner=None)]
@@ -392,6 +490,14 @@ def resolve(guard: Guard, item_id: str, resolution: str, by: str, note: str | No
     item = store.review_item(item_id)
     if item is None:
         raise RunNotFound(f"no review item {item_id!r} in {store.url}")
+    if item.reason == "approval":
+        if resolution not in ("approved", "rejected"):
+            raise RunStateError(
+                f"review item {item_id} is an approval request; approve or reject it",
+                run_id=item.run_id,
+                status=item.status,
+            )
+        return decide(guard, item_id, resolution == "approved", by, note)
     landed = store.transact(
         item.run_id,
         "review.resolve",
@@ -421,6 +527,69 @@ def resolve(guard: Guard, item_id: str, resolution: str, by: str, note: str | No
                 status=item.status,
             )
     telemetry.decision("resolve", item.run_id, by, resolution)
+    return Decision(item.run_id, resolution, landed, by)
+
+
+def open_approvals(guard: Guard, run_id: str) -> list[ReviewItem]:
+    items = guard.store.review_items(run_id=run_id, status="open")
+    return [i for i in items if i.reason == "approval"]
+
+
+def _approval_writes(item: ReviewItem, approve: bool, by: str, note: str | None) -> list[Write]:
+    resolution = "approved" if approve else "rejected"
+    writes = [
+        Write(
+            "review_items",
+            {"id": item.id},
+            {
+                "status": "resolved",
+                "resolution": resolution,
+                "resolved_by": by,
+                "note": note,
+                "resolved_at": now(),
+            },
+            expect={"status": ("open",)},
+        )
+    ]
+    if item.seq is not None:
+        writes.append(
+            Write(
+                "actions",
+                {"run_id": item.run_id, "seq": item.seq},
+                {"state": resolution},
+                expect={"state": ("awaiting_approval",)},
+            )
+        )
+    return writes
+
+
+def decide(guard: Guard, item_id: str, approve: bool, by: str, note: str | None) -> Decision:
+    """Approve or reject an approval request; exactly one decision lands."""
+    store = guard.store
+    item = store.review_item(item_id)
+    if item is None:
+        raise RunNotFound(f"no review item {item_id!r} in {store.url}")
+    if item.reason != "approval":
+        raise RunStateError(
+            f"review item {item_id} ({item.reason}) is not an approval request; use "
+            "guard.resolve(item, 'done_manually' | 'retried' | 'skipped', ...)",
+            run_id=item.run_id,
+            status=item.status,
+        )
+    resolution = "approved" if approve else "rejected"
+    landed = store.transact(
+        item.run_id, f"approval.{resolution}", _approval_writes(item, approve, by, note)
+    )
+    if not landed:
+        item = store.review_item(item_id)
+        assert item is not None
+        if item.resolution != resolution:
+            raise Conflict(
+                f"approval request {item_id} was already {item.resolution} by {item.resolved_by}",
+                run_id=item.run_id,
+                status=item.status,
+            )
+    telemetry.decision(resolution, item.run_id, by, "landed" if landed else "repeat")
     return Decision(item.run_id, resolution, landed, by)
 
 

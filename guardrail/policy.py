@@ -10,12 +10,14 @@ A policy is declared per tool, in code::
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from guardrail.conditions import Condition, ConditionError
 from guardrail.errors import PolicyError
 
 Effect = Literal["read_only", "reversible", "irreversible"]
@@ -48,6 +50,61 @@ class Retry(BaseModel):
     wait_max: float = Field(default=2.0, ge=0)
 
 
+class UndoTool(BaseModel):
+    """An undo that is another tool: ``UndoTool(tool="cancel_order", args={"id": "result.id"})``.
+
+    ``args`` maps each of the undo tool's parameters to a path into the action: ``args.*`` (the
+    original arguments), ``result.*``, ``external_ids.*`` or ``snapshot.*``. With no ``args`` the
+    undo tool gets the original arguments. The tool is looked up by name when the undo runs, among
+    the guard's tools (``@guard.tool``, ``guard.register``, wrapped toolkits).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tool: str = Field(min_length=1, max_length=200)
+    args: Mapping[str, str] = Field(default_factory=dict)
+
+    def kwargs(self, scope: Mapping[str, Any]) -> dict[str, Any]:
+        if not self.args:
+            return dict(scope.get("args") or {})
+        return {name: resolve_path(path, scope) for name, path in self.args.items()}
+
+
+class Approval(BaseModel):
+    """A gate before the call: when ``when`` holds, a person must approve these exact arguments.
+
+    ``when`` is a CEL expression over ``args``, ``tool`` and ``run`` (see
+    :mod:`guardrail.conditions`) or a Python callable taking the arguments. ``ttl`` (seconds)
+    limits how long an approval stays valid after it is given; ``None`` means until used.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    when: str | Callable[[Mapping[str, Any]], bool]
+    ttl: float | None = Field(default=None, gt=0)
+
+    @field_validator("when")
+    @classmethod
+    def _compiles(cls, when: Any) -> Any:
+        if isinstance(when, str):
+            condition(when)  # raises ConditionError (a ValueError) with what is wrong
+        return when
+
+    def holds(self, scope: Mapping[str, Any]) -> bool:
+        """Whether the call needs approval; an expression that fails counts as yes (fail closed)."""
+        if isinstance(self.when, str):
+            return condition(self.when).holds(scope)
+        try:
+            return bool(self.when(scope["args"]))
+        except Exception as exc:
+            raise ConditionError(f"the approval condition failed: {exc!r}") from None
+
+
+@functools.lru_cache(maxsize=1024)
+def condition(source: str) -> Condition:
+    return Condition(source)
+
+
 NO_RETRY = Retry(attempts=1)
 SAFE_RETRY = Retry(attempts=3)
 UNDO_RETRY = Retry(attempts=3)
@@ -59,8 +116,14 @@ class Policy(BaseModel):
     - ``effect``: ``read_only`` (changes nothing), ``reversible`` (has an ``undo``) or
       ``irreversible`` (has a ``review`` a person performs).
     - ``undo``: a callable that takes the action back. It receives, by parameter name, any of
-      ``args`` (the recorded arguments), ``result`` (the recorded result), ``external_ids`` and
-      ``action``; if it names none of these it is called with the original arguments as keywords.
+      ``args`` (the recorded arguments), ``result`` (the recorded result), ``external_ids``,
+      ``snapshot`` and ``action``; if it names none of these it is called with the original
+      arguments as keywords. Or an :class:`UndoTool`: another tool, with mapped arguments.
+    - ``snapshot``: a callable run just before the call (it receives ``args`` or the arguments as
+      keywords, like an undo); its JSON result is stored with the action and handed to the undo.
+      Use it to keep what the call will destroy (a file's previous bytes). If it raises, the call
+      is refused and nothing runs.
+    - ``approval``: an :class:`Approval` gate evaluated before the call.
     - ``retry``: when to retry the call. Default: read-only and ``idempotent`` tools are retried
       3 times; others are never retried unless a ``retry`` is declared.
     - ``external_ids``: name to path (``result.id``, ``args.path``, ``result.items.0.id``).
@@ -79,7 +142,7 @@ class Policy(BaseModel):
 
     name: str
     effect: Effect
-    undo: Callable[..., Any] | None = None
+    undo: Callable[..., Any] | UndoTool | None = None
     undo_retry: Retry = UNDO_RETRY
     undo_idempotent: bool = False
     review: Review | None = None
@@ -90,6 +153,8 @@ class Policy(BaseModel):
     redact: tuple[str, ...] = ()
     on_failure: OnFailure = "compensate"
     probe: Callable[..., Any] | None = None
+    snapshot: Callable[..., Any] | None = None
+    approval: Approval | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Policy:
@@ -111,6 +176,15 @@ class Policy(BaseModel):
             _check_path(path, self.name, f"external_ids.{name}", roots=("result", "args"))
         for path in self.redact:
             _check_path(path, self.name, "redact", roots=("args", "result"))
+        if isinstance(self.undo, UndoTool):
+            if self.undo.tool == self.name:
+                raise PolicyError(
+                    f"{where}: undo.tool names the tool itself; an undo must be another tool",
+                    tool=self.name,
+                    field="undo.tool",
+                )
+            for param, path in self.undo.args.items():
+                _check_path(path, self.name, f"undo.args.{param}", roots=UNDO_ROOTS)
         if isinstance(self.idempotency_key, str):
             _check_path(self.idempotency_key, self.name, "idempotency_key", roots=("args",))
         return self
@@ -124,11 +198,39 @@ class Policy(BaseModel):
             return SAFE_RETRY
         return NO_RETRY
 
+    @classmethod
+    def from_hints(
+        cls,
+        name: str,
+        *,
+        read_only: bool | None = None,
+        destructive: bool | None = None,
+        idempotent: bool | None = None,
+    ) -> Policy:
+        """A default policy from MCP-style tool hints (``readOnlyHint``, ``destructiveHint``,
+        ``idempotentHint``). Hints are claims by the tool's author, so they only seed defaults:
+        a declared policy always wins. A tool that is not read-only has no undo we could trust,
+        so it becomes irreversible with a review (``isolate`` when destructive, else ``mark``).
+        """
+        if read_only:
+            return cls(name=name, effect="read_only")
+        kind: ReviewKind = "mark" if destructive is False else "isolate"
+        return cls(
+            name=name,
+            effect="irreversible",
+            idempotent=bool(idempotent),
+            review=Review(
+                kind=kind,
+                instructions=f"{name} changed something outside guardrail's reach; check it",
+            ),
+        )
+
     @property
     def review_or_default(self) -> Review:
         return self.review if self.review is not None else Review()
 
 
+UNDO_ROOTS = ("args", "result", "external_ids", "snapshot")
 _PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
 
 
@@ -169,6 +271,10 @@ def make_policy(name: str, **fields: Any) -> Policy:
         fields["retry"] = Retry(**fields["retry"])
     if isinstance(fields.get("review"), Mapping):
         fields["review"] = Review(**fields["review"])
+    if isinstance(fields.get("undo"), Mapping):
+        fields["undo"] = UndoTool(**fields["undo"])
+    if isinstance(fields.get("approval"), str):
+        fields["approval"] = {"when": fields["approval"]}
     if isinstance(fields.get("redact"), list):
         fields["redact"] = tuple(fields["redact"])
     try:
@@ -176,6 +282,7 @@ def make_policy(name: str, **fields: Any) -> Policy:
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "policy"
+        message = str(first["msg"]).removeprefix("Value error, ")
         raise PolicyError(
-            f"policy for tool {name!r}: {field}: {first['msg']}", tool=name, field=field
+            f"policy for tool {name!r}: {field}: {message}", tool=name, field=field
         ) from None

@@ -72,6 +72,7 @@ class Action(SQLModel, table=True):
     result_note: str | None = None
     error: str | None = None
     external_ids: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON))
+    snapshot: Any = Field(default=None, sa_column=Column(JSON))
     trace_id: str | None = None
     span_id: str | None = None
     started_at: float
@@ -115,7 +116,7 @@ class ReviewItem(SQLModel, table=True):
     id: str = Field(primary_key=True)
     run_id: str = Field(index=True)
     seq: int | None = None
-    reason: str  # irreversible | compensation_failed | in_doubt | held | agent_error
+    reason: str  # irreversible | compensation_failed | in_doubt | held | approval | ...
     kind: str
     owner: str | None = None
     instructions: str | None = None
@@ -158,5 +159,5 @@ KEYS: dict[str, tuple[str, ...]] = {
 }
 # Columns that change without a transition (liveness, chain bookkeeping): not journaled.
 UNJOURNALED = {"heartbeat_at", "prev_hash", "hash"}
-JSON_COLUMNS = {"meta", "args", "result", "external_ids"}
+JSON_COLUMNS = {"meta", "args", "result", "external_ids", "snapshot"}
 COLUMN_NAMES = {"meta": "metadata"}

@@ -341,6 +341,14 @@ class SQLStore:
             result = json.loads(result)
         return int(seq), result, note
 
+    def keyed_actions(self, run_id: str, key: str) -> list[Action]:
+        q = (
+            select(Action)
+            .where(Action.run_id == run_id, Action.idempotency_key == key)
+            .order_by(col(Action.seq))
+        )
+        return self._read(lambda s: list(s.exec(q).all()))
+
     def compensations(self, run_id: str) -> list[Compensation]:
         q = (
             select(Compensation)

@@ -1,0 +1,23 @@
+"""The ``guardrail`` command line: tables for people, ``--json`` for scripts.
+
+Exit codes: 0 ok, 1 not found or problems found, 2 usage, 3 conflict.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from guardrail.cli import policy
+
+app = typer.Typer(
+    name="guardrail",
+    help="Review, resume and abort guarded agent runs; check policy files.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(policy.app, name="policy")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,104 @@
+"""``guardrail policy check FILE [--tools MODULE:OBJECT] [--json]``."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from guardrail import policy_file
+
+app = typer.Typer(help="Check policy files.", no_args_is_help=True)
+
+
+@app.command()
+def check(
+    file: Annotated[Path, typer.Argument(help="A YAML or TOML policy file.")],
+    tools: Annotated[
+        str | None,
+        typer.Option(
+            help="The toolkit to check against, as MODULE:OBJECT (a list of tools, a toolkit "
+            "with get_tools(), a mapping of name to tool, or a function returning one)."
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Report every problem in a policy file; exit 0 only when it is clean.
+
+    Errors: malformed files, bad expressions and paths, a tool that changes the world with
+    neither undo nor review, an undo naming a tool that does not exist, a toolkit tool with no
+    policy. Warnings (do not fail): policies for tools the toolkit lacks.
+    """
+    names = tool_names(tools) if tools is not None else None
+    found = policy_file.check(file, names)
+    errors = [p for p in found if p.severity == "error"]
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {"file": str(file), "ok": not errors, "problems": [asdict(p) for p in found]},
+                indent=2,
+            )
+        )
+    else:
+        console = Console()
+        if not found:
+            console.print(f"[green]{file}: ok[/green]")
+        else:
+            table = Table(
+                title=f"{file}: {len(errors)} error(s), {len(found) - len(errors)} warning(s)"
+            )
+            for column in ("line", "severity", "tool", "problem", "message"):
+                table.add_column(column, overflow="fold")
+            for p in found:
+                colour = "red" if p.severity == "error" else "yellow"
+                table.add_row(
+                    str(p.line or ""),
+                    f"[{colour}]{p.severity}[/{colour}]",
+                    p.tool or "",
+                    p.code,
+                    p.message,
+                )
+            console.print(table)
+    raise typer.Exit(1 if errors else 0)
+
+
+def tool_names(spec: str) -> list[str]:
+    """The tool names of ``MODULE:OBJECT`` (imported with the current directory on the path)."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise typer.BadParameter(f"{spec!r}: expected MODULE:OBJECT", param_hint="--tools")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        found: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError) as exc:
+        raise typer.BadParameter(f"{spec!r}: {exc}", param_hint="--tools") from None
+    if callable(found) and not hasattr(found, "name") and not hasattr(found, "get_tools"):
+        found = found()
+    if hasattr(found, "get_tools"):
+        found = found.get_tools()
+    if isinstance(found, Mapping):
+        return [str(k) for k in found]
+    if not isinstance(found, Iterable):
+        raise typer.BadParameter(
+            f"{spec!r} is a {type(found).__name__}, not a list of tools or a toolkit",
+            param_hint="--tools",
+        )
+    names = []
+    for tool in found:
+        name = getattr(tool, "name", None) or getattr(tool, "__name__", None)
+        if not isinstance(name, str):
+            raise typer.BadParameter(f"{spec!r}: {tool!r} has no name", param_hint="--tools")
+        names.append(name)
+    return names
