@@ -9,6 +9,7 @@ from guardrail.audit import ActionLog, Verification
 from guardrail.call import ResultWarning
 from guardrail.errors import (
     CallRefused,
+    CallRejected,
     Conflict,
     GuardrailError,
     PolicyError,
@@ -20,20 +21,23 @@ from guardrail.errors import (
     UnknownTool,
 )
 from guardrail.guard import Guard
-from guardrail.lifecycle import Decision
-from guardrail.policy import Policy, Retry, Review
+from guardrail.lifecycle import Decision, PlannedStep
+from guardrail.policy import Approval, Policy, Retry, Review, UndoTool
 from guardrail.run import Run, current_run
 from guardrail.store import Action, Compensation, ReviewItem, RunRecord
 
 __all__ = [
     "Action",
     "ActionLog",
+    "Approval",
     "CallRefused",
+    "CallRejected",
     "Compensation",
     "Conflict",
     "Decision",
     "Guard",
     "GuardrailError",
+    "PlannedStep",
     "Policy",
     "PolicyError",
     "ResultNotReplayable",
@@ -47,6 +51,7 @@ __all__ = [
     "RunRecord",
     "RunStateError",
     "StoreError",
+    "UndoTool",
     "UnknownTool",
     "Verification",
     "current_run",
