@@ -13,6 +13,7 @@ An expression sees ``args`` (the call's arguments), ``tool`` (its name) and ``ru
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -41,7 +42,7 @@ class Condition:
         try:
             self.program = cel.compile(source)
         except Exception as exc:  # the library raises ValueError, but be sure nothing leaks
-            raise ConditionError(f"not valid CEL: {_first_line(exc)}") from None
+            raise ConditionError(f"not valid CEL: {_parse_error(exc, source)}") from None
         unknown = sorted(set(self.program.variables()) - VARIABLES)
         if unknown:
             raise ConditionError(
@@ -54,6 +55,11 @@ class Condition:
         """Evaluate over ``scope``; raises ConditionError unless the answer is a boolean."""
         try:
             value = self.program.execute(dict(scope))
+        except KeyError as exc:
+            raise ConditionError(
+                f"{self.source!r} failed: no value for {exc}; the call has no such argument or "
+                "field (test for it first with has(args.name))"
+            ) from None
         except Exception as exc:
             raise ConditionError(
                 f"{self.source!r} failed: {type(exc).__name__}: {_first_line(exc)}"
@@ -66,6 +72,18 @@ class Condition:
 
     def __repr__(self) -> str:
         return f"Condition({self.source!r})"
+
+
+def _parse_error(exc: BaseException, source: str) -> str:
+    """The parser's reason and position, without its echo of the (possibly long) expression."""
+    text = str(exc).removeprefix(f"Failed to parse expression '{source}': ")
+    if "ERROR: " in text:
+        text = text[text.index("ERROR: ") :].removeprefix("ERROR: ").replace("<input>:", "at ", 1)
+    deep = re.search(r'msg: "([^"]{1,200})"', text)
+    if deep:  # e.g. ParseError { ..., msg: "Recursion limit of 96 exceeded", ... }
+        position = text.split(": ", 1)[0] if text.startswith("at ") else ""
+        return f"{position}: {deep.group(1)}" if position else deep.group(1)
+    return _first_line(Exception(text))
 
 
 def _first_line(exc: BaseException) -> str:

@@ -23,14 +23,23 @@ from __future__ import annotations
 import builtins
 import importlib
 import re
+import stat
 import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from guardrail.errors import PolicyError
 from guardrail.policy import (
@@ -53,14 +62,33 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
+def _check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise ValueError(
+            f"{name[:80]!r} is not a tool name (1 to 200 letters, digits, _ . : -, not starting "
+            "with a digit)"
+        )
+    return name
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, str_max_length=10_000)
+    # strict: a file says what it means (attempts: true or "3", idempotent: 1 are mistakes)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, str_max_length=10_000, strict=True, allow_inf_nan=False
+    )
 
 
 class UndoSpec(_Strict):
     tool: str | None = None
     call: str | None = None
     args: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("tool")
+    @classmethod
+    def _tool_name(cls, tool: str | None) -> str | None:
+        if tool is not None:
+            _check_name(tool)
+        return tool
 
     @model_validator(mode="after")
     def _one_kind(self) -> UndoSpec:
@@ -131,15 +159,7 @@ class ToolSpec(_Strict):
 
 class PolicyFile(_Strict):
     version: Literal[1] = 1
-    tools: dict[str, ToolSpec]
-
-    @field_validator("tools")
-    @classmethod
-    def _names(cls, tools: dict[str, ToolSpec]) -> dict[str, ToolSpec]:
-        for name in tools:
-            if not _NAME.match(name):
-                raise ValueError(f"{name[:80]!r} is not a tool name (letters, digits, _ . : -)")
-        return tools
+    tools: dict[Annotated[str, AfterValidator(_check_name)], ToolSpec]
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,53 +281,81 @@ class _Source:
     node: Any  # the YAML node tree (for line numbers) or None
 
 
+class _Unreadable(Exception):
+    """A file that cannot be read or parsed at all; carries its one problem."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(str(problem))
+        self.problem = problem
+
+
 def _read(path: str | Path) -> _Source:
     file = str(path)
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix not in SUFFIXES:
-        raise Problem(
-            "syntax", f"{file}: expected a .yaml, .yml or .toml policy file", file=file
-        ).error()
+        raise _Unreadable(
+            Problem("syntax", "expected a .yaml, .yml or .toml policy file", file=file)
+        )
     try:
-        size = p.stat().st_size
+        status = p.stat()
     except OSError as exc:
-        raise Problem(
-            "syntax", f"cannot read policy file: {exc.strerror}", file=file
-        ).error() from None
+        raise _Unreadable(
+            Problem("syntax", f"cannot read policy file: {exc.strerror or exc}", file=file)
+        ) from None
+    if not stat.S_ISREG(status.st_mode):  # a directory, or a FIFO that would block the read
+        raise _Unreadable(Problem("syntax", "cannot read policy file: not a file", file=file))
+    size = status.st_size
     if size > MAX_BYTES:
-        raise Problem(
-            "syntax",
-            f"policy file is {size:,} bytes, over the limit of {MAX_BYTES:,}; split it",
-            file=file,
-        ).error()
+        raise _Unreadable(
+            Problem(
+                "syntax",
+                f"policy file is {size:,} bytes, over the limit of {MAX_BYTES:,}; split it",
+                file=file,
+            )
+        )
     try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise Problem("syntax", f"cannot read policy file: {exc}", file=file).error() from None
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise _Unreadable(
+            Problem("syntax", f"cannot read policy file: {exc.strerror or exc}", file=file)
+        ) from None
+    try:
+        text = raw.decode("utf-8-sig")  # a leading byte-order mark is fine
+    except UnicodeDecodeError as exc:
+        raise _Unreadable(
+            Problem(
+                "syntax",
+                f"not UTF-8 text (byte {exc.start} is {raw[exc.start]:#04x}); is it a binary file?",
+                file=file,
+                line=raw.count(b"\n", 0, exc.start) + 1,
+            )
+        ) from None
     if suffix == ".toml":
         try:
             return _Source(file, text, tomllib.loads(text), None)
         except tomllib.TOMLDecodeError as exc:
             line = getattr(exc, "lineno", None) or _toml_line(str(exc))
-            raise Problem(
-                "syntax", f"not valid TOML: {exc}", file=file, line=line
-            ).error() from None
+            raise _Unreadable(
+                Problem("syntax", f"not valid TOML: {exc}", file=file, line=line)
+            ) from None
     try:
         _no_aliases(text)
         node = yaml.compose(text, Loader=_Loader)
         data = yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise Problem(
-            "syntax",
-            f"not valid YAML: {problem}",
-            file=file,
-            line=mark.line + 1 if mark is not None else None,
-        ).error() from None
+        line = mark.line + 1 if mark is not None else None
+        if isinstance(exc, yaml.reader.ReaderError):  # a control character: no mark, a position
+            line = text.count("\n", 0, exc.position) + 1
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise _Unreadable(
+            Problem("syntax", f"not valid YAML: {problem}", file=file, line=line)
+        ) from None
     except RecursionError:
-        raise Problem("syntax", "not valid YAML: nested too deeply", file=file).error() from None
+        raise _Unreadable(
+            Problem("syntax", "not valid YAML: nested too deeply", file=file)
+        ) from None
     return _Source(file, text, data, node)
 
 
@@ -360,9 +408,15 @@ def _issues(source: _Source) -> Iterator[Problem]:
         for error in exc.errors():
             loc = tuple(error["loc"])
             tool = str(loc[1]) if len(loc) > 1 and loc[0] == "tools" else None
-            field = ".".join(str(p) for p in loc[2:]) if tool else ".".join(map(str, loc))
+            parts = [str(p) for p in (loc[2:] if tool is not None else loc) if p != "[key]"]
+            field = ".".join(parts)
             message = _explain(error)
-            where = f"tool {tool!r}: {field or 'policy'}" if tool else (field or "file")
+            if tool is not None and loc[-1] == "[key]":  # the tool's name itself
+                where = f"tool {tool[:80]!r}"
+            elif tool is not None:
+                where = f"tool {tool[:80]!r}: {field or 'policy'}"
+            else:
+                where = field or "file"
             yield Problem(
                 _code(message),
                 f"{where}: {message}",
@@ -382,12 +436,32 @@ def _explain(error: Any) -> str:
         return "required, but missing"
     if kind == "literal_error":
         return message.replace("Input should be", "expected")
-    if kind == "dict_type" and error["loc"] == ():
-        return "expected a mapping with a 'tools' key at the top of the file"
     given = error.get("input")
-    if isinstance(given, str | int | float | bool) and kind.endswith("_type"):
-        return f"{message}, got {given!r}"[:400]
+    if kind in ("dict_type", "model_type"):
+        if error["loc"] == ():
+            if given is None:
+                return "the file is empty; expected a mapping with a 'tools' key"
+            return f"expected a mapping with a 'tools' key at the top, got {_describe(given)}"
+        return f"expected a mapping (key: value), got {_describe(given)}"
+    if kind == "string_type" and error["loc"][-1:] == ("[key]",):
+        return f"{given!r} is not a tool name; tool names are strings (quote it)"
+    if kind.endswith(("_type", "_parsing")):
+        return f"{message}, got {_describe(given)}"[:400]
     return message[:600]
+
+
+def _describe(value: Any) -> str:
+    """A value as a problem message shows it: short, and never a whole structure."""
+    if value is None:
+        return "nothing (an empty value)"
+    if isinstance(value, str | int | float | bool):
+        text = repr(value)
+        return text if len(text) <= 80 else text[:77] + "..."
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    return f"a {type(value).__name__} ({str(value)[:40]})"
 
 
 def _code(message: str) -> str:
@@ -413,8 +487,14 @@ def _build(source: _Source) -> tuple[list[Policy], list[Problem]]:
         except (PolicyError, ValueError) as exc:
             field = getattr(exc, "field", None)
             loc = ("tools", name, *(field.split(".") if field else ()))
-            message = str(exc).removeprefix(f"policy for tool {name!r}: ")
-            if not isinstance(exc, PolicyError):
+            if isinstance(exc, ValidationError):  # a value the policy model refused
+                message = "policy: " + "; ".join(
+                    f"{'.'.join(map(str, e['loc'])) or 'value'}: {_explain(e)}"
+                    for e in exc.errors()[:3]
+                )
+            else:
+                message = str(exc).removeprefix(f"policy for tool {name!r}: ")
+            if not isinstance(exc, PolicyError | ValidationError):
                 message = f"{field or 'policy'}: {message}"
             problems.append(
                 Problem(
@@ -496,8 +576,8 @@ def problems(path: str | Path) -> tuple[list[Policy], list[Problem]]:
     """Every problem in the file (for ``guardrail policy check``), and the policies that built."""
     try:
         source = _read(path)
-    except PolicyError as exc:
-        return [], [Problem("syntax", str(exc), file=str(path), line=exc.line)]
+    except _Unreadable as exc:
+        return [], [exc.problem]
     return _build(source)
 
 
@@ -534,11 +614,27 @@ def check(path: str | Path, tools: Iterable[str] | None = None) -> list[Problem]
     policies, found = problems(path)
     if any(p.code == "syntax" for p in found):
         return found
-    file = str(path)
     source = _read(path)
     declared = {p.name for p in policies}
     if isinstance(source.data, Mapping) and isinstance(source.data.get("tools"), Mapping):
         declared |= {str(n) for n in source.data["tools"]}
+    return found + check_policies(
+        policies, tools, declared=declared, file=str(path), line=lambda loc: _line(source, loc)
+    )
+
+
+def check_policies(
+    policies: Iterable[Policy],
+    tools: Iterable[str] | None = None,
+    *,
+    declared: Iterable[str] = (),
+    file: str | None = None,
+    line: Callable[[tuple[str, ...]], int | None] = lambda loc: None,
+) -> list[Problem]:
+    """The coverage checks of :func:`check` over built policies (a file's or a pack's)."""
+    policies = list(policies)
+    found: list[Problem] = []
+    names = {p.name for p in policies} | set(declared)
     toolkit = set(tools) if tools is not None else None
     for policy in policies:
         loc = ("tools", policy.name)
@@ -549,28 +645,28 @@ def check(path: str | Path, tools: Iterable[str] | None = None) -> list[Problem]
                     f"tool {policy.name!r}: effect {policy.effect} with neither undo nor review; "
                     "declare an undo (reversible) or a review (kind, owner, instructions)",
                     file=file,
-                    line=_line(source, loc),
+                    line=line(loc),
                     tool=policy.name,
                     field="review",
                 )
             )
         if isinstance(policy.undo, UndoTool):
             name = policy.undo.tool
-            if name not in declared and (toolkit is None or name not in toolkit):
-                where = "in the file" + (" or the toolkit" if toolkit is not None else "")
+            if name not in names and (toolkit is None or name not in toolkit):
+                where = "among the policies" + (" or in the toolkit" if toolkit is not None else "")
                 found.append(
                     Problem(
                         "missing_undo_tool",
                         f"tool {policy.name!r}: undo.tool: no tool {name!r} {where}",
                         file=file,
-                        line=_line(source, (*loc, "undo", "tool")),
+                        line=line((*loc, "undo", "tool")),
                         tool=policy.name,
                         field="undo.tool",
                     )
                 )
     if toolkit is not None:
         undo_tools = {p.undo.tool for p in policies if isinstance(p.undo, UndoTool)}
-        for name in sorted(toolkit - declared):
+        for name in sorted(toolkit - names):
             if name in undo_tools:
                 continue  # used only as an undo: it needs no policy of its own
             found.append(
@@ -581,13 +677,13 @@ def check(path: str | Path, tools: Iterable[str] | None = None) -> list[Problem]
                     tool=name,
                 )
             )
-        for name in sorted(declared - toolkit):
+        for name in sorted(names - toolkit):
             found.append(
                 Problem(
                     "not_in_toolkit",
                     f"tool {name!r}: the toolkit has no such tool (a typo, or an old policy?)",
                     file=file,
-                    line=_line(source, ("tools", name)),
+                    line=line(("tools", name)),
                     tool=name,
                     severity="warning",
                 )

@@ -16,13 +16,17 @@ from rich.console import Console
 from rich.table import Table
 
 from guardrail import policy_file
+from guardrail.errors import PolicyError
+from guardrail.guard import load_pack
 
 app = typer.Typer(help="Check policy files.", no_args_is_help=True)
 
 
 @app.command()
 def check(
-    file: Annotated[Path, typer.Argument(help="A YAML or TOML policy file.")],
+    file: Annotated[
+        str, typer.Argument(help="A YAML or TOML policy file, or the name of a policy pack.")
+    ],
     tools: Annotated[
         str | None,
         typer.Option(
@@ -39,7 +43,14 @@ def check(
     policy. Warnings (do not fail): policies for tools the toolkit lacks.
     """
     names = tool_names(tools) if tools is not None else None
-    found = policy_file.check(file, names)
+    if Path(file).suffix.lower() in policy_file.SUFFIXES:
+        found = policy_file.check(file, names)
+    else:
+        try:
+            pack = load_pack(file)
+        except PolicyError as exc:
+            raise typer.BadParameter(str(exc), param_hint="FILE") from None
+        found = policy_file.check_policies(pack, names, file=file)
     errors = [p for p in found if p.severity == "error"]
     if as_json:
         typer.echo(
@@ -65,7 +76,7 @@ def check(
                     f"[{colour}]{p.severity}[/{colour}]",
                     p.tool or "",
                     p.code,
-                    p.message,
+                    p.message.removeprefix(f"tool {p.tool!r}: "),
                 )
             console.print(table)
     raise typer.Exit(1 if errors else 0)
@@ -84,10 +95,17 @@ def tool_names(spec: str) -> list[str]:
             found = getattr(found, part)
     except (ImportError, AttributeError) as exc:
         raise typer.BadParameter(f"{spec!r}: {exc}", param_hint="--tools") from None
-    if callable(found) and not hasattr(found, "name") and not hasattr(found, "get_tools"):
-        found = found()
-    if hasattr(found, "get_tools"):
-        found = found.get_tools()
+    try:
+        if isinstance(found, type) or (
+            callable(found) and not hasattr(found, "name") and not hasattr(found, "get_tools")
+        ):
+            found = found()  # a toolkit class or a factory function
+        if hasattr(found, "get_tools"):
+            found = found.get_tools()
+    except Exception as exc:
+        raise typer.BadParameter(
+            f"{spec!r}: building the toolkit failed: {exc}", param_hint="--tools"
+        ) from None
     if isinstance(found, Mapping):
         return [str(k) for k in found]
     if not isinstance(found, Iterable):
