@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from guardrail.cli import policy
+from guardrail.cli import policy, runs
 
 app = typer.Typer(
     name="guardrail",
@@ -17,6 +17,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(policy.app, name="policy")
+runs.register(app)
 
 
 def main() -> None:

@@ -1,0 +1,383 @@
+"""Review commands: ``runs``, ``show``, ``resume``, ``abort``, ``resolve``, ``approve``,
+``reject``, ``recover``, ``find``, ``export``.
+
+Every command takes ``--store URL`` (or ``GUARDRAIL_STORE``). Decisions record ``--by`` (default:
+``GUARDRAIL_REVIEWER``, else the login name) and ``--note``, ask for confirmation unless
+``--yes``, and are safe to repeat. Exit codes: 0 ok, 1 not found, 2 usage, 3 conflict.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from guardrail.errors import Conflict, GuardrailError, RunNotFound, RunStateError, StoreError
+from guardrail.guard import Guard
+from guardrail.lifecycle import Decision
+
+T = TypeVar("T")
+
+NOT_FOUND, USAGE, CONFLICT = 1, 2, 3
+
+Store = Annotated[
+    str,
+    typer.Option(
+        "--store", envvar="GUARDRAIL_STORE", help="Store URL (default sqlite:///guardrail.db)."
+    ),
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+By = Annotated[
+    str | None,
+    typer.Option(help="Who decides (default: GUARDRAIL_REVIEWER, else the login name)."),
+]
+Note = Annotated[str | None, typer.Option(help="Why; stored with the decision.")]
+Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+
+DEFAULT_STORE = "sqlite:///guardrail.db"
+
+
+def register(app: typer.Typer) -> None:
+    for command in (runs, show, resume, abort, resolve, approve, reject, recover, find, export):
+        app.command()(command)
+
+
+@contextmanager
+def opened(store: str) -> Iterator[Guard]:
+    """A non-strict guard on the store; errors become exit codes with a one-line message."""
+    url = store or DEFAULT_STORE
+    if url.startswith("sqlite:///") and not os.path.exists(url.removeprefix("sqlite:///")):
+        _fail(f"no store at {url} (pass --store URL or set GUARDRAIL_STORE)", NOT_FOUND)
+    try:
+        guard = Guard(store=store or DEFAULT_STORE, strict=False)
+    except StoreError as exc:
+        _fail(str(exc), NOT_FOUND)
+    try:
+        yield guard
+    except RunNotFound as exc:
+        _fail(str(exc), NOT_FOUND)
+    except Conflict as exc:
+        _fail(str(exc), CONFLICT)
+    except RunStateError as exc:
+        _fail(str(exc), CONFLICT)
+    except GuardrailError as exc:
+        _fail(str(exc), USAGE)
+    finally:
+        guard.close()
+
+
+def _fail(message: str, code: int) -> Any:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _reviewer(by: str | None) -> str:
+    if by:
+        return by
+    try:
+        return os.environ.get("GUARDRAIL_REVIEWER") or getpass.getuser()
+    except Exception:
+        return "unknown"
+
+
+def _when(stamp: float | None) -> str:
+    if stamp is None:
+        return ""
+    return dt.datetime.fromtimestamp(stamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _since(text: str) -> float:
+    """``30m``, ``2h``, ``1d`` ago, or an ISO date/time."""
+    found = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip())
+    if found:
+        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[found.group(2)]
+        return time.time() - float(found.group(1)) * unit
+    try:
+        return dt.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r}: expected a duration (30m, 2h, 1d) or an ISO date", param_hint="--since"
+        ) from None
+
+
+def _dump(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2, default=str))
+
+
+def _decide(what: str, target: str, yes: bool, as_json: bool, act: Callable[[], Decision]) -> None:
+    if not yes and not typer.confirm(f"{what} {target}?", default=False):
+        _fail("cancelled; nothing changed", USAGE)
+    decision = act()
+    if as_json:
+        _dump({"run_id": decision.run_id, "status": decision.status, "landed": decision.landed})
+    elif decision.landed:
+        typer.echo(f"{what}: {target} is now {decision.status} (by {decision.by})")
+    else:
+        typer.echo(f"{what}: already done; {target} is {decision.status} (nothing changed)")
+
+
+def runs(
+    store: Store = DEFAULT_STORE,
+    status: Annotated[str | None, typer.Option(help="Only runs with this status.")] = None,
+    agent: Annotated[str | None, typer.Option(help="Only runs of this agent.")] = None,
+    since: Annotated[str | None, typer.Option(help="Changed since: 30m, 2h, 1d or a date.")] = None,
+    as_json: AsJson = False,
+) -> None:
+    """List runs, newest first."""
+    with opened(store) as guard:
+        found = guard.runs(status=status, agent=agent, since=_since(since) if since else None)
+        if as_json:
+            _dump([r.model_dump() for r in found])
+            return
+        table = Table(title=f"{len(found)} run(s)")
+        for column in ("run", "agent", "status", "updated", "reason"):
+            table.add_column(column, overflow="fold")
+        for r in found:
+            table.add_row(r.id, r.agent, _status(r.status), _when(r.updated_at), r.reason or "")
+        Console().print(table)
+
+
+def _status(status: str) -> str:
+    colour = {
+        "pending_review": "red",
+        "awaiting_approval": "yellow",
+        "completed": "green",
+        "aborted": "dim",
+    }.get(status)
+    return f"[{colour}]{status}[/{colour}]" if colour else status
+
+
+def show(
+    run_id: Annotated[str, typer.Argument(help="The run id.")],
+    store: Store = DEFAULT_STORE,
+    as_json: AsJson = False,
+) -> None:
+    """The run's timeline: actions, compensations, review items, what would still be undone,
+    and the hash-chain verdict."""
+    with opened(store) as guard:
+        log = guard.log(run_id)
+        verdict = guard.verify(run_id)
+        plan = guard.plan_undo(run_id)
+        if as_json:
+            _dump(
+                {
+                    **log.model_dump(),
+                    "plan_undo": [_slots(s) for s in plan],
+                    "verification": verdict.model_dump(),
+                }
+            )
+            return
+        console = Console()
+        run = log.run
+        console.print(
+            f"[bold]run {run.id}[/bold]  agent {run.agent}  {_status(run.status)}"
+            + (f"  ({run.reason})" if run.reason else "")
+        )
+        if run.decided_by:
+            console.print(f"decided by {run.decided_by}: {run.decision_note or ''}")
+        comps = {c.seq: c for c in log.compensations}
+        items: dict[int | None, list[str]] = {}
+        for i in log.review_items:
+            mark = "open" if i.status == "open" else f"{i.resolution} by {i.resolved_by}"
+            items.setdefault(i.seq, []).append(f"{i.id} {i.reason} ({i.kind}, {mark})")
+        table = Table()
+        for column in (
+            "seq",
+            "tool",
+            "effect",
+            "state",
+            "ms",
+            "external ids",
+            "compensation",
+            "review",
+        ):
+            table.add_column(column, overflow="fold")
+        for a in log.actions:
+            took = (
+                f"{(a.finished_at - a.started_at) * 1000:.1f}" if a.finished_at is not None else ""
+            )
+            comp = comps.get(a.seq)
+            table.add_row(
+                str(a.seq),
+                a.tool,
+                a.effect,
+                a.state + (f": {a.error[:80]}" if a.error else ""),
+                took,
+                ", ".join(f"{k}={v}" for k, v in a.external_ids.items()),
+                f"{comp.undo} {comp.state}" if comp else "",
+                "\n".join(items.get(a.seq, [])),
+            )
+        console.print(table)
+        for line in items.get(None, []):
+            console.print(f"review: {line}")
+        todo = [s for s in plan if s.do != "nothing"]
+        if todo and run.status in ("pending_review", "awaiting_approval"):
+            console.print("an abort would now:")
+            for s in todo:
+                console.print(f"  {s.do} action {s.seq} ({s.tool}): {s.detail}")
+        console.print(
+            "hash chain: [green]ok[/green]"
+            if verdict.ok
+            else f"hash chain: [red]BROKEN[/red] {'; '.join(verdict.problems)}"
+        )
+
+
+def _slots(obj: Any) -> dict[str, Any]:
+    return {name: getattr(obj, name) for name in obj.__slots__}
+
+
+def resume(
+    run_id: Annotated[str, typer.Argument()],
+    store: Store = DEFAULT_STORE,
+    by: By = None,
+    note: Note = None,
+    yes: Yes = False,
+    as_json: AsJson = False,
+) -> None:
+    """Let a halted run continue (restart the agent on the same run afterwards)."""
+    with opened(store) as guard:
+        guard.require_run(run_id)
+        who = _reviewer(by)
+        _decide("resume", run_id, yes, as_json, lambda: guard.resume(run_id, by=who, note=note))
+
+
+def abort(
+    run_id: Annotated[str, typer.Argument()],
+    store: Store = DEFAULT_STORE,
+    by: By = None,
+    note: Note = None,
+    yes: Yes = False,
+    as_json: AsJson = False,
+) -> None:
+    """Undo whatever is still undoable and end the run as aborted.
+
+    Undos run in this process, so it needs the tools' undo callables: for runs of an agent whose
+    undos live in code, abort from that code (guard.abort) or with the policy pack loaded.
+    """
+    with opened(store) as guard:
+        guard.require_run(run_id)
+        who = _reviewer(by)
+        _decide("abort", run_id, yes, as_json, lambda: guard.abort(run_id, by=who, reason=note))
+
+
+def resolve(
+    item_id: Annotated[str, typer.Argument()],
+    as_: Annotated[
+        str, typer.Option("--as", help="done_manually, retried or skipped.")
+    ] = "done_manually",
+    store: Store = DEFAULT_STORE,
+    by: By = None,
+    note: Note = None,
+    yes: Yes = False,
+    as_json: AsJson = False,
+) -> None:
+    """Record a person's decision on a review item."""
+    with opened(store) as guard:
+        who = _reviewer(by)
+        _decide(
+            f"resolve as {as_}",
+            item_id,
+            yes,
+            as_json,
+            lambda: guard.resolve(item_id, as_, by=who, note=note),
+        )
+
+
+def approve(
+    item_id: Annotated[str, typer.Argument()],
+    store: Store = DEFAULT_STORE,
+    by: By = None,
+    note: Note = None,
+    resume_run: Annotated[bool, typer.Option("--resume", help="Also resume the run.")] = False,
+    yes: Yes = False,
+    as_json: AsJson = False,
+) -> None:
+    """Approve an approval request (these exact arguments)."""
+    with opened(store) as guard:
+        who = _reviewer(by)
+        _decide("approve", item_id, yes, as_json, lambda: guard.approve(item_id, by=who, note=note))
+        item = guard.store.review_item(item_id)
+        if resume_run and item is not None:
+            run_id = item.run_id
+            _decide(
+                "resume", run_id, True, as_json, lambda: guard.resume(run_id, by=who, note=note)
+            )
+
+
+def reject(
+    item_id: Annotated[str, typer.Argument()],
+    store: Store = DEFAULT_STORE,
+    by: By = None,
+    note: Note = None,
+    yes: Yes = False,
+    as_json: AsJson = False,
+) -> None:
+    """Reject an approval request; the agent gets CallRejected for that call."""
+    with opened(store) as guard:
+        who = _reviewer(by)
+        _decide("reject", item_id, yes, as_json, lambda: guard.reject(item_id, by=who, reason=note))
+
+
+def recover(store: Store = DEFAULT_STORE, as_json: AsJson = False) -> None:
+    """Finish the runs whose owner process died."""
+    with opened(store) as guard:
+        done = guard.recover()
+        if as_json:
+            _dump({"recovered": done})
+        else:
+            typer.echo(f"recovered {len(done)} run(s)" + (": " + ", ".join(done) if done else ""))
+
+
+def find(
+    external_id: Annotated[
+        str, typer.Option("--external-id", help="VALUE or NAME=VALUE, e.g. order_id=ord_1001.")
+    ],
+    store: Store = DEFAULT_STORE,
+    as_json: AsJson = False,
+) -> None:
+    """Which actions produced an external id."""
+    name, _, value = external_id.rpartition("=")
+    with opened(store) as guard:
+        found = guard.find(value, name=name or None)
+        if as_json:
+            _dump([a.model_dump() for a in found])
+            return
+        if not found:
+            _fail(f"no action produced {external_id}", NOT_FOUND)
+        for a in found:
+            typer.echo(f"{a.run_id}  action {a.seq}  {a.tool}  {a.state}  {a.external_ids}")
+
+
+def export(
+    run_id: Annotated[str, typer.Argument()],
+    store: Store = DEFAULT_STORE,
+    format: Annotated[str, typer.Option(help="json or jsonl.")] = "json",
+) -> None:
+    """The run's whole log, for archives and other tools."""
+    if format not in ("json", "jsonl"):
+        raise typer.BadParameter("expected json or jsonl", param_hint="--format")
+    with opened(store) as guard:
+        log = guard.log(run_id)
+        if format == "json":
+            _dump(log.model_dump())
+            return
+        out = sys.stdout
+        out.write(json.dumps({"type": "run", **log.run.model_dump()}, default=str) + "\n")
+        for kind, rows in (
+            ("action", log.actions),
+            ("compensation", log.compensations),
+            ("review_item", log.review_items),
+        ):
+            for row in rows:
+                out.write(json.dumps({"type": kind, **row.model_dump()}, default=str) + "\n")

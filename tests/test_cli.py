@@ -1,0 +1,108 @@
+"""The review CLI against a real store: tables, --json, decisions, exit codes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from guardrail import Guard, RunHalted
+from guardrail.cli import app
+
+runner = CliRunner(env={"COLUMNS": "200"})
+
+
+@pytest.fixture
+def halted(sqlite_url: str) -> tuple[str, str, str]:
+    """A run halted after an order (reversible), an email (irreversible) and a failure."""
+    with Guard(store=sqlite_url) as guard:
+
+        @guard.tool(
+            effect="reversible", undo=lambda args: None, external_ids={"order_id": "result.id"}
+        )
+        def create_order(item: str) -> dict[str, str]:
+            return {"id": "ord_1"}
+
+        @guard.tool(effect="irreversible", review={"kind": "correct", "owner": "support"})
+        def send_email(to: str) -> str:
+            return "sent"
+
+        @guard.tool(effect="read_only")
+        def fail() -> None:
+            raise RuntimeError("boom")
+
+        with pytest.raises(RunHalted) as halt, guard.run(agent="shop") as run:
+            create_order(item="<script>alert(1)</script>")
+            send_email(to="a@example.com")
+            fail()
+        return sqlite_url, run.id, halt.value.review_items[0]
+
+
+def cli(*args: str) -> tuple[int, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+def test_runs_and_show(halted: tuple[str, str, str]) -> None:
+    store, run_id, _ = halted
+    code, out = cli("runs", "--store", store, "--json")
+    assert code == 0
+    assert [r["status"] for r in json.loads(out)] == ["pending_review"]
+    code, out = cli("runs", "--store", store, "--status", "completed", "--json")
+    assert json.loads(out) == []
+    code, out = cli("show", run_id, "--store", store)
+    assert code == 0
+    assert "create_order" in out and "compensated" in out and "hash chain: ok" in out
+    code, out = cli("show", run_id, "--store", store, "--json")
+    shown = json.loads(out)
+    assert [a["state"] for a in shown["actions"]] == ["compensated", "succeeded", "failed"]
+    assert shown["verification"]["ok"] is True
+    assert [s["do"] for s in shown["plan_undo"]] == ["nothing", "review", "nothing"]
+
+
+def test_decisions_and_exit_codes(halted: tuple[str, str, str]) -> None:
+    store, run_id, item = halted
+    assert cli("show", "nope", "--store", store)[0] == 1
+    assert cli("runs", "--store", "sqlite:////nonexistent/x.db")[0] == 1
+    code, out = cli("resolve", item, "--as", "done_manually", "--by", "ann", "--store", store, "-y")
+    assert code == 0 and "done_manually" in out
+    code, out = cli("resolve", item, "--as", "skipped", "--by", "bob", "--store", store, "-y")
+    assert code == 3  # someone else decided first
+    assert cli("resolve", item, "--as", "bogus", "--store", store, "-y")[0] == 3
+    code, out = cli("abort", run_id, "--by", "ann", "--note", "why", "--store", store, "-y")
+    assert code == 0 and "aborted" in out
+    code, out = cli("abort", run_id, "--by", "ann", "--store", store, "-y", "--json")
+    assert code == 0 and json.loads(out)["landed"] is False  # a repeat changes nothing
+    assert cli("resume", run_id, "--by", "bob", "--store", store, "-y")[0] == 3
+    with Guard(store=store) as guard:
+        run = guard.require_run(run_id)
+        assert (run.status, run.decided_by, run.decision_note) == ("aborted", "ann", "why")
+
+
+def test_confirmation_is_asked(halted: tuple[str, str, str]) -> None:
+    store, run_id, _ = halted
+    result = runner.invoke(app, ["resume", run_id, "--store", store, "--by", "ann"], input="n\n")
+    assert result.exit_code == 2
+    with Guard(store=store) as guard:
+        assert guard.require_run(run_id).status == "pending_review"
+
+
+def test_find_and_export(halted: tuple[str, str, str]) -> None:
+    store, run_id, _ = halted
+    code, out = cli("find", "--external-id", "order_id=ord_1", "--store", store)
+    assert code == 0 and run_id in out
+    assert cli("find", "--external-id", "order_id=missing", "--store", store)[0] == 1
+    code, out = cli("export", run_id, "--store", store, "--format", "jsonl")
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [x["type"] for x in lines] == [
+        "run",
+        "action",
+        "action",
+        "action",
+        "compensation",
+        "review_item",
+    ]
+    assert lines[1]["args"]["item"] == "<script>alert(1)</script>"
+    assert cli("export", run_id, "--store", store, "--format", "xml")[0] == 2
+    assert cli("recover", "--store", store, "--json")[0] == 0
