@@ -187,21 +187,13 @@ def show(
         if run.decided_by:
             console.print(f"decided by {run.decided_by}: {run.decision_note or ''}")
         comps = {c.seq: c for c in log.compensations}
-        items: dict[int | None, list[str]] = {}
+        reviews: dict[int | None, list[str]] = {}
         for i in log.review_items:
-            mark = "open" if i.status == "open" else f"{i.resolution} by {i.resolved_by}"
-            items.setdefault(i.seq, []).append(f"{i.id} {i.reason} ({i.kind}, {mark})")
-        table = Table()
-        for column in (
-            "seq",
-            "tool",
-            "effect",
-            "state",
-            "ms",
-            "external ids",
-            "compensation",
-            "review",
-        ):
+            reviews.setdefault(i.seq, []).append(f"{i.reason} ({i.status})")
+        table = Table(title="actions")
+        for column in ("seq", "tool", "effect", "state", "ms"):
+            table.add_column(column, no_wrap=True)
+        for column in ("external ids", "undo", "review"):
             table.add_column(column, overflow="fold")
         for a in log.actions:
             took = (
@@ -212,15 +204,36 @@ def show(
                 str(a.seq),
                 a.tool,
                 a.effect,
-                a.state + (f": {a.error[:80]}" if a.error else ""),
+                _state(a.state),
                 took,
                 ", ".join(f"{k}={v}" for k, v in a.external_ids.items()),
-                f"{comp.undo} {comp.state}" if comp else "",
-                "\n".join(items.get(a.seq, [])),
+                f"{comp.undo}: {comp.state}" if comp else "",
+                ", ".join(reviews.get(a.seq, [])),
             )
         console.print(table)
-        for line in items.get(None, []):
-            console.print(f"review: {line}")
+        for a in log.actions:
+            if a.error:
+                console.print(f"action {a.seq} ({a.tool}): {a.error[:300]}", markup=False)
+        for c in log.compensations:
+            if c.error:
+                console.print(f"undo of action {c.seq}: {c.error[:300]}", markup=False)
+        if log.review_items:
+            items = Table(title="review items")
+            for column in ("item", "action", "reason", "kind", "owner", "status"):
+                items.add_column(column, no_wrap=True)
+            items.add_column("instructions", overflow="fold")
+            for i in log.review_items:
+                status = i.status if i.status == "open" else f"{i.resolution} by {i.resolved_by}"
+                items.add_row(
+                    i.id,
+                    str(i.seq or ""),
+                    i.reason,
+                    i.kind,
+                    i.owner or "",
+                    status,
+                    i.instructions or "",
+                )
+            console.print(items)
         todo = [s for s in plan if s.do != "nothing"]
         if todo and run.status in ("pending_review", "awaiting_approval"):
             console.print("an abort would now:")
@@ -231,6 +244,18 @@ def show(
             if verdict.ok
             else f"hash chain: [red]BROKEN[/red] {'; '.join(verdict.problems)}"
         )
+
+
+def _state(state: str) -> str:
+    colour = {
+        "failed": "red",
+        "compensation_failed": "red",
+        "in_doubt": "red",
+        "awaiting_approval": "yellow",
+        "compensated": "cyan",
+        "succeeded": "green",
+    }.get(state)
+    return f"[{colour}]{state}[/{colour}]" if colour else state
 
 
 def _slots(obj: Any) -> dict[str, Any]:
