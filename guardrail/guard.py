@@ -11,7 +11,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
-from guardrail import lifecycle, policy_file
+from guardrail import lifecycle, notify, policy_file
 from guardrail.audit import ActionLog, Verification, read_log, verify
 from guardrail.drive import adrive, drive
 from guardrail.errors import GuardrailError, PolicyError, RunNotFound, UnknownTool
@@ -39,7 +39,8 @@ class Guard:
 
     ``strict`` refuses tools without a policy; ``durability`` is ``"process"`` (survives a
     process crash) or ``"power"`` (survives power loss; slower); ``on_halt`` is called with the
-    run record whenever a run starts waiting for a person.
+    run record whenever a run starts waiting for a person, and ``webhook_url`` (if given)
+    receives a JSON POST then (see :mod:`guardrail.notify`).
     """
 
     def __init__(
@@ -50,6 +51,7 @@ class Guard:
         strict: bool = True,
         durability: str = "process",
         on_halt: Callable[[RunRecord], None] | None = None,
+        webhook_url: str | None = None,
         heartbeat_interval: float = 5.0,
         max_args_bytes: int = 1_000_000,
         max_result_bytes: int | None = 256_000,
@@ -59,6 +61,7 @@ class Guard:
         )
         self.strict = strict
         self.on_halt = on_halt
+        self.webhook_url = notify.check_url(webhook_url) if webhook_url else None
         self.heartbeat_interval = heartbeat_interval
         self.stale_after = heartbeat_interval * 6
         self.max_args_bytes = max_args_bytes
@@ -347,6 +350,9 @@ class Guard:
                 self.on_halt(run)
             except Exception:
                 log.exception("guardrail on_halt hook failed for run %s", run.id)
+        if self.webhook_url is not None:
+            items = self.store.review_items(run_id=run.id, status="open")
+            notify.post(self.webhook_url, notify.payload(run, items))
 
     def close(self) -> None:
         self._stop.set()

@@ -1,0 +1,72 @@
+"""Telling people a run waits for them: the ``on_halt`` callable and an optional webhook.
+
+The webhook receives a JSON POST on every transition to ``pending_review`` or
+``awaiting_approval``::
+
+    {"event": "run.pending_review", "run_id": "...", "agent": "...", "status": "...",
+     "reason": "...", "review_items": [{"id": "...", "reason": "...", "kind": "...", ...}]}
+
+A failing hook or webhook is logged and never breaks the halt: the run is already safely stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.request
+from typing import Any
+from urllib.parse import urlsplit
+
+from guardrail.errors import GuardrailError
+from guardrail.store import ReviewItem, RunRecord
+
+log = logging.getLogger("guardrail")
+TIMEOUT = 5.0
+
+
+def check_url(url: str) -> str:
+    if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
+        raise GuardrailError(f"webhook_url {url!r} is not an http(s) URL", field="webhook_url")
+    return url
+
+
+def payload(run: RunRecord, items: list[ReviewItem]) -> dict[str, Any]:
+    return {
+        "event": f"run.{run.status}",
+        "run_id": run.id,
+        "agent": run.agent,
+        "status": run.status,
+        "reason": run.reason,
+        "review_items": [
+            {
+                "id": i.id,
+                "seq": i.seq,
+                "reason": i.reason,
+                "kind": i.kind,
+                "owner": i.owner,
+                "instructions": i.instructions,
+            }
+            for i in items
+            if i.status == "open"
+        ],
+    }
+
+
+def post(url: str, body: dict[str, Any]) -> bool:
+    """POST the body as JSON; True when the server answered 2xx."""
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", "User-Agent": "guardrail"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+            status = int(response.status)
+            ok = 200 <= status < 300
+    except Exception as exc:
+        log.warning("guardrail webhook %s failed for run %s: %s", url, body.get("run_id"), exc)
+        return False
+    if not ok:
+        log.warning("guardrail webhook %s answered %s", url, status)
+    return ok
