@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from guardrail import telemetry
 from guardrail.conditions import ConditionError
-from guardrail.drive import Invoke, Steps, attempts
+from guardrail.drive import Invoke, Sleep, Steps, attempts
 from guardrail.errors import CallRefused, CallRejected, Conflict, ResultNotReplayable, RunHalted
 from guardrail.lifecycle import halt, hook_kwargs, now, open_approvals, review_write, run_write
 from guardrail.policy import NO_RETRY, Policy, resolve_path
@@ -25,6 +25,9 @@ class ResultWarning(UserWarning):
     """A tool returned something guardrail could not store faithfully."""
 
 
+SIBLING_WAIT = 60.0  # seconds a failing call waits for parallel calls of its run to finish
+
+
 def guarded_call(
     guard: Guard,
     run: Run,
@@ -33,8 +36,23 @@ def guarded_call(
     args: dict[str, Any],
     call_id: str | None,
 ) -> Steps[Any]:
-    tool = policy.name
     run.check_open()
+    run.begin_call()
+    try:
+        return (yield from _guarded_call(guard, run, policy, fn, args, call_id))
+    finally:
+        run.end_call()
+
+
+def _guarded_call(
+    guard: Guard,
+    run: Run,
+    policy: Policy,
+    fn: Callable[..., Any],
+    args: dict[str, Any],
+    call_id: str | None,
+) -> Steps[Any]:
+    tool = policy.name
     try:
         plain = to_jsonable(args)
     except NotJSON as exc:
@@ -141,12 +159,16 @@ def guarded_call(
         ],
     )
     telemetry.end(span, error=error, attributes={"action.seq": seq})
-    run.halted = True
+    run.halted = True  # refuse new calls; let calls already running in parallel finish first,
+    waited = 0.0  # so compensation sees their outcome (nothing succeeds behind its back)
+    while run.inflight > 1 and waited < SIBLING_WAIT:
+        yield Sleep(0.002)
+        waited += 0.002
     record = yield from halt(
         guard,
         run.id,
         reason=f"{tool} failed: {message[:500]}",
-        hold=policy.on_failure == "hold",
+        hold=(run.on_failure or policy.on_failure) == "hold",
         failed_seq=seq,
     )
     items = tuple(i.id for i in guard.store.review_items(run_id=run.id, status="open"))

@@ -253,9 +253,19 @@ class Guard:
         *,
         run_id: str | None = None,
         metadata: dict[str, Any] | None = None,
+        on_failure: str | None = None,
     ) -> Run:
-        """A run to enter around the agent; pass ``run_id`` to continue a resumed run."""
-        return Run(self, agent=agent, run_id=run_id, metadata=metadata)
+        """A run to enter around the agent; pass ``run_id`` to continue a resumed run.
+
+        ``on_failure="hold"`` holds every failure of this run for a person, whatever the tools'
+        policies say: nothing is undone until the person aborts (for agents that continue a
+        checkpointed thread after review instead of starting over).
+        """
+        if on_failure not in (None, "hold", "compensate"):
+            raise GuardrailError(
+                f"on_failure={on_failure!r}: expected 'hold' or 'compensate'", field="on_failure"
+            )
+        return Run(self, agent=agent, run_id=run_id, metadata=metadata, on_failure=on_failure)
 
     def runs(
         self, *, status: str | None = None, agent: str | None = None, since: float | None = None

@@ -28,7 +28,7 @@ import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -55,6 +55,7 @@ from guardrail.policy import (
 )
 
 MAX_BYTES = 1_000_000
+MAX_DEPTH = 50  # YAML collections within collections
 SUFFIXES = (".yaml", ".yml", ".toml")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:\-]{0,199}$")
 _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
@@ -229,7 +230,13 @@ def _import(path: str, what: str) -> Any:
 # -- reading ----------------------------------------------------------------------------------
 
 
-class _Loader(yaml.SafeLoader):
+if TYPE_CHECKING:
+    _SafeLoader = yaml.SafeLoader
+else:  # libyaml's parser when installed: pure-Python PyYAML takes ~20 us a token
+    _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_SafeLoader):
     """Safe YAML that refuses duplicate keys."""
 
 
@@ -261,16 +268,37 @@ _Loader.add_implicit_resolver(
 )
 
 
-def _no_aliases(text: str) -> None:
-    """Anchors and aliases let a small file expand to gigabytes ('billion laughs'): refuse them."""
-    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+def _parse_yaml(text: str) -> tuple[Any, Any]:
+    """The node tree (for line numbers) and the data of a YAML text.
+
+    The event stream is checked first, before anything is built: anchors and aliases let a small
+    file expand to gigabytes ('billion laughs'), and deep nesting makes the scanner quadratic
+    (10 KB of brackets took seconds) and the composer recurse: refuse both.
+    """
+    depth = 0
+    for event in yaml.parse(text, Loader=_Loader):
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
-            raise yaml.composer.ComposerError(
-                None,
-                None,
-                "anchors and aliases are not allowed in policy files",
-                event.start_mark,  # type: ignore[arg-type]
-            )
+            problem = "anchors and aliases are not allowed in policy files"
+        elif isinstance(event, yaml.CollectionStartEvent) and depth >= MAX_DEPTH:
+            problem = f"nested more than {MAX_DEPTH} levels deep"
+        else:
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+            continue
+        raise yaml.composer.ComposerError(
+            None,
+            None,
+            problem,
+            event.start_mark,  # type: ignore[arg-type]
+        )
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        return node, (loader.construct_document(node) if node is not None else None)
+    finally:
+        loader.dispose()
 
 
 @dataclass
@@ -281,11 +309,11 @@ class _Source:
     node: Any  # the YAML node tree (for line numbers) or None
 
 
-class _Unreadable(Exception):
+class _Unreadable(PolicyError):
     """A file that cannot be read or parsed at all; carries its one problem."""
 
     def __init__(self, problem: Problem) -> None:
-        super().__init__(str(problem))
+        super().__init__(str(problem), file=problem.file, line=problem.line)
         self.problem = problem
 
 
@@ -339,16 +367,20 @@ def _read(path: str | Path) -> _Source:
             raise _Unreadable(
                 Problem("syntax", f"not valid TOML: {exc}", file=file, line=line)
             ) from None
+        except RecursionError:  # tomllib recurses into nested arrays and inline tables
+            raise _Unreadable(
+                Problem("syntax", "not valid TOML: nested too deeply", file=file)
+            ) from None
     try:
-        _no_aliases(text)
-        node = yaml.compose(text, Loader=_Loader)
-        data = yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
+        node, data = _parse_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = mark.line + 1 if mark is not None else None
         if isinstance(exc, yaml.reader.ReaderError):  # a control character: no mark, a position
             line = text.count("\n", 0, exc.position) + 1
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        if line is not None and "\t" in "".join(text.splitlines()[line - 1 : line]):
+            problem += " (a tab: YAML indents with spaces)"
         raise _Unreadable(
             Problem("syntax", f"not valid YAML: {problem}", file=file, line=line)
         ) from None
@@ -445,6 +477,8 @@ def _explain(error: Any) -> str:
         return f"expected a mapping (key: value), got {_describe(given)}"
     if kind == "string_type" and error["loc"][-1:] == ("[key]",):
         return f"{given!r} is not a tool name; tool names are strings (quote it)"
+    if kind == "bool_type":  # strict: YAML 1.2 reads yes/no/on/off as strings
+        return f"expected true or false, got {_describe(given)}"
     if kind.endswith(("_type", "_parsing")):
         return f"{message}, got {_describe(given)}"[:400]
     return message[:600]

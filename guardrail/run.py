@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import threading
 from collections import Counter
 from collections.abc import Callable
 from contextvars import ContextVar, Token
@@ -47,8 +48,10 @@ class Run:
         agent: str,
         run_id: str | None = None,
         metadata: dict[str, Any] | None = None,
+        on_failure: str | None = None,
     ) -> None:
         self.guard = guard
+        self.on_failure = on_failure  # "hold" holds every failure of this run for a person
         self.agent = agent
         self.id = run_id or new_id() + new_id()[:8]
         self.metadata = dict(metadata or {})
@@ -57,6 +60,8 @@ class Run:
         self._seq: itertools.count[int] = itertools.count(1)
         self._occurrences: Counter[tuple[str, str]] = Counter()
         self._tokens: list[Token[Run | None]] = []
+        self._lock = threading.Lock()
+        self._inflight = 0
 
     # -- entering and leaving ----------------------------------------------------------------
 
@@ -172,6 +177,25 @@ class Run:
         finally:
             _current.reset(self._tokens.pop())
 
+    # -- for adapters that see one call at a time ------------------------------------------
+
+    def start(self) -> Run:
+        """Open (create or re-attach) the run without a ``with`` block.
+
+        For adapters that see one tool call at a time, such as LangChain middleware; pair with
+        :meth:`complete`. Raises RunStateError while the run waits for a person.
+        """
+        self._open()
+        return self
+
+    def complete(self) -> None:
+        """Mark a run opened with :meth:`start` as completed (unless it halted)."""
+        drive(self._close(None))
+
+    @property
+    def entered(self) -> bool:
+        return self._entered
+
     # -- calls -------------------------------------------------------------------------------
 
     def call(
@@ -220,12 +244,27 @@ class Run:
                 status=record.status,
             )
 
+    def begin_call(self) -> None:
+        with self._lock:
+            self._inflight += 1
+
+    def end_call(self) -> None:
+        with self._lock:
+            self._inflight -= 1
+
+    @property
+    def inflight(self) -> int:
+        """Guarded calls of this run executing now (parallel tool calls of one model turn)."""
+        return self._inflight
+
     def take_seq(self) -> int:
-        return next(self._seq)
+        with self._lock:
+            return next(self._seq)
 
     def occurrence(self, tool: str, args_hash: str) -> int:
-        self._occurrences[tool, args_hash] += 1
-        return self._occurrences[tool, args_hash]
+        with self._lock:
+            self._occurrences[tool, args_hash] += 1
+            return self._occurrences[tool, args_hash]
 
     @property
     def status(self) -> str:

@@ -1,0 +1,142 @@
+"""LangChain adapter with real framework objects: wrap_tools, and GuardrailMiddleware in
+create_agent with a SQLite checkpointer (halt -> interrupt -> review -> resume on the thread)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_core.tools import tool
+from langgraph.types import Command
+
+from guardrail import Guard, RunHalted
+from guardrail.adapters.langchain import wrap_tools
+
+sys.path.insert(0, str(Path(__file__).parent))
+from langchain_shop import THREAD, World, build
+
+HERE = Path(__file__).parent
+
+
+def test_wrap_tools_keeps_names_and_schemas_sync_and_async(guard: Guard) -> None:
+    ran: list[str] = []
+
+    @tool
+    def add(a: int, b: int = 2) -> int:
+        """Add two numbers."""
+        ran.append("add")
+        return a + b
+
+    @tool
+    async def shout(text: str) -> str:
+        """Shout the text."""
+        ran.append("shout")
+        return text.upper()
+
+    guard.policy("add", effect="read_only")
+    guard.policy("shout", effect="irreversible", review={"kind": "mark"})
+    wrapped = wrap_tools(guard, [add, shout])
+    for before, after in zip([add, shout], wrapped, strict=True):
+        assert (after.name, after.description) == (before.name, before.description)
+        assert after.args == before.args
+        assert (
+            after.tool_call_schema.model_json_schema()
+            == before.tool_call_schema.model_json_schema()
+        )
+    with guard.run() as run:
+        assert wrapped[0].invoke({"a": 1}) == 3
+        call = {"name": "shout", "args": {"text": "hi"}, "id": "tc-1", "type": "tool_call"}
+        assert asyncio.run(wrapped[1].ainvoke(call)).content == "HI"
+        assert asyncio.run(wrapped[1].ainvoke(call)).content == "HI"  # same call id: replayed
+    assert ran == ["add", "shout"]
+    actions = guard.log(run.id).actions
+    assert [(a.tool, a.call_id, a.state) for a in actions] == [
+        ("add", None, "succeeded"),
+        ("shout", "tc-1", "succeeded"),
+    ]
+
+
+def child(*args: str) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, str(HERE / "langchain_shop.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def test_halt_pauses_the_thread_and_resume_survives_a_restart(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    checkpoints, world_path = str(tmp_path / "checkpoints.db"), tmp_path / "world.json"
+    world = World(world_path)
+    assert child("start", sqlite_url, checkpoints, str(world_path)) == {"interrupted": True}
+    with Guard(store=sqlite_url) as guard:
+        log = guard.log("thread-1")
+        assert log.run.status == "pending_review"  # held: nothing undone before review
+        assert sorted((a.tool, a.state, a.call_id) for a in log.actions) == [
+            ("create_order", "succeeded", "call-1"),
+            ("send_email", "succeeded", "call-2"),
+            ("ship", "failed", "call-3"),
+        ]
+        # parallel calls of one model turn are numbered in the order they started
+        started = [a.started_at for a in log.actions]
+        assert log.actions[0].tool == "create_order" and started == sorted(started)
+        assert [i.reason for i in log.review_items] == ["held"]
+        world.change("ship_ok", lambda _: True)  # the carrier is back
+        guard.resume("thread-1", by="ann", note="carrier is back")
+    # a new process continues the same thread from its checkpoint
+    assert child("resume", sqlite_url, checkpoints, str(world_path)) == {"answer": "all done"}
+    state = world.load()
+    assert (state["orders"], state["emails"], state["shipped"]) == (["o-book"], 1, 1)
+    with Guard(store=sqlite_url) as guard:
+        log = guard.log("thread-1")
+        assert log.run.status == "completed"
+        assert sorted((a.tool, a.state) for a in log.actions) == [
+            ("create_order", "succeeded"),
+            ("send_email", "succeeded"),
+            ("ship", "failed"),
+            ("ship", "succeeded"),
+        ]
+        assert guard.verify("thread-1").ok
+
+
+def test_abort_undoes_and_the_thread_stops(sqlite_url: str, tmp_path: Path) -> None:
+    world = World(tmp_path / "world.json")
+    guard, agent = build(sqlite_url, str(tmp_path / "ck.db"), world)
+    out = agent.invoke({"messages": [{"role": "user", "content": "buy"}]}, THREAD)
+    assert out["__interrupt__"][0].value["guardrail"]["status"] == "pending_review"
+    guard.abort("thread-1", by="ann", reason="customer left")
+    assert world.load()["cancelled"] == ["o-book"]
+    log = guard.log("thread-1")
+    assert log.action(1).state == "compensated"
+    assert sorted(i.reason for i in log.review_items) == ["held", "irreversible"]
+    with pytest.raises(RunHalted, match="aborted"):
+        agent.invoke(Command(resume="go on"), THREAD)
+    assert world.load()["shipped"] == 0
+    guard.close()
+
+
+def test_async_agent(sqlite_url: str, tmp_path: Path) -> None:
+    world = World(tmp_path / "world.json")
+    guard, agent = build(sqlite_url, str(tmp_path / "ck.db"), world, is_async=True)
+
+    async def scenario() -> tuple[Any, Any]:
+        first = await agent.ainvoke({"messages": [{"role": "user", "content": "buy"}]}, THREAD)
+        world.change("ship_ok", lambda _: True)
+        guard.resume("thread-1", by="ann")
+        return first, await agent.ainvoke(Command(resume="go"), THREAD)
+
+    first, second = asyncio.run(scenario())
+    assert first["__interrupt__"]
+    assert second["messages"][-1].content == "all done"
+    state = world.load()
+    assert (state["orders"], state["emails"], state["shipped"]) == (["o-book"], 1, 1)
+    guard.close()
