@@ -31,3 +31,10 @@ def test_check_the_shop_policies_against_its_toolkit() -> None:
     )
     assert missing.returncode == 1
     assert missing.stdout.count('"missing_undo_tool"') == 3
+
+
+def test_langchain_agent_example() -> None:
+    done = run("examples/langchain_agent.py")
+    assert done.returncode == 0, done.stderr
+    assert "ann resumed; the agent says: Report written and published." in done.stdout
+    assert "files restored byte for byte: True" in done.stdout
