@@ -19,15 +19,14 @@ from typing import Any, TypeVar
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import Session, SQLModel, col, select
+from sqlmodel import Session, col, select
 
 from guardrail.errors import StoreError
 from guardrail.redact import canonical, digest
-from guardrail.store import Write
+from guardrail.store import Write, migrate
 from guardrail.store.schema import (
     COLUMN_NAMES,
     JSON_COLUMNS,
-    TABLES,
     Action,
     Compensation,
     Entry,
@@ -98,10 +97,7 @@ class SQLStore:
             + " WHERE run_id = ? AND idempotency_key = ? AND state = 'succeeded'"
         )
         try:
-            SQLModel.metadata.create_all(
-                self.engine,
-                tables=[m.__table__ for m in (*TABLES.values(), Entry)],  # type: ignore[attr-defined]
-            )
+            migrate.ensure(self.engine, self.url)
         except SQLAlchemyError as exc:
             raise StoreError(
                 f"cannot open the store at {self.url}: {getattr(exc, 'orig', None) or exc}"
