@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from guardrail.store import Action, Compensation, ReviewItem, RunRecord, Store
-from guardrail.store.schema import KEYS, UNJOURNALED
+from guardrail.store.schema import KEYS, TABLES, UNJOURNALED
 from guardrail.store.sql import entry_hash, journal_value
 
 
@@ -97,6 +97,12 @@ def verify(store: Store, run: RunRecord) -> Verification:
                 continue
             if journal_value(column, row_values.get(column)) != value:
                 problems.append(f"{label}: {column} was changed outside guardrail")
+        model = TABLES[table]
+        for column, value in row_values.items():
+            if column in values or column in UNJOURNALED or column in KEYS[table]:
+                continue
+            if value != model.model_fields[column].get_default(call_default_factory=True):
+                problems.append(f"{label}: {column} was set outside guardrail")
         if table == "actions" and row_values.get("hash") != last_touch.get(key):
             problems.append(f"{label}: its hash does not match the journal")
     for ident in actual.keys() - expected.keys():

@@ -9,7 +9,14 @@ from typing import TYPE_CHECKING, Any
 from guardrail import telemetry
 from guardrail.conditions import ConditionError
 from guardrail.drive import Invoke, Sleep, Steps, attempts
-from guardrail.errors import CallRefused, CallRejected, Conflict, ResultNotReplayable, RunHalted
+from guardrail.errors import (
+    CallRefused,
+    CallRejected,
+    Conflict,
+    ResultNotReplayable,
+    RunHalted,
+    StoreError,
+)
 from guardrail.lifecycle import halt, hook_kwargs, now, open_approvals, review_write, run_write
 from guardrail.policy import NO_RETRY, Policy, resolve_path
 from guardrail.redact import NotJSON, canonical, digest, redact, to_jsonable
@@ -74,7 +81,10 @@ def _guarded_call(
     args_hash = digest(text)
     key = idempotency_key(policy, args, call_id, args_hash, run)
 
-    done = guard.store.done_action(run.id, key)
+    try:
+        done = guard.store.done_action(run.id, key)
+    except StoreError as exc:
+        raise _not_started(run, policy, call_id, args_hash, key, exc) from exc
     if done is not None:
         seq, result, note = done
         if note is not None:
@@ -113,17 +123,24 @@ def _guarded_call(
         "span_id": span_id,
         "started_at": now(),
     }
-    begun = guard.store.transact(
-        run.id,
-        "action.start",
-        [
-            Write("actions", {"run_id": run.id, "seq": seq}, started, insert=True)
-            if approved is None
-            else Write(
-                "actions", {"run_id": run.id, "seq": seq}, started, expect={"state": ("approved",)}
-            )
-        ],
-    )
+    try:
+        begun = guard.store.transact(
+            run.id,
+            "action.start",
+            [
+                Write("actions", {"run_id": run.id, "seq": seq}, started, insert=True)
+                if approved is None
+                else Write(
+                    "actions",
+                    {"run_id": run.id, "seq": seq},
+                    started,
+                    expect={"state": ("approved",)},
+                )
+            ],
+        )
+    except StoreError as exc:
+        telemetry.end(span, error=exc)
+        raise _not_started(run, policy, call_id, args_hash, key, exc) from exc
     if not begun:
         telemetry.end(span, error=Conflict("approval already used"))
         raise Conflict(
@@ -335,6 +352,20 @@ def take_snapshot(run: Run, policy: Policy, args: dict[str, Any]) -> Steps[Any]:
     ) from (error if isinstance(error, BaseException) else None)
 
 
+def _not_started(
+    run: Run, policy: Policy, call_id: str | None, args_hash: str, key: str, exc: StoreError
+) -> StoreError:
+    """The store failed before the call's ``started`` row committed: the tool did not run."""
+    if policy.idempotency_key is None and call_id is None:
+        run.release(policy.name, args_hash, int(key.rsplit(":", 1)[1]))
+    return StoreError(
+        f"run {run.id}: {policy.name} did not run, its start could not be recorded ({exc}); "
+        "nothing recorded before was lost, call it again once the store is back",
+        run_id=run.id,
+        tool=policy.name,
+    )
+
+
 def idempotency_key(
     policy: Policy, args: dict[str, Any], call_id: str | None, args_hash: str, run: Run
 ) -> str:
@@ -375,7 +406,9 @@ def finish_writes(
         result = redact(to_jsonable(value), policy.redact, "result")
     except NotJSON as exc:
         note = "not_json"
-        result = {"type": type(value).__qualname__, "repr": repr(value)[:1000]}
+        result = redact(
+            {"type": type(value).__qualname__, "repr": repr(value)[:1000]}, policy.redact, "result"
+        )
         warnings.warn(
             f"run {run_id}: {policy.name} returned a {type(value).__qualname__}, which is not "
             f"JSON ({exc}); its repr was recorded instead",

@@ -211,6 +211,18 @@ def plan(actions: list[Action], find_policy: Callable[[str], Policy | None]) -> 
                     *base, "review", "in_doubt", f"{action.tool} may or may not have taken effect"
                 )
             )
+        elif action.state == "started":
+            # halting waits for the run's calls in flight, so a `started` action here ran (or
+            # may have) but its outcome could not be recorded: the store failed after the call
+            steps.append(
+                PlannedStep(
+                    *base,
+                    "review",
+                    "in_doubt",
+                    f"{action.tool} was called but its outcome could not be recorded; check "
+                    "whether it took effect",
+                )
+            )
         else:
             steps.append(PlannedStep(*base, "nothing"))
     return steps
@@ -244,6 +256,16 @@ def compensate(guard: Guard, run_id: str) -> Steps[None]:
         elif step.do == "review" and (step.seq, step.reason) not in listed:
             assert step.reason is not None
             writes = [review_write(run_id, step.seq, step.reason, policy, step.detail)]
+            if step.state == "started":
+                writes.insert(
+                    0,
+                    Write(
+                        "actions",
+                        {"run_id": run_id, "seq": step.seq},
+                        {"state": "in_doubt"},
+                        expect={"state": ("started",)},
+                    ),
+                )
             if step.reason == "compensation_in_doubt":
                 writes.insert(
                     0,

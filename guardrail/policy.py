@@ -267,12 +267,18 @@ def make_policy(name: str, **fields: Any) -> Policy:
     """Build a policy, turning pydantic's validation errors into a PolicyError naming the tool."""
     from pydantic import ValidationError
 
-    if isinstance(fields.get("retry"), Mapping):
-        fields["retry"] = Retry(**fields["retry"])
-    if isinstance(fields.get("review"), Mapping):
-        fields["review"] = Review(**fields["review"])
-    if isinstance(fields.get("undo"), Mapping):
-        fields["undo"] = UndoTool(**fields["undo"])
+    parts: tuple[tuple[str, type[BaseModel]], ...] = (
+        ("retry", Retry),
+        ("undo_retry", Retry),
+        ("review", Review),
+        ("undo", UndoTool),
+    )
+    for key, model in parts:
+        if isinstance(fields.get(key), Mapping):
+            try:
+                fields[key] = model(**fields[key])
+            except ValidationError as exc:
+                raise _policy_error(name, exc, prefix=(key,)) from None
     if isinstance(fields.get("approval"), str):
         fields["approval"] = {"when": fields["approval"]}
     if isinstance(fields.get("redact"), list):
@@ -280,9 +286,11 @@ def make_policy(name: str, **fields: Any) -> Policy:
     try:
         return Policy(name=name, **fields)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "policy"
-        message = str(first["msg"]).removeprefix("Value error, ")
-        raise PolicyError(
-            f"policy for tool {name!r}: {field}: {message}", tool=name, field=field
-        ) from None
+        raise _policy_error(name, exc) from None
+
+
+def _policy_error(name: str, exc: Any, prefix: tuple[str, ...] = ()) -> PolicyError:
+    first = exc.errors()[0]
+    field = ".".join(str(p) for p in (*prefix, *first["loc"])) or "policy"
+    message = str(first["msg"]).removeprefix("Value error, ")
+    return PolicyError(f"policy for tool {name!r}: {field}: {message}", tool=name, field=field)

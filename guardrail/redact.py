@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -38,6 +39,8 @@ def to_jsonable(value: Any) -> Any:
 
     Raises :class:`NotJSON` naming the first offending type.
     """
+    if isinstance(value, float) and not math.isfinite(value):
+        raise NotJSON(f"{value!r} is not JSON; use None or a string")
     if value is None or isinstance(value, str | int | float | bool):
         return value
     if isinstance(value, Mapping):
@@ -56,7 +59,9 @@ def to_jsonable(value: Any) -> Any:
 
 def canonical(value: Any) -> str:
     """Canonical JSON text of an already JSON-able value (sorted keys, no spaces)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
 
 
 def digest(text: str) -> str:

@@ -59,6 +59,7 @@ class Run:
         self._entered = False
         self._seq: itertools.count[int] = itertools.count(1)
         self._occurrences: Counter[tuple[str, str]] = Counter()
+        self._released: dict[tuple[str, str], list[int]] = {}
         self._tokens: list[Token[Run | None]] = []
         self._lock = threading.Lock()
         self._inflight = 0
@@ -94,6 +95,7 @@ class Run:
             self._attach(existing)
         self._seq = itertools.count(store.next_seq(self.id))
         self._occurrences.clear()
+        self._released.clear()
         self.halted = False
         self._entered = True
         guard.beat()
@@ -263,8 +265,19 @@ class Run:
 
     def occurrence(self, tool: str, args_hash: str) -> int:
         with self._lock:
+            free = self._released.get((tool, args_hash))
+            if free:
+                return free.pop(0)  # reuse what a call that never started gave back
             self._occurrences[tool, args_hash] += 1
             return self._occurrences[tool, args_hash]
+
+    def release(self, tool: str, args_hash: str, occurrence: int) -> None:
+        """A call whose ``started`` row never committed gives its occurrence back, so the
+        keys recorded in this run stay 1, 2, 3... and a replay meets them in order."""
+        with self._lock:
+            free = self._released.setdefault((tool, args_hash), [])
+            free.append(occurrence)
+            free.sort()
 
     @property
     def status(self) -> str:

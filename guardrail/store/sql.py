@@ -9,6 +9,7 @@ process crash) or ``FULL`` (durability "power": survives power loss, about 4x sl
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -60,6 +61,12 @@ class SQLStore:
                 field="store",
             ) from exc
         self.url = parsed.render_as_string(hide_password=True)
+        if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+            raise StoreError(
+                f"store URL {self.url!r} names a database guardrail does not support; expected "
+                "sqlite:///path.db or postgresql+psycopg://user@host/db",
+                field="store",
+            )
         self._sqlite = parsed.get_backend_name() == "sqlite"
         self._busy_timeout = busy_timeout
         self._sync = _DURABILITY[durability]
@@ -75,6 +82,13 @@ class SQLStore:
                 raise StoreError(
                     "an in-memory SQLite store cannot be shared by the guard's connections; "
                     "use a file, e.g. sqlite:///guardrail.db (tests: a tmp_path file)",
+                    field="store",
+                )
+            folder = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(folder):
+                raise StoreError(
+                    f"cannot open the store at {self.url}: the directory {folder} does not exist "
+                    "(or is not a directory); create it or point store= elsewhere",
                     field="store",
                 )
             self._path = path
@@ -405,7 +419,15 @@ def _journal_text(text: str) -> str:
 
 def _prepare(w: Write) -> tuple[Write, dict[str, Any], dict[str, Any]]:
     """The row values to bind (JSON columns as text) and the values to journal."""
-    values = {c: canonical(v) if c in JSON_COLUMNS else v for c, v in w.values.items()}
+    # PostgreSQL text cannot hold NUL; escape it everywhere so both stores record the same
+    values = {
+        c: canonical(v)
+        if c in JSON_COLUMNS
+        else v.replace("\x00", "\\x00")
+        if isinstance(v, str)
+        else v
+        for c, v in w.values.items()
+    }
     journaled = {c: _journal_text(v) if c in JSON_COLUMNS else v for c, v in values.items()}
     return w, values, journaled
 
