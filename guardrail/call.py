@@ -82,11 +82,12 @@ def _guarded_call(
     key = idempotency_key(policy, args, call_id, args_hash, run)
 
     try:
-        done = guard.store.done_action(run.id, key)
+        done = run.done_seq(key)
+        recorded = guard.store.recorded_result(run.id, done) if done is not None else None
     except StoreError as exc:
         raise _not_started(run, policy, call_id, args_hash, key, exc) from exc
-    if done is not None:
-        seq, result, note = done
+    if done is not None and recorded is not None:
+        seq, (result, note) = done, recorded
         if note is not None:
             raise ResultNotReplayable(
                 f"run {run.id}: {tool} already succeeded as action {seq}, but its result was "
@@ -154,6 +155,7 @@ def _guarded_call(
         crash_point("after_call")
         writes = finish_writes(guard, policy, run.id, seq, args, outcome.value, outcome.attempts)
         guard.store.transact(run.id, "action.succeed", writes)
+        run.mark_done(key, seq)
         telemetry.end(span, attributes={"action.seq": seq, "external_ids": _ids_attr(writes)})
         return outcome.value
 

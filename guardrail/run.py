@@ -60,6 +60,7 @@ class Run:
         self._seq: itertools.count[int] = itertools.count(1)
         self._occurrences: Counter[tuple[str, str]] = Counter()
         self._released: dict[tuple[str, str], list[int]] = {}
+        self._done: dict[str, int] | None = None  # idempotency key -> seq of succeeded actions
         self._tokens: list[Token[Run | None]] = []
         self._lock = threading.Lock()
         self._inflight = 0
@@ -93,6 +94,9 @@ class Run:
             )
         else:
             self._attach(existing)
+        # One agent per run (the owner), so the run's succeeded keys can live in memory: a
+        # replay looks them up without a query, a fresh run starts with none.
+        self._done = {} if existing is None else None
         self._seq = itertools.count(store.next_seq(self.id))
         self._occurrences.clear()
         self._released.clear()
@@ -258,6 +262,16 @@ class Run:
     def inflight(self) -> int:
         """Guarded calls of this run executing now (parallel tool calls of one model turn)."""
         return self._inflight
+
+    def done_seq(self, key: str) -> int | None:
+        """The seq of this run's succeeded action with idempotency key ``key``, if any."""
+        if self._done is None:
+            self._done = self.guard.store.done_keys(self.id)
+        return self._done.get(key)
+
+    def mark_done(self, key: str, seq: int) -> None:
+        if self._done is not None:
+            self._done[key] = seq
 
     def take_seq(self) -> int:
         with self._lock:

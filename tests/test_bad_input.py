@@ -456,8 +456,6 @@ def test_a_tool_registered_without_callable_is_named(local_guard: Guard) -> None
     assert guard.log(run.id).actions == []
 
 
-
-
 @pytest.mark.parametrize(
     ("fields", "field"),
     [
@@ -640,17 +638,16 @@ class Outage:
             self.lock = None
 
     def before_next_write_ahead(self, guard: Guard) -> None:
-        """Begin the outage right after the next call's dedup read, before its `started` row."""
+        """Begin the outage right after the next call's dedup check, before its `started` row."""
         store: Any = guard.store
-        read = store.done_action
+        write = store.transact
 
-        def read_then_fail(run_id: str, key: str) -> Any:
-            del store.done_action  # once
-            found = read(run_id, key)
+        def fail_then_write(*args: Any, **kwargs: Any) -> Any:
+            del store.transact  # once
             self.begin()
-            return found
+            return write(*args, **kwargs)
 
-        store.done_action = read_then_fail
+        store.transact = fail_then_write
 
 
 @pytest.fixture

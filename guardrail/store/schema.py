@@ -53,10 +53,7 @@ class Action(SQLModel, table=True):
     """One tool call in a run's action log."""
 
     __tablename__ = "actions"
-    __table_args__ = (
-        Index("ix_actions_key", "idempotency_key", "run_id"),
-        {"sqlite_with_rowid": False},
-    )
+    __table_args__ = ({"sqlite_with_rowid": False},)
 
     run_id: str = Field(primary_key=True)
     seq: int = Field(primary_key=True)

@@ -103,13 +103,6 @@ class SQLStore:
             self._ph = "%s"
             self.engine = create_engine(parsed, pool_pre_ping=True)
         self._attach_pragmas()
-        # SQLite's planner prefers the (covering) primary key over the key index without
-        # statistics, which scans the whole run: name the index.
-        self._done_sql = self._sql(
-            "SELECT seq, result, result_note FROM actions"
-            + (" INDEXED BY ix_actions_key" if self._sqlite else "")
-            + " WHERE run_id = ? AND idempotency_key = ? AND state = 'succeeded'"
-        )
         try:
             migrate.ensure(self.engine, self.url)
         except SQLAlchemyError as exc:
@@ -335,21 +328,40 @@ class SQLStore:
         row = cur.fetchall()[0]
         return 1 if row[0] is None else int(row[0]) + 1
 
-    def done_action(self, run_id: str, key: str) -> tuple[int, Any, str | None] | None:
+    def _fetch(self, run_id: str, sql: str, params: tuple[Any, ...]) -> list[Any]:
         cur = self._conn().cursor()
         try:
-            cur.execute(self._done_sql, (run_id, key))
-            rows = cur.fetchall()
+            cur.execute(self._sql(sql), params)
+            return list(cur.fetchall())
         except Exception as exc:
             self._drop_conn()
             raise StoreError(f"cannot read the store at {self.url}: {exc}", run_id=run_id) from exc
+
+    def done_keys(self, run_id: str) -> dict[str, int]:
+        """Idempotency key -> seq of the run's succeeded (not compensated) actions."""
+        rows = self._fetch(
+            run_id,
+            "SELECT idempotency_key, seq FROM actions WHERE run_id = ? AND state = 'succeeded' "
+            "ORDER BY seq",
+            (run_id,),
+        )
+        return {str(key): int(seq) for key, seq in rows}
+
+    def recorded_result(self, run_id: str, seq: int) -> tuple[Any, str | None] | None:
+        """The recorded result (and its note) of a succeeded action, or None if it is not."""
+        rows = self._fetch(
+            run_id,
+            "SELECT result, result_note FROM actions WHERE run_id = ? AND seq = ? "
+            "AND state = 'succeeded'",
+            (run_id, seq),
+        )
         if not rows:
             return None
-        seq, result, note = rows[-1]
+        result, note = rows[0]
         # psycopg decodes json columns itself; sqlite3 hands back the text
         if self._sqlite and result is not None:
             result = json.loads(result)
-        return int(seq), result, note
+        return result, note
 
     def keyed_actions(self, run_id: str, key: str) -> list[Action]:
         q = (
