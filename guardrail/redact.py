@@ -57,11 +57,18 @@ def to_jsonable(value: Any) -> Any:
     raise NotJSON(f"{type(value).__name__} is not JSON-serialisable")
 
 
+_ENCODE = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+).encode
+
+
 def canonical(value: Any) -> str:
     """Canonical JSON text of an already JSON-able value (sorted keys, no spaces)."""
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
+    if value is None:
+        return "null"
+    if not value and isinstance(value, dict):
+        return "{}"
+    return _ENCODE(value)
 
 
 def digest(text: str) -> str:
