@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import typer
 
+from guardrail.cli import mcp as mcp_proxy
 from guardrail.cli import policy, runs
 
 app = typer.Typer(
@@ -18,6 +19,7 @@ app = typer.Typer(
 )
 app.add_typer(policy.app, name="policy")
 runs.register(app)
+mcp_proxy.register(app)
 
 
 def main() -> None:

@@ -1,0 +1,144 @@
+"""``guardrail mcp-proxy --policy FILE [--pack NAME] -- COMMAND ARGS...``.
+
+Serves an MCP server's tools through the guard over stdio (see ``guardrail.adapters.mcp``).
+stdout is the MCP channel: everything for people goes to stderr. The adapter (and the ``mcp``
+package) is imported only when the command runs, so ``guardrail`` works without the extra.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from guardrail.cli.runs import DEFAULT_STORE, Store
+from guardrail.errors import GuardrailError, PolicyError, StoreError
+from guardrail.guard import Guard
+
+USAGE, FAILED = 2, 1
+
+
+def register(app: typer.Typer) -> None:
+    app.command("mcp-proxy")(mcp_proxy)
+
+
+def mcp_proxy(
+    command: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="-- COMMAND [ARGS]...",
+            help="The upstream MCP server to start over stdio, after `--`.",
+            show_default=False,
+        ),
+    ],
+    policy: Annotated[
+        list[Path] | None,
+        typer.Option(help="A YAML or TOML policy file (repeatable; a later file wins)."),
+    ] = None,
+    pack: Annotated[
+        list[str] | None,
+        typer.Option(help="A policy pack by name, e.g. mcp-filesystem (repeatable)."),
+    ] = None,
+    pack_option: Annotated[
+        list[str] | None,
+        typer.Option(help="KEY=VALUE for the packs, e.g. root_dir=/srv/files (repeatable)."),
+    ] = None,
+    store: Store = DEFAULT_STORE,
+    agent: Annotated[str, typer.Option(help="The agent name recorded on the run.")] = "mcp",
+    run_id: Annotated[
+        str | None,
+        typer.Option(
+            help="The session's run: continued if it exists (e.g. after a person resumed it), "
+            "else created with this id. Default: a new run."
+        ),
+    ] = None,
+    on_failure: Annotated[
+        str | None,
+        typer.Option(
+            help="hold: on a failure undo nothing until a person decides (resume or abort). "
+            "Default: each tool's policy (compensate at once)."
+        ),
+    ] = None,
+) -> None:
+    """Serve an MCP server's tools through the guard, over stdio.
+
+    Packs load first, then policy files (files win); tool annotations seed defaults for tools
+    with no policy; tools with neither are refused. One run per client session. A failure
+    compensates and halts the run; the client gets a tool error naming the run, and later calls
+    are refused until a person resumes it (`guardrail resume RUN`).
+    """
+    _log_to_stderr()
+    if on_failure not in (None, "hold", "compensate"):
+        raise typer.BadParameter(
+            f"{on_failure!r}: expected hold or compensate", param_hint="--on-failure"
+        )
+    options = dict(_option(o) for o in pack_option or [])
+    try:
+        guard = Guard(store=store or DEFAULT_STORE)
+    except StoreError as exc:
+        _fail(str(exc), FAILED)
+    try:
+        try:
+            for name in pack or []:
+                guard.load_policies(name, **options)
+            for file in policy or []:
+                guard.load_policies(file)
+        except PolicyError as exc:
+            _fail(str(exc), USAGE)
+        try:
+            import anyio
+
+            adapter: Any = importlib.import_module("guardrail.adapters.mcp")
+        except ImportError as exc:
+            _fail(
+                f"the MCP proxy needs the mcp package ({exc}); install agent-guardrail[mcp]",
+                FAILED,
+            )
+        try:
+            run = anyio.run(
+                lambda: adapter.serve(
+                    guard, command, agent=agent, run_id=run_id, on_failure=on_failure
+                )
+            )
+        except Exception as exc:  # an ExceptionGroup from the task groups, or one error
+            known = [e for e in _leaves(exc) if isinstance(e, OSError | GuardrailError)]
+            if not known:
+                raise
+            _fail(f"cannot serve {' '.join(command)}: {known[0]}", FAILED)
+        if run is not None:
+            logging.getLogger("guardrail.mcp").info(
+                "session over; run %s is %s", run, guard.require_run(run).status
+            )
+    finally:
+        guard.close()
+
+
+def _option(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise typer.BadParameter(f"{text!r}: expected KEY=VALUE", param_hint="--pack-option")
+    return key, value
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _log_to_stderr() -> None:
+    logger = logging.getLogger("guardrail")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("guardrail mcp-proxy: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
+def _fail(message: str, code: int) -> Any:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
