@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import typer
 
+from guardrail.cli import db, policy, runs
 from guardrail.cli import mcp as mcp_proxy
-from guardrail.cli import policy, runs
 
 app = typer.Typer(
     name="guardrail",
@@ -19,6 +19,7 @@ app = typer.Typer(
 )
 app.add_typer(policy.app, name="policy")
 runs.register(app)
+db.register(app)
 mcp_proxy.register(app)
 
 
