@@ -1,0 +1,361 @@
+"""OpenAI Agents SDK: guard ``FunctionTool``s, keeping their names, descriptions and schemas.
+
+::
+
+    from agents import Agent, Runner
+    from guardrail.adapters.openai_agents import wrap_tools
+
+    agent = Agent(name="shop", tools=wrap_tools(guard, [create_order, charge_payment]))
+    with guard.run(agent="shop") as run:  # or `async with` around `await Runner.run(...)`
+        result = Runner.run_sync(agent, "buy a book")
+
+**The run** is guardrail's current run: enter ``guard.run(...)`` around ``Runner.run`` /
+``Runner.run_sync``. The SDK runs each tool call in an asyncio task (sync tools in a worker
+thread), and both copy the caller's context, so the tools find the run by themselves. A tool
+called outside a run of its guard fails the agent run with a message saying so.
+
+**Each call** goes through the guard with the SDK's tool-call id (``ToolContext.tool_call_id``)
+as its idempotency key: recorded before and after, deduplicated, retried only as the policy says.
+
+**A halt really stops the agent.** The SDK turns a tool's ``Exception`` into text for the model
+(``failure_error_function``), but it catches only ``Exception``: :class:`~guardrail.RunHalted`
+is a ``BaseException``, so the batch of tool tasks re-raises it and ``Runner.run`` /
+``Runner.run_sync`` / ``Runner.run_streamed`` end with ``RunHalted`` in the caller; the model
+is not called again and no further tool runs. The wrapped tool calls the original tool with its
+failure formatter turned off, so the guard sees the tool's real exception (and its policy
+decides about retries) instead of an "An error occurred" string. Arguments the tool's schema
+refuses are checked first and get the tool's usual answer: nothing runs, nothing is recorded,
+the run goes on.
+
+**Parallel calls.** The SDK runs the calls of one model turn concurrently and, when one raises,
+cancels its siblings. The guard makes a failing call wait for its running siblings before it
+compensates; this adapter makes every ``RunHalted`` (also for a call refused because the run
+had already halted) wait until no sibling is running before it leaves the tool. So every sibling
+ends recorded as succeeded (then compensated) or failed, none is cut off half-way. Calls are
+numbered in the order they started; compensation runs newest first.
+
+**Approvals map onto the SDK's own approval flow.** Each wrapped tool gets a ``needs_approval``
+callable that asks the guard. When the tool's approval condition holds for these arguments,
+the guard records the approval request (the run becomes ``awaiting_approval``; the review item
+shows in ``guardrail show``, the console and the ``on_halt`` hook) and the SDK pauses that call:
+``Runner.run`` returns with ``result.interruptions``. A person decides in guardrail
+(``guardrail approve ITEM --resume``, ``guard.approve`` / ``guard.reject``), then::
+
+    state = result.to_state()  # or: await RunState.from_string(agent, saved) after a restart
+    apply_decisions(guard, run.id, state)  # the guard's decisions -> state.approve / reject
+    with guard.run(run_id=run.id):
+        result = Runner.run_sync(agent, state)  # the approved call runs once, same call id
+
+What does not map: the guard halts the whole run for an approval, the SDK only the one call, so
+the other calls of that model turn do not run; the model is told so (as their output) and can
+call them again. The guard asks for one approval at a time: a second gated call in the same
+turn is refused that way too and asks for its own approval when called again. A tool's own
+``needs_approval`` (an SDK-only approval) still pauses the SDK run, but the guard knows nothing
+of it and completes its run when ``Runner.run`` returns; resume such a state in a new guard run.
+The SDK also pauses, on its own, a call whose arguments are not a JSON object (it cannot show
+them to an approval callable). Approving only in the SDK (``state.approve`` without a guard
+decision) does not get past the guard: the run cannot be resumed until a person decides in
+guardrail. Approvals are keyed by call id, so resume from the SDK state: a model that re-plans
+from scratch makes new call ids and the guard asks again.
+
+**Timeouts.** A tool's ``timeout_seconds`` is enforced inside the guarded call, so a timeout is a
+failure of the call (``TimeoutError``: retried if the policy says so, else the run halts)
+rather than an SDK cancellation mid-call, whose outcome the guard could only mark in doubt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import inspect
+import json
+import weakref
+from collections.abc import Iterable
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+from agents import FunctionTool, RunContextWrapper, RunState, ToolApprovalItem
+from agents.exceptions import ModelBehaviorError
+from agents.function_schema import function_schema
+from agents.tool import (
+    maybe_invoke_function_tool_failure_error_function,
+    set_function_tool_failure_error_function,
+)
+from agents.tool_context import ToolContext
+from pydantic import BaseModel, ValidationError
+
+from guardrail.call import gate, idempotency_key
+from guardrail.errors import CallRejected, GuardrailError, RunHalted
+from guardrail.guard import Guard
+from guardrail.redact import NotJSON, canonical, digest, to_jsonable
+from guardrail.run import Run, current_run
+
+__all__ = ["apply_decisions", "wrap_tool", "wrap_tools"]
+
+
+def wrap_tool(guard: Guard, tool: FunctionTool) -> FunctionTool:
+    """One ``FunctionTool`` under the guard: same name, description, schema and strictness.
+
+    The original tool is also registered with the guard by name, so a policy's
+    ``UndoTool(tool=...)`` can name it.
+    """
+    if not isinstance(tool, FunctionTool):
+        raise TypeError(
+            f"{getattr(tool, 'name', tool)!r} is a {type(tool).__name__}, not a FunctionTool; "
+            "hosted tools run on OpenAI's servers and cannot be guarded, leave them out of "
+            "wrap_tools"
+        )
+    if isinstance(getattr(tool.on_invoke_tool, "__self__", None), _Guarded):
+        return tool
+    guarded_tool = _Guarded(guard, tool)
+    wrapped = copy.copy(tool)  # keeps every field, including the SDK's private metadata
+    wrapped.on_invoke_tool = guarded_tool.invoke
+    wrapped.needs_approval = guarded_tool.needs_approval
+    wrapped.timeout_seconds = None  # enforced inside the guarded call instead
+    guard.register(guarded_tool.call_outside_run, name=tool.name)
+    return wrapped
+
+
+def wrap_tools(guard: Guard, tools: Iterable[FunctionTool]) -> list[FunctionTool]:
+    """Every tool under the guard, with the same names, descriptions and schemas."""
+    return [wrap_tool(guard, tool) for tool in tools]
+
+
+def apply_decisions(guard: Guard, run_id: str, state: RunState[Any, Any]) -> list[ToolApprovalItem]:
+    """Carry a person's guardrail decisions over to a paused SDK run.
+
+    For each of the state's interruptions that the guard asked about: approved calls are
+    approved in the state (they run once when the state is resumed), rejected ones rejected,
+    with the reviewer's reason as the message the model gets. Returns the interruptions still
+    undecided (a guard request nobody has decided yet, or an SDK-only approval for the
+    application to decide with ``state.approve`` / ``state.reject``).
+    """
+    log = guard.log(run_id)
+    items = {i.seq: i for i in log.review_items if i.reason == "approval"}
+    waiting: list[ToolApprovalItem] = []
+    for interruption in state.get_interruptions():
+        asked = [
+            a
+            for a in log.actions
+            if a.call_id is not None
+            and a.call_id == interruption.call_id
+            and a.state in ("awaiting_approval", "approved", "rejected")
+        ]
+        latest = asked[-1] if asked else None
+        if latest is not None and latest.state == "approved":
+            state.approve(interruption)
+        elif latest is not None and latest.state == "rejected":
+            item = items.get(latest.seq)
+            who = f" by {item.resolved_by}" if item is not None and item.resolved_by else ""
+            why = f": {item.note}" if item is not None and item.note else ""
+            state.reject(
+                interruption,
+                rejection_message=(
+                    f"{latest.tool} with these arguments was rejected{who}{why}; it did not "
+                    "run. Change the plan or the arguments (new arguments need a new approval)"
+                ),
+            )
+        else:
+            waiting.append(interruption)
+    return waiting
+
+
+# -- one wrapped tool ------------------------------------------------------------------------
+
+
+class _Guarded:
+    """The invoker and approval check of one wrapped tool."""
+
+    def __init__(self, guard: Guard, tool: FunctionTool) -> None:
+        self.guard = guard
+        self.tool = tool
+        self.name = tool.name
+        # A copy whose exceptions propagate instead of becoming text: the guard must see them.
+        self.raw = copy.copy(tool)
+        set_function_tool_failure_error_function(self.raw, None)
+        self.validator = _validator(tool)
+
+    def _active(self) -> Run:
+        run = current_run()
+        if run is None or run.guard is not self.guard:
+            raise GuardrailError(
+                f"{self.name} was called outside a run of this guard; run the agent inside "
+                "`with guard.run(agent=...):` (or `async with`)",
+                tool=self.name,
+            )
+        return run
+
+    async def invoke(self, ctx: ToolContext[Any], input: str) -> Any:
+        run = self._active()
+        try:
+            args = _arguments(input)
+            if self.validator is not None:
+                self.validator.model_validate(args)
+        except (ValueError, ValidationError) as exc:
+            # Arguments the tool would refuse: nothing ran, nothing is recorded, the run goes
+            # on; the model gets the answer the tool itself would have given.
+            error = ModelBehaviorError(f"Invalid JSON input for tool {self.name}: {exc}")
+            text = await maybe_invoke_function_tool_failure_error_function(
+                function_tool=self.tool, context=ctx, error=error
+            )
+            if text is None:
+                raise error from None
+            return text
+        flight = _flight(run)
+        if run.halted and flight.paused_by is not None:
+            return (
+                f"{self.name} did not run: run {run.id} is waiting for a person to approve "
+                f"{flight.paused_by}. Nothing was done; call {self.name} again afterwards if "
+                "it is still needed."
+            )
+        call = flight.start()
+        token = _enclosing.set((*_enclosing.get(), call))
+
+        async def call_tool(**_: Any) -> Any:
+            pending = self.raw.on_invoke_tool(ctx, input)
+            timeout = self.tool.timeout_seconds
+            if timeout is not None:
+                return await asyncio.wait_for(pending, timeout)
+            return await pending
+
+        try:
+            return await run.acall(self.name, args, fn=call_tool, call_id=ctx.tool_call_id)
+        except CallRejected as exc:
+            return str(exc)  # an ordinary outcome: the model can take another way
+        except RunHalted:
+            flight.finish(call)
+            await flight.all_done(call)  # the SDK cancels siblings still running: let them end
+            raise
+        finally:
+            flight.finish(call)
+            _enclosing.reset(token)
+
+    async def needs_approval(
+        self, ctx: RunContextWrapper[Any], params: dict[str, Any], call_id: str
+    ) -> bool:
+        own = self.tool.needs_approval
+        if own is True:
+            return True
+        if callable(own):
+            verdict: Any = own(ctx, params, call_id)  # sync callables work in the SDK too
+            if inspect.isawaitable(verdict):
+                verdict = await verdict
+            if verdict:
+                return True
+        policy = self.guard.find_policy(self.name)
+        run = current_run()
+        if policy is None or policy.approval is None or run is None or run.guard is not self.guard:
+            return False
+        if run.halted:
+            return False  # invoke answers for the halted run
+        try:
+            plain = to_jsonable(params)
+        except NotJSON:
+            return False  # invoke refuses it with CallRefused
+        args_hash = digest(canonical(plain))
+        key = idempotency_key(policy, params, call_id, args_hash, run)
+        if run.done_seq(key) is not None:
+            return False  # already done: invoke returns the recorded result
+        try:
+            gate(self.guard, run, policy, plain, args_hash, key, call_id)
+        except RunHalted:
+            # The request is recorded and the run awaits approval; the SDK pauses this call.
+            _flight(run).paused_by = self.name
+            return True
+        except CallRejected:
+            return False  # invoke raises it again and the model is told
+        return False  # no approval needed, or already approved
+
+    async def call_outside_run(self, **args: Any) -> Any:
+        """The plain tool for an undo by name: no agent run, no SDK context."""
+        text = json.dumps(args)
+        ctx: ToolContext[Any] = ToolContext(
+            context=None,
+            tool_name=self.name,
+            tool_call_id=f"guardrail-undo-{self.name}",
+            tool_arguments=text,
+        )
+        return await self.raw.on_invoke_tool(ctx, text)
+
+
+def _validator(tool: FunctionTool) -> type[BaseModel] | None:
+    """The argument model of a ``@function_tool``, rebuilt from its function, so arguments are
+    checked before the guard records anything (a hand-made FunctionTool checks its own)."""
+    try:
+        original = tool.__wrapped__
+    except AttributeError:
+        return None
+    if not inspect.isroutine(original):
+        return None
+    try:
+        schema = function_schema(
+            original,
+            name_override=tool.name,
+            use_docstring_info=False,
+            strict_json_schema=tool.strict_json_schema,
+        )
+    except Exception:
+        return None
+    return schema.params_pydantic_model
+
+
+def _arguments(text: str) -> dict[str, Any]:
+    value = json.loads(text) if text.strip() else {}
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+# -- calls in flight -------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Call:
+    """One guarded call in flight; ``done`` once the guard has recorded its outcome."""
+
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    enclosing: tuple[_Call, ...] = ()
+
+
+class _Flight:
+    """The guarded calls of one run now in flight in one event loop.
+
+    The guard makes a failing call wait for its running siblings before it halts. This covers
+    the other ways a halt reaches the SDK while siblings run (a call refused because the run
+    has halted, an approval gate met in ``invoke``): raising then would make the SDK cancel the
+    siblings, the one halting included, half-way through.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, paused_by: str | None) -> None:
+        self.loop = loop
+        self.calls: list[_Call] = []
+        self.paused_by = paused_by  # the tool whose approval request paused this run
+
+    def start(self) -> _Call:
+        call = _Call(enclosing=_enclosing.get())
+        self.calls.append(call)
+        return call
+
+    def finish(self, call: _Call) -> None:
+        if not call.done.is_set():
+            call.done.set()
+            self.calls.remove(call)
+
+    async def all_done(self, call: _Call) -> None:
+        # A call enclosing this one (an agent-as-tool running it) waits for it: never wait back.
+        while waiting := [c for c in self.calls if c is not call and c not in call.enclosing]:
+            await waiting[0].done.wait()
+
+
+_flights: weakref.WeakKeyDictionary[Run, _Flight] = weakref.WeakKeyDictionary()
+_enclosing: ContextVar[tuple[_Call, ...]] = ContextVar("guardrail_oa_enclosing", default=())
+
+
+def _flight(run: Run) -> _Flight:
+    loop = asyncio.get_running_loop()
+    flight = _flights.get(run)
+    if flight is None or (flight.loop is not loop and not flight.calls):
+        # asyncio primitives belong to one loop; run_sync and asyncio.run may bring a new one
+        flight = _flights[run] = _Flight(loop, flight.paused_by if flight else None)
+    return flight
