@@ -1,0 +1,511 @@
+"""The console's pages and decisions: `create_app` builds the Starlette application.
+
+Pages are rendered on the server (Jinja2, autoescaped: tool arguments are untrusted and show as
+text) and run no JavaScript. Every call into the guard runs in a worker thread: the store is
+synchronous and an abort runs the undos.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote, unquote, urlencode
+
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from guardrail.audit import ActionLog, Verification
+from guardrail.errors import GuardrailError, RunNotFound
+from guardrail.guard import Guard
+from guardrail.lifecycle import Decision, PlannedStep
+from guardrail.store import Action, Compensation, ReviewItem, RunRecord
+from guardrail.store.schema import RUN_STATUSES
+from guardrail.web.security import (
+    SESSION_COOKIE,
+    SESSION_SECONDS,
+    Keys,
+    Principal,
+    RequireToken,
+    SecurityHeaders,
+    same_site,
+)
+
+WAITING = ("pending_review", "awaiting_approval")
+DECISIONS = ("resume", "abort", "resolve", "approve", "reject")
+RESOLUTIONS = ("done_manually", "retried", "skipped")
+REVIEWER_COOKIE = "guardrail_reviewer"
+MAX_REVIEWER, MAX_NOTE = 100, 2000
+MAX_SHOWN_RUNS = 500
+MAX_SHOWN_JSON = 20_000
+
+
+def create_app(guard: Guard | str, token: str, *, title: str = "guardrail") -> Starlette:
+    """The review console for ``guard`` (or a store URL), protected by ``token``.
+
+    Example::
+
+        app = create_app("sqlite:///guardrail.db", token=os.environ["GUARDRAIL_TOKEN"])
+        uvicorn.run(app, host="127.0.0.1", port=8765)
+
+    Given a URL, the console opens a non-strict guard on it (closed at shutdown); give it your
+    own ``Guard`` instead when aborts should run your tools' undos in this process. The token
+    must be at least 16 characters.
+    """
+    keys = Keys(token)
+    owned = not isinstance(guard, Guard)
+    the_guard = Guard(store=guard, strict=False) if isinstance(guard, str) else guard
+    console = Console(the_guard, keys, title)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            if owned:
+                the_guard.close()
+
+    app = Starlette(
+        routes=[
+            Route("/", console.inbox, methods=["GET"]),
+            Route("/runs/{run_id:path}", console.run, methods=["GET"]),
+            Route("/decide", console.decide, methods=["POST"]),
+            Route("/login", console.login_form, methods=["GET"]),
+            Route("/login", console.login, methods=["POST"]),
+            Route("/logout", console.logout, methods=["POST"]),
+            Mount("/static", StaticFiles(packages=[("guardrail.web", "static")]), name="static"),
+        ],
+        middleware=[
+            Middleware(SecurityHeaders),
+            Middleware(RequireToken, keys=keys, refuse=console.refuse),
+        ],
+        exception_handlers={HTTPException: console.http_error},
+        lifespan=lifespan,
+    )
+    app.state.guard = the_guard
+    return app
+
+
+# -- what the templates show ------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class RunRow:
+    run: RunRecord
+    open_items: int
+
+
+@dataclass(slots=True)
+class ActionRow:
+    action: Action
+    duration: str
+    compensation: Compensation | None
+    items: list[ReviewItem]
+    args: str
+    result: str
+    problem: bool
+
+
+@dataclass(slots=True)
+class RunPage:
+    log: ActionLog
+    verification: Verification
+    plan: list[PlannedStep]
+    rows: list[ActionRow]
+    open_items: list[ReviewItem]
+    closed_items: list[ReviewItem]
+    open_approvals: list[ReviewItem]
+    item_args: dict[str, str] = field(default_factory=dict)
+    tools: dict[int, str] = field(default_factory=dict)
+
+
+def pretty(value: Any) -> str:
+    if value is None:
+        return ""
+    text = json.dumps(value, indent=2, ensure_ascii=False, default=str)
+    if len(text) > MAX_SHOWN_JSON:
+        return text[:MAX_SHOWN_JSON] + f"\n... ({len(text) - MAX_SHOWN_JSON} more characters)"
+    return text
+
+
+def duration(action: Action) -> str:
+    if action.finished_at is None:
+        return ""
+    took = action.finished_at - action.started_at
+    return f"{took:.2f} s" if took >= 1 else f"{took * 1000:.1f} ms"
+
+
+def when(stamp: float | None) -> str:
+    if stamp is None:
+        return ""
+    return dt.datetime.fromtimestamp(stamp).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def ago(stamp: float | None) -> str:
+    if stamp is None:
+        return ""
+    seconds = max(0, int(time.time() - stamp))
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit} ago"
+    return f"{seconds} s ago"
+
+
+def run_url(run_id: str) -> str:
+    return "/runs/" + quote(run_id, safe="")
+
+
+PROBLEM_STATES = ("failed", "compensation_failed", "in_doubt", "awaiting_approval", "started")
+
+
+def load_inbox(guard: Guard, status: str) -> tuple[list[RunRow], dict[str, int]]:
+    """The runs to show and the counts for the header."""
+    open_items = Counter(i.run_id for i in guard.store.review_items(status="open"))
+    waiting = {s: guard.runs(status=s) for s in WAITING}
+    if status == "needs":
+        found = {r.id: r for s in WAITING for r in waiting[s]}
+        for run_id in open_items:
+            if run_id not in found:
+                record = guard.store.run(run_id)
+                if record is not None:
+                    found[run_id] = record
+        runs = sorted(found.values(), key=lambda r: (r.status not in WAITING, -r.updated_at, r.id))
+    elif status == "all":
+        runs = guard.runs()
+    else:
+        runs = guard.runs(status=status)
+    counts = {
+        "pending_review": len(waiting["pending_review"]),
+        "awaiting_approval": len(waiting["awaiting_approval"]),
+        "open_items": sum(open_items.values()),
+        "runs_with_open_items": len(open_items),
+        "shown": len(runs),
+    }
+    return [RunRow(r, open_items.get(r.id, 0)) for r in runs[:MAX_SHOWN_RUNS]], counts
+
+
+def load_run(guard: Guard, run_id: str) -> RunPage:
+    log = guard.log(run_id)
+    verification = guard.verify(run_id)
+    plan = guard.plan_undo(run_id)
+    comps = {c.seq: c for c in log.compensations}
+    by_seq: dict[int | None, list[ReviewItem]] = {}
+    for item in log.review_items:
+        by_seq.setdefault(item.seq, []).append(item)
+    rows = [
+        ActionRow(
+            action=a,
+            duration=duration(a),
+            compensation=comps.get(a.seq),
+            items=by_seq.get(a.seq, []),
+            args=pretty(a.args),
+            result=pretty(a.result),
+            problem=a.state in PROBLEM_STATES
+            or (a.seq in comps and comps[a.seq].state != "succeeded"),
+        )
+        for a in log.actions
+    ]
+    actions = {a.seq: a for a in log.actions}
+    item_args = {
+        i.id: pretty(actions[i.seq].args)
+        for i in log.review_items
+        if i.seq is not None and i.seq in actions
+    }
+    open_items = [i for i in log.review_items if i.status == "open"]
+    return RunPage(
+        log=log,
+        verification=verification,
+        plan=[s for s in plan if s.do != "nothing"],
+        rows=rows,
+        open_items=open_items,
+        closed_items=[i for i in log.review_items if i.status != "open"],
+        open_approvals=[i for i in open_items if i.reason == "approval"],
+        item_args=item_args,
+        tools={a.seq: a.tool for a in log.actions},
+    )
+
+
+# -- the application ----------------------------------------------------------------------------
+
+
+class Console:
+    """The views. One instance per application, holding the guard, the keys and the templates."""
+
+    def __init__(self, guard: Guard, keys: Keys, title: str) -> None:
+        self.guard = guard
+        self.keys = keys
+        self.title = title
+        self.templates = Environment(
+            loader=PackageLoader("guardrail.web", "templates"),
+            autoescape=True,
+            undefined=StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        self.templates.filters.update(when=when, ago=ago, run_url=run_url)
+        self.templates.globals.update(statuses=RUN_STATUSES, resolutions=RESOLUTIONS)
+
+    # -- rendering -----------------------------------------------------------------------------
+
+    def page(
+        self,
+        conn: HTTPConnection,
+        template: str,
+        status_code: int = 200,
+        headers: Mapping[str, str] | None = None,
+        **context: Any,
+    ) -> HTMLResponse:
+        principal: Principal | None = conn.scope.get("state", {}).get("principal")
+        html = self.templates.get_template(template).render(
+            title=self.title,
+            store=self.guard.store.url,
+            principal=principal,
+            csrf=self.keys.csrf(principal) if principal is not None else "",
+            flash=self.flash(conn),
+            **context,
+        )
+        return HTMLResponse(html, status_code=status_code, headers=headers)
+
+    def flash(self, conn: HTTPConnection) -> dict[str, str] | None:
+        q = conn.query_params
+        kind, message, sig = q.get("kind", ""), q.get("flash", ""), q.get("sig", "")
+        if kind in ("ok", "warn", "error") and self.keys.flash_matches(kind, message, sig):
+            return {"kind": kind, "message": message}
+        return None
+
+    def refuse(self, conn: HTTPConnection) -> Response:
+        """What a request without the token gets: 401 and the login form, nothing else."""
+        wanted = conn.url.path + (f"?{conn.url.query}" if conn.url.query else "")
+        return self.page(
+            conn,
+            "login.html",
+            status_code=401,
+            headers={"WWW-Authenticate": 'Bearer realm="guardrail"'},
+            next=safe_next(wanted) if conn.scope.get("method") == "GET" else "/",
+            error=None,
+        )
+
+    async def http_error(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return self.page(
+            request,
+            "error.html",
+            status_code=exc.status_code,
+            headers=exc.headers,
+            code=exc.status_code,
+            message=exc.detail,
+        )
+
+    # -- pages ---------------------------------------------------------------------------------
+
+    async def inbox(self, request: Request) -> Response:
+        status = request.query_params.get("status", "needs")
+        if status not in ("needs", "all", *RUN_STATUSES):
+            raise HTTPException(400, f"unknown status {status!r}")
+        rows, counts = await run_in_threadpool(load_inbox, self.guard, status)
+        return self.page(
+            request,
+            "inbox.html",
+            rows=rows,
+            counts=counts,
+            status=status,
+            limit=MAX_SHOWN_RUNS,
+        )
+
+    async def run(self, request: Request) -> Response:
+        run_id = request.path_params["run_id"]
+        try:
+            data = await run_in_threadpool(load_run, self.guard, run_id)
+        except RunNotFound:
+            raise HTTPException(404, f"no run {run_id!r} in this store") from None
+        reviewer = unquote(request.cookies.get(REVIEWER_COOKIE, ""))[:MAX_REVIEWER]
+        return self.page(
+            request,
+            "run.html",
+            page=data,
+            run=data.log.run,
+            waiting=data.log.run.status in WAITING,
+            reviewer=reviewer,
+            max_reviewer=MAX_REVIEWER,
+            max_note=MAX_NOTE,
+        )
+
+    # -- decisions -----------------------------------------------------------------------------
+
+    async def checked_form(self, request: Request) -> FormData:
+        """The POSTed form, once it is known to come from one of the console's own pages."""
+        principal: Principal | None = request.state.principal
+        if not same_site(request):
+            raise HTTPException(403, "this form was posted from another site; refused")
+        form = await request.form(max_files=0, max_fields=20, max_part_size=64_000)
+        csrf = form.get("csrf")
+        if (
+            principal is None
+            or not isinstance(csrf, str)
+            or not self.keys.csrf_matches(principal, csrf)
+        ):
+            raise HTTPException(
+                403, "the form's CSRF token is missing or wrong; reload the page and try again"
+            )
+        return form
+
+    async def decide(self, request: Request) -> Response:
+        form = await self.checked_form(request)
+        fields = {k: v.strip() for k, v in form.items() if isinstance(v, str)}
+        decision = fields.get("decision", "")
+        reviewer = fields.get("reviewer", "")
+        note = fields.get("note", "")
+        if decision not in DECISIONS:
+            raise HTTPException(400, f"unknown decision {decision!r}")
+        if not reviewer or not note:
+            raise HTTPException(
+                400, "a decision needs the reviewer's name and a note; go back and fill both in"
+            )
+        if len(reviewer) > MAX_REVIEWER or len(note) > MAX_NOTE:
+            raise HTTPException(
+                400, f"the name is limited to {MAX_REVIEWER} and the note to {MAX_NOTE} characters"
+            )
+        target = fields.get("item_id" if decision in ("resolve", "approve", "reject") else "run_id")
+        if not target:
+            raise HTTPException(400, f"the {decision} form names no run or item")
+        resolution = fields.get("resolution", "")
+        if decision == "resolve" and resolution not in RESOLUTIONS:
+            raise HTTPException(400, f"resolution must be one of {', '.join(RESOLUTIONS)}")
+        try:
+            run_id, kind, message = await run_in_threadpool(
+                apply_decision, self.guard, decision, target, reviewer, note, resolution
+            )
+        except RunNotFound as exc:
+            raise HTTPException(404, str(exc)) from None
+        query = urlencode(
+            {"kind": kind, "flash": message, "sig": self.keys.sign_flash(kind, message)}
+        )
+        response = RedirectResponse(f"{run_url(run_id)}?{query}", status_code=303)
+        response.set_cookie(
+            REVIEWER_COOKIE,
+            quote(reviewer, safe=""),
+            max_age=30 * 86400,
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+        return response
+
+    # -- login -----------------------------------------------------------------------------------
+
+    async def login_form(self, request: Request) -> Response:
+        wanted = safe_next(request.query_params.get("next", "/"))
+        if request.state.principal is not None:
+            return RedirectResponse(wanted, status_code=303)
+        return self.page(request, "login.html", next=wanted, error=None)
+
+    async def login(self, request: Request) -> Response:
+        if not same_site(request):
+            raise HTTPException(403, "this form was posted from another site; refused")
+        form = await request.form(max_files=0, max_fields=5, max_part_size=8_000)
+        token, wanted = form.get("token"), form.get("next")
+        wanted = safe_next(wanted if isinstance(wanted, str) else "/")
+        if not isinstance(token, str) or not self.keys.token_matches(token.strip()):
+            return self.page(
+                request,
+                "login.html",
+                status_code=401,
+                next=wanted,
+                error="That is not the console's token.",
+            )
+        response = RedirectResponse(wanted, status_code=303)
+        response.set_cookie(
+            SESSION_COOKIE,
+            self.keys.new_session(),
+            max_age=SESSION_SECONDS,
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+        return response
+
+    async def logout(self, request: Request) -> Response:
+        await self.checked_form(request)
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="strict")
+        return response
+
+
+def safe_next(target: str) -> str:
+    """Only a path on this site: never ``//evil.example`` or ``https://...``."""
+    if (
+        not target.startswith("/")
+        or target.startswith(("//", "/\\"))
+        or any(ord(c) < 32 for c in target)
+    ):
+        return "/"
+    return target
+
+
+def apply_decision(
+    guard: Guard, decision: str, target: str, by: str, note: str, resolution: str
+) -> tuple[str, str, str]:
+    """Make the decision; return the run to show and the outcome as (run_id, kind, message).
+
+    ``kind`` is ``ok`` (it landed), ``warn`` (the same decision was already recorded: nothing
+    changed) or ``error`` (another decision came first, or the run is in the wrong state).
+    """
+    run_id = target
+    if decision in ("resolve", "approve", "reject"):
+        item = guard.store.review_item(target)
+        if item is None:
+            raise RunNotFound(f"no review item {target!r} in this store")
+        run_id = item.run_id
+    act: dict[str, Callable[[], Decision]] = {
+        "resume": lambda: guard.resume(target, by=by, note=note),
+        "abort": lambda: guard.abort(target, by=by, reason=note),
+        "resolve": lambda: guard.resolve(target, resolution, by=by, note=note),
+        "approve": lambda: guard.approve(target, by=by, note=note),
+        "reject": lambda: guard.reject(target, by=by, reason=note),
+    }
+    try:
+        outcome = act[decision]()
+    except RunNotFound:
+        raise
+    except GuardrailError as exc:
+        return run_id, "error", f"Not done: {exc}"
+    return run_id, *describe(guard, decision, target, outcome)
+
+
+def describe(guard: Guard, decision: str, target: str, outcome: Decision) -> tuple[str, str]:
+    if not outcome.landed:
+        what = {"resume": "resumed", "abort": "aborted"}.get(decision, outcome.status)
+        by = f" by {outcome.by}" if decision == "abort" and outcome.by else ""
+        return "warn", f"Already {what}{by}: nothing changed ({target} is {outcome.status})."
+    if decision == "resume":
+        return "ok", (
+            f"Resumed run {target} (by {outcome.by}). Restart the agent on this run; what "
+            "already succeeded will not run again."
+        )
+    if decision == "abort":
+        left = guard.store.review_items(run_id=target, status="open")
+        tail = f" {len(left)} review item(s) still need a person." if left else ""
+        return "ok", f"Aborted run {target} (by {outcome.by}): undone what could be undone.{tail}"
+    if decision == "approve":
+        return "ok", (
+            f"Approved item {target} (by {outcome.by}). Resume the run to let the call go ahead."
+        )
+    if decision == "reject":
+        return "ok", (
+            f"Rejected item {target} (by {outcome.by}). After a resume the agent is told the "
+            "call was rejected."
+        )
+    return "ok", f"Resolved item {target} as {outcome.status} (by {outcome.by})."
