@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from html import unescape
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -121,7 +122,7 @@ def decide(client: TestClient, on: str, **fields: str) -> tuple[str, str]:
     assert answer.status_code == 303, answer.text
     query = parse_qs(urlsplit(answer.headers["location"]).query)
     shown = client.get(answer.headers["location"], headers=BEARER)
-    assert query["flash"][0] in shown.text.replace("&#39;", "'")
+    assert query["flash"][0] in unescape(shown.text)
     return query["kind"][0], query["flash"][0]
 
 
@@ -426,6 +427,44 @@ def test_an_aborted_run_with_open_items_stays_in_the_inbox(shop: Shop, client: T
     shop.guard.abort(run_id, by="ann")
     html = client.get("/", headers=BEARER).text
     assert run_id in html  # the email still needs its correction
+
+
+def test_a_tampered_log_shows_a_broken_chain(shop: Shop, client: TestClient) -> None:
+    import sqlite3
+
+    run_id = shop.halted()
+    path = shop.guard.store.url.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "UPDATE actions SET tool = 'nothing_to_see' WHERE run_id = ? AND seq = 2", (run_id,)
+        )
+    html = client.get(f"/runs/{run_id}", headers=BEARER).text
+    assert 'id="chain">BROKEN<' in html and "changed outside guardrail" in html
+
+
+def test_odd_run_ids_and_long_timelines(
+    shop: Shop, client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import guardrail.web.app as web_app
+
+    monkeypatch.setattr(web_app, "ACTIONS_PER_PART", 2)
+    run_id = "thread/42 <b>"
+    with pytest.raises(RunHalted), shop.guard.run(run_id=run_id, agent="graph"):
+        for item in ("a", "b", "c", "d", "e"):
+            shop.call("create_order", item=item)
+        shop.call("ship", address="x")
+    inbox = client.get("/", headers=BEARER).text
+    assert 'href="/runs/thread%2F42%20%3Cb%3E"' in inbox and "thread/42 &lt;b&gt;" in inbox
+    html = client.get("/runs/thread%2F42%20%3Cb%3E", headers=BEARER).text
+    # six actions in parts of two; the last part (where the failure is) comes first
+    assert re.findall(r'<tr id="action-(\d+)"', html) == ["5", "6"]
+    assert "?part=1#timeline" in html and "?part=3#timeline" in html
+    html = client.get("/runs/thread%2F42%20%3Cb%3E?part=1", headers=BEARER).text
+    assert re.findall(r'<tr id="action-(\d+)"', html) == ["1", "2"]
+    kind, _ = decide(
+        client, "thread%2F42%20%3Cb%3E", decision="abort", run_id=run_id, reviewer="A", note="n"
+    )
+    assert kind == "ok" and shop.guard.require_run(run_id).status == "aborted"
 
 
 # -- guardrail serve ----------------------------------------------------------------------------

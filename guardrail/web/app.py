@@ -51,6 +51,7 @@ REVIEWER_COOKIE = "guardrail_reviewer"
 MAX_REVIEWER, MAX_NOTE = 100, 2000
 MAX_SHOWN_RUNS = 500
 MAX_SHOWN_JSON = 20_000
+ACTIONS_PER_PART = 500
 
 
 def create_app(guard: Guard | str, token: str, *, title: str = "guardrail") -> Starlette:
@@ -116,7 +117,7 @@ class ActionRow:
     items: list[ReviewItem]
     args: str
     result: str
-    problem: bool
+    flag: str  # problem | waiting | "" (how the row is highlighted)
 
 
 @dataclass(slots=True)
@@ -130,6 +131,8 @@ class RunPage:
     open_approvals: list[ReviewItem]
     item_args: dict[str, str] = field(default_factory=dict)
     tools: dict[int, str] = field(default_factory=dict)
+    part: int = 1
+    parts: list[tuple[int, int, int]] = field(default_factory=list)  # (part, first, last seq)
 
 
 def pretty(value: Any) -> str:
@@ -168,7 +171,16 @@ def run_url(run_id: str) -> str:
     return "/runs/" + quote(run_id, safe="")
 
 
-PROBLEM_STATES = ("failed", "compensation_failed", "in_doubt", "awaiting_approval", "started")
+PROBLEM_STATES = ("failed", "compensation_failed", "in_doubt", "started")
+
+
+def flag(action: Action, compensation: Compensation | None) -> str:
+    """What the timeline highlights: what went wrong, and what waits for approval."""
+    if action.state in PROBLEM_STATES or (
+        compensation is not None and compensation.state != "succeeded"
+    ):
+        return "problem"
+    return "waiting" if action.state == "awaiting_approval" else ""
 
 
 def load_inbox(guard: Guard, status: str) -> tuple[list[RunRow], dict[str, int]]:
@@ -197,7 +209,18 @@ def load_inbox(guard: Guard, status: str) -> tuple[list[RunRow], dict[str, int]]
     return [RunRow(r, open_items.get(r.id, 0)) for r in runs[:MAX_SHOWN_RUNS]], counts
 
 
-def load_run(guard: Guard, run_id: str) -> RunPage:
+def part_bounds(count: int) -> list[tuple[int, int]]:
+    """The (start, end) indexes of a timeline's parts; the last part is full, the first one
+    takes the remainder."""
+    first = count - (max(1, -(-count // ACTIONS_PER_PART)) - 1) * ACTIONS_PER_PART
+    return [(0, first)] + [
+        (start, start + ACTIONS_PER_PART) for start in range(first, count, ACTIONS_PER_PART)
+    ]
+
+
+def load_run(guard: Guard, run_id: str, part: int | None = None) -> RunPage:
+    """Everything the run's page shows; long timelines come in parts of ``ACTIONS_PER_PART``
+    (``part`` counts from 1; the default is the last part, where a failure usually is)."""
     log = guard.log(run_id)
     verification = guard.verify(run_id)
     plan = guard.plan_undo(run_id)
@@ -205,6 +228,9 @@ def load_run(guard: Guard, run_id: str) -> RunPage:
     by_seq: dict[int | None, list[ReviewItem]] = {}
     for item in log.review_items:
         by_seq.setdefault(item.seq, []).append(item)
+    bounds = part_bounds(len(log.actions))
+    part = len(bounds) if part is None else min(max(part, 1), len(bounds))
+    shown = log.actions[slice(*bounds[part - 1])]
     rows = [
         ActionRow(
             action=a,
@@ -213,10 +239,9 @@ def load_run(guard: Guard, run_id: str) -> RunPage:
             items=by_seq.get(a.seq, []),
             args=pretty(a.args),
             result=pretty(a.result),
-            problem=a.state in PROBLEM_STATES
-            or (a.seq in comps and comps[a.seq].state != "succeeded"),
+            flag=flag(a, comps.get(a.seq)),
         )
-        for a in log.actions
+        for a in shown
     ]
     actions = {a.seq: a for a in log.actions}
     item_args = {
@@ -235,6 +260,13 @@ def load_run(guard: Guard, run_id: str) -> RunPage:
         open_approvals=[i for i in open_items if i.reason == "approval"],
         item_args=item_args,
         tools={a.seq: a.tool for a in log.actions},
+        part=part,
+        parts=[
+            (n, log.actions[start].seq, log.actions[end - 1].seq)
+            for n, (start, end) in enumerate(bounds, start=1)
+        ]
+        if len(bounds) > 1
+        else [],
     )
 
 
@@ -327,8 +359,11 @@ class Console:
 
     async def run(self, request: Request) -> Response:
         run_id = request.path_params["run_id"]
+        part = request.query_params.get("part", "")
         try:
-            data = await run_in_threadpool(load_run, self.guard, run_id)
+            data = await run_in_threadpool(
+                load_run, self.guard, run_id, int(part) if part.isdigit() else None
+            )
         except RunNotFound:
             raise HTTPException(404, f"no run {run_id!r} in this store") from None
         reviewer = unquote(request.cookies.get(REVIEWER_COOKIE, ""))[:MAX_REVIEWER]
