@@ -178,18 +178,27 @@ def _guarded_call(
         ],
     )
     telemetry.end(span, error=error, attributes={"action.seq": seq})
-    run.halted = True  # refuse new calls; let calls already running in parallel finish first,
-    waited = 0.0  # so compensation sees their outcome (nothing succeeds behind its back)
-    while run.inflight > 1 and waited < SIBLING_WAIT:
+    # Refuse new calls, and let calls still running in parallel finish first, so compensation
+    # sees their outcome (nothing succeeds behind its back). Of several failing calls, the
+    # first halts the run; the others wait for that and report the same halt.
+    halter = run.fail_call()
+    waited = 0.0
+    while (run.inflight > run.failing if halter else not run.halt_done) and waited < SIBLING_WAIT:
         yield Sleep(0.002)
         waited += 0.002
-    record = yield from halt(
-        guard,
-        run.id,
-        reason=f"{tool} failed: {message[:500]}",
-        hold=(run.on_failure or policy.on_failure) == "hold",
-        failed_seq=seq,
-    )
+    if halter:
+        try:
+            record = yield from halt(
+                guard,
+                run.id,
+                reason=f"{tool} failed: {message[:500]}",
+                hold=(run.on_failure or policy.on_failure) == "hold",
+                failed_seq=seq,
+            )
+        finally:
+            run.halt_done = True
+    else:
+        record = guard.require_run(run.id)
     items = tuple(i.id for i in guard.store.review_items(run_id=run.id, status="open"))
     raise RunHalted(
         f"run {run.id} halted: {tool} failed ({message[:200]}); it is {record.status} with "

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 RESOLUTIONS = ("done_manually", "retried", "skipped", "approved", "rejected")
 LIVE = ("running", "compensating", "aborting")
+# A call that started before a sibling's approval gate paused the run may still fail after it.
+HALTABLE = ("running", "awaiting_approval")
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +140,7 @@ def halt(
             run_id,
             "run.hold",
             [
-                run_write(run_id, ("running",), status="pending_review", reason=reason),
+                run_write(run_id, HALTABLE, status="pending_review", reason=reason),
                 review_write(run_id, failed_seq, "held", policy, detail),
             ],
         )
@@ -146,7 +148,7 @@ def halt(
         store.transact(
             run_id,
             "run.halt",
-            [run_write(run_id, ("running",), status="compensating", reason=reason)],
+            [run_write(run_id, HALTABLE, status="compensating", reason=reason)],
         )
         yield from compensate(guard, run_id)
         store.transact(

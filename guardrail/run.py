@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from guardrail.call import guarded_call
 from guardrail.drive import Steps, adrive, drive
-from guardrail.errors import Conflict, GuardrailError, RunHalted, RunStateError
+from guardrail.errors import Conflict, GuardrailError, RunHalted, RunStateError, StoreError
 from guardrail.lifecycle import halt, new_id, now, owner_alive, run_write
 from guardrail.store import RunRecord, Write
 
@@ -64,6 +64,9 @@ class Run:
         self._tokens: list[Token[Run | None]] = []
         self._lock = threading.Lock()
         self._inflight = 0
+        self._failing = 0
+        self._halting = False
+        self.halt_done = False
 
     # -- entering and leaving ----------------------------------------------------------------
 
@@ -72,26 +75,32 @@ class Run:
         existing = store.run(self.id)
         if existing is None:
             stamp = now()
-            store.transact(
-                self.id,
-                "run.start",
-                [
-                    Write(
-                        "runs",
-                        {"id": self.id},
-                        {
-                            "agent": self.agent,
-                            "status": "running",
-                            "owner": guard.owner,
-                            "heartbeat_at": stamp,
-                            "meta": self.metadata,
-                            "created_at": stamp,
-                            "updated_at": stamp,
-                        },
-                        insert=True,
-                    )
-                ],
-            )
+            try:
+                store.transact(
+                    self.id,
+                    "run.start",
+                    [
+                        Write(
+                            "runs",
+                            {"id": self.id},
+                            {
+                                "agent": self.agent,
+                                "status": "running",
+                                "owner": guard.owner,
+                                "heartbeat_at": stamp,
+                                "meta": self.metadata,
+                                "created_at": stamp,
+                                "updated_at": stamp,
+                            },
+                            insert=True,
+                        )
+                    ],
+                )
+            except StoreError:
+                existing = store.run(self.id)
+                if existing is None:
+                    raise
+                self._attach(existing)  # another worker started it at the same moment
         else:
             self._attach(existing)
         # One agent per run (the owner), so the run's succeeded keys can live in memory: a
@@ -101,6 +110,7 @@ class Run:
         self._occurrences.clear()
         self._released.clear()
         self.halted = False
+        self._failing, self._halting, self.halt_done = 0, False, False
         self._entered = True
         guard.beat()
 
@@ -249,6 +259,21 @@ class Run:
                 run_id=self.id,
                 status=record.status,
             )
+
+    def fail_call(self) -> bool:
+        """A call of this run failed for good: refuse new calls. True for the first failure,
+        which halts the run; the others wait for :attr:`halt_done`."""
+        with self._lock:
+            self.halted = True
+            self._failing += 1
+            first = not self._halting
+            self._halting = True
+            return first
+
+    @property
+    def failing(self) -> int:
+        """Calls that failed and wait for their siblings (they count in :attr:`inflight`)."""
+        return self._failing
 
     def begin_call(self) -> None:
         with self._lock:

@@ -405,3 +405,35 @@ def test_runs_filters(guard: Guard) -> None:
     assert [r.agent for r in guard.runs(status="pending_review")] == ["b"]
     assert [r.agent for r in guard.runs(agent="a")] == ["a"]
     assert len(guard.runs()) == 2
+
+
+def test_two_parallel_failures_halt_once_without_waiting_for_each_other(guard: Guard) -> None:
+    guard.policy("flaky", effect="reversible", undo=lambda args: None, retry={"attempts": 1})
+    guard.policy("make", effect="reversible", undo=lambda args: undone.append(args["n"]))
+    undone: list[int] = []
+
+    async def scenario() -> list[BaseException]:
+        barrier = asyncio.Barrier(2)
+
+        async def flaky(n: int) -> None:
+            await barrier.wait()  # both are running when both fail
+            raise ValueError(n)
+
+        async with guard.run() as run:
+            await run.acall("make", {"n": 0}, fn=lambda n: n)
+            results = await asyncio.gather(
+                run.acall("flaky", {"n": 1}, fn=flaky),
+                run.acall("flaky", {"n": 2}, fn=flaky),
+                return_exceptions=True,
+            )
+            runs.append(run.id)
+            raise results[0]
+
+    runs: list[str] = []
+    with pytest.raises(RunHalted):
+        asyncio.run(asyncio.wait_for(scenario(), timeout=30))  # the old code waited 60 s
+    log = guard.log(runs[0])
+    assert log.run.status == "pending_review"
+    assert [a.state for a in log.actions] == ["compensated", "failed", "failed"]
+    assert undone == [0]  # compensated once, by one halt
+    assert len(log.compensations) == 1
