@@ -205,6 +205,20 @@ def test_security_headers(shop: Shop, client: TestClient) -> None:
         assert answer.headers["cache-control"] == "no-store"
 
 
+def test_big_bodies_are_refused(client: TestClient) -> None:
+    big = b"token=" + b"x" * 300_000
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    assert client.post("/login", content=big, headers=headers).status_code == 413
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+        yield b"token="
+        for _ in range(30):
+            yield b"x" * 10_000
+
+    answer = client.post("/login", content=chunks(), headers=headers)
+    assert answer.status_code == 413 and SESSION_COOKIE not in client.cookies
+
+
 # -- CSRF ---------------------------------------------------------------------------------------
 
 

@@ -37,6 +37,7 @@ from guardrail.store.schema import RUN_STATUSES
 from guardrail.web.security import (
     SESSION_COOKIE,
     SESSION_SECONDS,
+    BodyLimit,
     Keys,
     Principal,
     RequireToken,
@@ -91,6 +92,7 @@ def create_app(guard: Guard | str, token: str, *, title: str = "guardrail") -> S
         ],
         middleware=[
             Middleware(SecurityHeaders),
+            Middleware(BodyLimit),
             Middleware(RequireToken, keys=keys, refuse=console.refuse),
         ],
         exception_handlers={HTTPException: console.http_error},

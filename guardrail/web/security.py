@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection
+from starlette.responses import PlainTextResponse
 
 SESSION_COOKIE = "guardrail_session"
 SESSION_SECONDS = 12 * 3600
@@ -198,3 +200,32 @@ class RequireToken:
             await self.refuse(conn)(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+class BodyLimit:
+    """ASGI middleware: refuse request bodies over ``limit`` bytes (the console's forms are
+    small; the login form is public, so its body must not be able to fill memory)."""
+
+    def __init__(self, app: ASGIApp, limit: int = 256_000) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = HTTPConnection(scope).headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.limit:
+            await PlainTextResponse("request body too large", status_code=413)(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise HTTPException(413, "request body too large")
+            return message
+
+        await self.app(scope, limited, send)
