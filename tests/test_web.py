@@ -481,6 +481,20 @@ def test_odd_run_ids_and_long_timelines(
     assert kind == "ok" and shop.guard.require_run(run_id).status == "aborted"
 
 
+def test_a_console_on_a_store_url_owns_its_guard(shop: Shop, sqlite_url: str) -> None:
+    from guardrail import StoreError
+
+    run_id = shop.halted()
+    app = create_app(sqlite_url, TOKEN)
+    with TestClient(app) as c:
+        assert run_id in c.get("/", headers=BEARER).text
+        kind, _ = decide(c, run_id, decision="abort", run_id=run_id, reviewer="Ann", note="n")
+        assert kind == "ok"
+    assert shop.guard.require_run(run_id).decided_by == "Ann"
+    with pytest.raises(StoreError, match="closed"):
+        app.state.guard.runs()  # closed at shutdown
+
+
 # -- guardrail serve ----------------------------------------------------------------------------
 
 
