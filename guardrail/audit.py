@@ -50,7 +50,21 @@ def read_log(store: Store, run: RunRecord) -> ActionLog:
     )
 
 
-def verify(store: Store, run: RunRecord) -> Verification:
+_DEFAULTS: dict[str, dict[str, Any]] = {}
+
+
+def _defaults(table: str) -> dict[str, Any]:
+    found = _DEFAULTS.get(table)
+    if found is None:
+        fields = TABLES[table].model_fields
+        found = _DEFAULTS[table] = {
+            c: f.get_default(call_default_factory=True) for c, f in fields.items()
+        }
+    return found
+
+
+def verify(store: Store, run: RunRecord, log: ActionLog | None = None) -> Verification:
+    """Replay the run's journal against its rows. ``log`` saves reading the rows again."""
     problems: list[str] = []
     entries = store.entries(run.id)
     prev = ""
@@ -78,10 +92,11 @@ def verify(store: Store, run: RunRecord) -> Verification:
         problems.append("the run has no journal entries")
 
     actual: dict[tuple[str, tuple[Any, ...]], dict[str, Any]] = {}
-    rows: list[tuple[str, Any]] = [("runs", run)]
-    rows += [("actions", a) for a in store.actions(run.id)]
-    rows += [("compensations", c) for c in store.compensations(run.id)]
-    rows += [("review_items", r) for r in store.review_items(run_id=run.id)]
+    log = log if log is not None else read_log(store, run)
+    rows: list[tuple[str, Any]] = [("runs", log.run)]
+    rows += [("actions", a) for a in log.actions]
+    rows += [("compensations", c) for c in log.compensations]
+    rows += [("review_items", r) for r in log.review_items]
     rows += [("external_ids", x) for x in store.external_ids(run.id)]
     for table, row in rows:
         actual[(table, tuple(getattr(row, k) for k in KEYS[table]))] = row.model_dump()
@@ -97,11 +112,11 @@ def verify(store: Store, run: RunRecord) -> Verification:
                 continue
             if journal_value(column, row_values.get(column)) != value:
                 problems.append(f"{label}: {column} was changed outside guardrail")
-        model = TABLES[table]
+        defaults = _defaults(table)
         for column, value in row_values.items():
             if column in values or column in UNJOURNALED or column in KEYS[table]:
                 continue
-            if value != model.model_fields[column].get_default(call_default_factory=True):
+            if value != defaults[column]:
                 problems.append(f"{label}: {column} was set outside guardrail")
         if table == "actions" and row_values.get("hash") != last_touch.get(key):
             problems.append(f"{label}: its hash does not match the journal")

@@ -283,9 +283,12 @@ class Guard:
         """The run's action log: actions, compensations and review items, in order."""
         return read_log(self.store, self.require_run(run_id))
 
-    def verify(self, run_id: str) -> Verification:
-        """Check the run's hash chain and that no stored row was edited or deleted."""
-        return verify(self.store, self.require_run(run_id))
+    def verify(self, run_id: str, *, log: ActionLog | None = None) -> Verification:
+        """Check the run's hash chain and that no stored row was edited or deleted.
+
+        Pass the run's ``log`` (from :meth:`log`) to check it without reading the rows again.
+        """
+        return verify(self.store, log.run if log is not None else self.require_run(run_id), log)
 
     def find(self, external_id: str, *, name: str | None = None) -> list[Action]:
         """Actions that produced ``external_id`` (optionally only under that ``name``)."""
@@ -321,9 +324,12 @@ class Guard:
         """Reject an approval request; after resume the agent gets CallRejected for that call."""
         return lifecycle.decide(self, item_id, False, by, reason)
 
-    def plan_undo(self, run_id: str) -> list[PlannedStep]:
+    def plan_undo(self, run_id: str, *, log: ActionLog | None = None) -> list[PlannedStep]:
         """What compensation would do now (undo, review, nothing), newest first; changes nothing."""
-        return lifecycle.plan(self.store.actions(self.require_run(run_id).id), self.find_policy)
+        actions = (
+            log.actions if log is not None else self.store.actions(self.require_run(run_id).id)
+        )
+        return lifecycle.plan(actions, self.find_policy)
 
     def recover(self) -> list[str]:
         """Finish the runs whose owner process died; returns the ids recovered."""

@@ -312,7 +312,7 @@ def _undo(guard: Guard, action: Action, policy: Policy, *, interrupted: bool) ->
     if not begun:
         return  # someone else compensated it
     crash_point("after_compensation_start")
-    ids = {x.name: x.value for x in store.external_ids(action.run_id) if x.seq == action.seq}
+    ids = dict(action.external_ids or {})  # the row keeps them too: no query per undo
     span = telemetry.start_compensation(action.tool, action.run_id, action.seq)
     undo, kwargs = _undo_call(guard, action, policy, ids)
     outcome = yield from attempts(policy.undo_retry, Invoke(undo, kwargs, span))

@@ -13,7 +13,9 @@ import getpass
 import json
 import os
 import re
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -161,14 +163,18 @@ def _status(status: str) -> str:
 def show(
     run_id: Annotated[str, typer.Argument(help="The run id.")],
     store: Store = DEFAULT_STORE,
+    limit: Annotated[
+        int, typer.Option(help="Show the newest N actions and review items (0: all).")
+    ] = 100,
     as_json: AsJson = False,
 ) -> None:
     """The run's timeline: actions, compensations, review items, what would still be undone,
-    and the hash-chain verdict."""
+    and the hash-chain verdict. Long runs show their newest actions (--limit, 0 for all);
+    --json always has everything."""
     with opened(store) as guard:
         log = guard.log(run_id)
-        verdict = guard.verify(run_id)
-        plan = guard.plan_undo(run_id)
+        verdict = guard.verify(run_id, log=log)
+        plan = guard.plan_undo(run_id, log=log)
         if as_json:
             _dump(
                 {
@@ -186,6 +192,21 @@ def show(
         )
         if run.decided_by:
             console.print(f"decided by {run.decided_by}: {run.decision_note or ''}")
+        actions = log.actions[-limit:] if limit > 0 else log.actions
+        shown = {a.seq for a in actions}
+        # open items first: they are what the reader must act on
+        items_shown = sorted(log.review_items, key=lambda i: (i.status != "open", -(i.seq or 0)))
+        if limit > 0:
+            items_shown = items_shown[:limit]
+        counts: dict[str, int] = {}
+        for a in log.actions:
+            counts[a.state] = counts.get(a.state, 0) + 1
+        opened_items = sum(1 for i in log.review_items if i.status == "open")
+        console.print(
+            f"{len(log.actions):,} action(s): "
+            + ", ".join(f"{n:,} {state}" for state, n in sorted(counts.items()))
+            + f"; {opened_items:,} open review item(s)"
+        )
         comps = {c.seq: c for c in log.compensations}
         reviews: dict[int | None, list[str]] = {}
         for i in log.review_items:
@@ -195,7 +216,7 @@ def show(
             table.add_column(column, no_wrap=True)
         for column in ("external ids", "undo", "review"):
             table.add_column(column, overflow="fold")
-        for a in log.actions:
+        for a in actions:
             took = (
                 f"{(a.finished_at - a.started_at) * 1000:.1f}" if a.finished_at is not None else ""
             )
@@ -210,19 +231,28 @@ def show(
                 f"{comp.undo}: {comp.state}" if comp else "",
                 ", ".join(reviews.get(a.seq, [])),
             )
+        if len(actions) < len(log.actions):
+            table.caption = (
+                f"the newest {len(actions):,} of {len(log.actions):,} actions; --limit 0 for all"
+            )
         console.print(table)
-        for a in log.actions:
+        for a in actions:
             if a.error:
                 console.print(f"action {a.seq} ({a.tool}): {a.error[:300]}", markup=False)
         for c in log.compensations:
-            if c.error:
+            if c.error and c.seq in shown:
                 console.print(f"undo of action {c.seq}: {c.error[:300]}", markup=False)
-        if log.review_items:
+        if items_shown:
             items = Table(title="review items")
+            if len(items_shown) < len(log.review_items):
+                items.caption = (
+                    f"{len(items_shown):,} of {len(log.review_items):,}, open first; "
+                    "--limit 0 for all"
+                )
             for column in ("item", "action", "reason", "kind", "owner", "status"):
                 items.add_column(column, no_wrap=True)
             items.add_column("instructions", overflow="fold")
-            for i in log.review_items:
+            for i in items_shown:
                 status = i.status if i.status == "open" else f"{i.resolution} by {i.resolved_by}"
                 items.add_row(
                     i.id,
@@ -237,8 +267,10 @@ def show(
         todo = [s for s in plan if s.do != "nothing"]
         if todo and run.status in ("pending_review", "awaiting_approval"):
             console.print("an abort would now:")
-            for s in todo:
+            for s in todo[:limit] if limit > 0 else todo:
                 console.print(f"  {s.do} action {s.seq} ({s.tool}): {s.detail}")
+            if limit > 0 and len(todo) > limit:
+                console.print(f"  ... and {len(todo) - limit:,} more")
         console.print(
             "hash chain: [green]ok[/green]"
             if verdict.ok
@@ -354,14 +386,100 @@ def reject(
         _decide("reject", item_id, yes, as_json, lambda: guard.reject(item_id, by=who, reason=note))
 
 
-def recover(store: Store = DEFAULT_STORE, as_json: AsJson = False) -> None:
-    """Finish the runs whose owner process died."""
+def recover(
+    store: Store = DEFAULT_STORE,
+    policy: Annotated[
+        list[str] | None,
+        typer.Option(help="A YAML or TOML policy file with the undos (repeatable)."),
+    ] = None,
+    pack: Annotated[
+        list[str] | None, typer.Option(help="A policy pack by name (repeatable).")
+    ] = None,
+    pack_option: Annotated[
+        list[str] | None, typer.Option(help="KEY=VALUE for the packs (repeatable).")
+    ] = None,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Keep recovering until interrupted (Ctrl-C, SIGTERM).")
+    ] = False,
+    interval: Annotated[
+        float, typer.Option(min=0.0, help="Seconds between passes with --watch.")
+    ] = 5.0,
+    iterations: Annotated[
+        int | None, typer.Option(min=1, hidden=True, help="Stop after N passes (for tests).")
+    ] = None,
+    stale_after: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            help="Seconds without a heartbeat after which an owner on another host counts as "
+            "dead (default 30: six times the default heartbeat_interval of 5 s).",
+        ),
+    ] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Finish the runs whose owner process died.
+
+    Undos run in this process: load the policies that name them (--policy, --pack), else what
+    would be undone is listed for review instead. With --watch, pass after pass until
+    interrupted, printing what each pass recovered (--json: one line each). Any number of
+    watchers, on any number of hosts, may share a store: each dead run is claimed by exactly
+    one of them.
+    """
+    options = dict(_option(o) for o in pack_option or [])
     with opened(store) as guard:
-        done = guard.recover()
-        if as_json:
-            _dump({"recovered": done})
-        else:
-            typer.echo(f"recovered {len(done)} run(s)" + (": " + ", ".join(done) if done else ""))
+        if stale_after is not None:
+            guard.stale_after = stale_after
+        for name in pack or []:
+            guard.load_policies(name, **options)
+        for file in policy or []:
+            guard.load_policies(file)
+        if not watch:
+            done = guard.recover()
+            if as_json:
+                _dump({"recovered": done})
+            else:
+                typer.echo(
+                    f"recovered {len(done)} run(s)" + (": " + ", ".join(done) if done else "")
+                )
+            return
+        _watch(guard, interval, iterations, as_json)
+
+
+def _watch(guard: Guard, interval: float, iterations: int | None, as_json: bool) -> None:
+    stop = threading.Event()
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) if main else None
+    passes = 0
+    try:
+        while not stop.is_set():
+            try:
+                done = guard.recover()
+            except GuardrailError as exc:
+                # e.g. the database is away for a while (a failover): report it and carry on
+                typer.echo(f"error: {exc}", err=True)
+                done = []
+            if done:
+                stamp = dt.datetime.now().isoformat(timespec="seconds")
+                if as_json:
+                    typer.echo(json.dumps({"at": stamp, "recovered": done}))
+                else:
+                    typer.echo(f"{stamp} recovered {len(done)} run(s): {', '.join(done)}")
+            passes += 1
+            if iterations is not None and passes >= iterations:
+                break
+            stop.wait(interval)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C between or during passes: a run cut short is finished by the next watcher
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _option(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise typer.BadParameter(f"{text!r}: expected KEY=VALUE", param_hint="--pack-option")
+    return key, value
 
 
 def find(
