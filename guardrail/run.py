@@ -133,6 +133,19 @@ class Run:
                 run_id=self.id,
                 status=existing.status,
             )
+        if existing.owner not in (None, guard.owner):
+            # its owner died: a call it left `started` may have taken effect, and a replay
+            # would run it again. Only recovery settles it (in doubt, for a person).
+            doubt = next((a for a in store.actions(self.id) if a.state == "started"), None)
+            if doubt is not None:
+                raise RunStateError(
+                    f"run {self.id}: its owner {existing.owner} died during {doubt.tool} "
+                    f"(action {doubt.seq}), which may or may not have taken effect; recover the "
+                    "run first (guard.recover() or `guardrail recover`), then a person checks "
+                    f"the call and resumes it (guardrail resume {self.id})",
+                    run_id=self.id,
+                    status=existing.status,
+                )
         claimed = store.transact(
             self.id,
             "run.attach",

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -106,3 +109,47 @@ def test_find_and_export(halted: tuple[str, str, str]) -> None:
     assert lines[1]["args"]["item"] == "<script>alert(1)</script>"
     assert cli("export", run_id, "--store", store, "--format", "xml")[0] == 2
     assert cli("recover", "--store", store, "--json")[0] == 0
+
+
+def test_recover_watch_with_the_undos_from_a_policy_file(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`recover --watch` finishes a run whose owner died, running the undo named in --policy,
+    and prints one JSON line per pass that recovered something."""
+    undone = tmp_path / "undone.txt"
+    (tmp_path / "cli_shop_undo.py").write_text(
+        "def cancel(args):\n"
+        f"    with open({str(undone)!r}, 'a') as f:\n"
+        "        f.write(args['item'] + '\\n')\n"
+    )
+    (tmp_path / "policies.yaml").write_text(
+        "tools:\n  create_order: {effect: reversible, undo: {call: cli_shop_undo.cancel}}\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def doomed() -> None:  # an agent process that dies in the middle of its run
+        guard = Guard(store=sqlite_url)
+        guard.policy("create_order", effect="reversible", undo=lambda args: None)
+        run = guard.run(agent="shop").start()
+        run.call("create_order", {"item": "book"}, fn=lambda item: {"id": "ord_1"})
+        (tmp_path / "run.txt").write_text(run.id)
+        os._exit(0)
+
+    child = multiprocessing.get_context("fork").Process(target=doomed)
+    child.start()
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    run_id = (tmp_path / "run.txt").read_text().strip()
+    policy = str(tmp_path / "policies.yaml")
+    args = ["--interval", "0", "--iterations", "3", "--json", "--store", sqlite_url]
+    code, out = cli("recover", "--watch", "--policy", policy, *args)
+    assert code == 0, out
+    [line] = [json.loads(x) for x in out.splitlines()]
+    assert line["recovered"] == [run_id]
+    assert undone.read_text() == "book\n"
+    assert cli("recover", "--watch", *args) == (0, "")  # nothing left to do
+    assert cli("recover", "--watch", "--policy", str(tmp_path / "nope.yaml"), *args)[0] == 2
+    with Guard(store=sqlite_url) as guard:
+        log = guard.log(run_id)
+        assert (log.run.status, log.action(1).state) == ("pending_review", "compensated")
+        assert guard.verify(run_id).ok

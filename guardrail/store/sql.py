@@ -98,10 +98,13 @@ class SQLStore:
                 url, connect_args={"timeout": busy_timeout, "check_same_thread": False}
             )
         else:
-            self._dsn = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
             self._connect = self._connect_postgres
             self._ph = "%s"
             self.engine = create_engine(parsed, pool_pre_ping=True)
+            # the same connection parameters as the engine's (a DSN string rendered from the
+            # URL would turn a space in `options=-c a=1 -c b=2` into a literal "+" for libpq)
+            _, params = self.engine.dialect.create_connect_args(parsed)
+            self._params = {k: v for k, v in params.items() if k != "context"}
         self._attach_pragmas()
         try:
             migrate.ensure(self.engine, self.url)
@@ -134,7 +137,7 @@ class SQLStore:
     def _connect_postgres(self) -> Any:
         import psycopg
 
-        return psycopg.connect(self._dsn, autocommit=True)
+        return psycopg.connect(autocommit=True, **self._params)
 
     def _conn(self) -> Any:
         if self._closed:
@@ -207,12 +210,16 @@ class SQLStore:
                             raise _Rejected
             except _Rejected:
                 return False
-            except StoreError:
+            except StoreError as exc:
+                if exc.run_id is None:  # no connection: say what could not be recorded
+                    raise StoreError(
+                        f"could not record {kind!r} for run {run_id}: {exc}", run_id=run_id
+                    ) from exc
                 raise
             except Exception as exc:
                 self._heads.pop(run_id, None)
-                if _is_journal_race(exc):
-                    continue
+                if _is_journal_race(exc) and not creates_run:
+                    continue  # (a run created twice is a duplicate: its head is always 0)
                 if _is_integrity_error(exc):
                     raise _Duplicate(str(exc)) from exc
                 self._drop_conn()
@@ -276,14 +283,22 @@ class SQLStore:
         return sql if self._sqlite else sql.replace("?", "%s")
 
     def heartbeat(self, owner: str, now: float) -> None:
-        with self._transaction() as cur:
-            cur.execute(
-                self._sql(
-                    "UPDATE runs SET heartbeat_at = ? WHERE owner = ? "
-                    "AND status IN ('running', 'compensating', 'aborting')"
-                ),
-                (now, owner),
-            )
+        try:
+            with self._transaction() as cur:
+                cur.execute(
+                    self._sql(
+                        "UPDATE runs SET heartbeat_at = ? WHERE owner = ? "
+                        "AND status IN ('running', 'compensating', 'aborting')"
+                    ),
+                    (now, owner),
+                )
+        except StoreError:
+            raise
+        except Exception as exc:
+            # a dead connection kept would fail every later beat, and other hosts would take
+            # this process's live runs for dead ones: reconnect on the next beat instead
+            self._drop_conn()
+            raise StoreError(f"heartbeat of {owner} in {self.url} failed: {exc}") from exc
 
     def forget(self, run_id: str) -> None:
         """Drop the cached chain head (another process may have written)."""
@@ -323,9 +338,7 @@ class SQLStore:
         return self._read(lambda s: list(s.exec(q).all()))
 
     def next_seq(self, run_id: str) -> int:
-        cur = self._conn().cursor()
-        cur.execute(self._sql("SELECT MAX(seq) FROM actions WHERE run_id = ?"), (run_id,))
-        row = cur.fetchall()[0]
+        row = self._fetch(run_id, "SELECT MAX(seq) FROM actions WHERE run_id = ?", (run_id,))[0]
         return 1 if row[0] is None else int(row[0]) + 1
 
     def _fetch(self, run_id: str, sql: str, params: tuple[Any, ...]) -> list[Any]:
