@@ -351,11 +351,12 @@ class SQLStore:
             raise StoreError(f"cannot read the store at {self.url}: {exc}", run_id=run_id) from exc
 
     def done_keys(self, run_id: str) -> dict[str, int]:
-        """Idempotency key -> seq of the run's succeeded (not compensated) actions."""
+        """Idempotency key -> seq of the run's actions that took effect and were not undone:
+        succeeded, or compensation_failed (the undo failed, so the effect is still there)."""
         rows = self._fetch(
             run_id,
-            "SELECT idempotency_key, seq FROM actions WHERE run_id = ? AND state = 'succeeded' "
-            "ORDER BY seq",
+            "SELECT idempotency_key, seq FROM actions WHERE run_id = ? "
+            "AND state IN ('succeeded', 'compensation_failed') ORDER BY seq",
             (run_id,),
         )
         return {str(key): int(seq) for key, seq in rows}
@@ -365,7 +366,7 @@ class SQLStore:
         rows = self._fetch(
             run_id,
             "SELECT result, result_note FROM actions WHERE run_id = ? AND seq = ? "
-            "AND state = 'succeeded'",
+            "AND state IN ('succeeded', 'compensation_failed')",
             (run_id, seq),
         )
         if not rows:

@@ -1,0 +1,766 @@
+"""A hypothesis state machine over whole runs (DESIGN.md sections 3, 5, 6 and 11).
+
+Random sequences of: starting a run; guarded calls to a read-only, two reversible (one with an
+idempotent undo and a probe) and two irreversible tools (one held on failure); calls that fail;
+undos that fail once or for good; an agent that raises; a person resuming a halted run, after
+which the agent replays every call it made; aborting (always twice); resolving review items; a
+recovery while nobody died; and simulated crashes: at each crash point of ``guardrail.testing``,
+inside a tool or an undo, between two steps, and once more during the recovery that follows.
+A last, plain test pins down one bug the machine found (a call whose undo failed ran again).
+
+The tools and undos write what they do into a ``World`` that outlives every simulated crash,
+keyed by the action (run, seq) they ran for, so after every step the stored log is held against
+what really happened: no side effect without a committed ``started`` record, no call that
+returned without its ``succeeded`` record, nothing done or undone twice, every reversible action
+of a halted or aborted run compensated exactly once or waiting as a review item, undos newest
+first, a replay after resume runs nothing that already succeeded, a second abort changes
+nothing, no run left ``compensating`` or ``aborting``, and every run's hash chain verifies.
+
+A simulated crash: ``guardrail.testing.crash_point`` kills the process with SIGKILL when armed;
+here the ``os`` it kills with raises ``SimulatedCrash`` instead (a BaseException guardrail never
+catches), so nothing more of the dead "process" runs: its run is never exited, its guard is
+closed, and a fresh Guard on the same SQLite file runs ``recover()``. Each guard owns its runs
+under a host of its own, so it counts as alive while its heartbeat is fresh; the recovering
+guard treats every heartbeat as stale, as it would after waiting ``stale_after``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import shutil
+import sqlite3
+import tempfile
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from guardrail import (
+    Conflict,
+    Guard,
+    Retry,
+    Review,
+    Run,
+    RunHalted,
+    RunStateError,
+    current_run,
+    testing,
+)
+from guardrail.store import Action, RunRecord, Store, open_store
+from guardrail.store.schema import TABLES
+
+Key = tuple[str, int]  # (run id, seq): the action a side effect belongs to
+Crash = tuple[str, int, str | None] | None
+
+TOOLS = ("lookup", "create", "reserve", "send", "ship")
+REVERSIBLE = ("create", "reserve")
+FAST = Retry(attempts=2, wait_initial=0, wait_max=0)
+HEARTBEAT = 3600.0  # nobody's heartbeat goes stale during a test unless declared stale
+LIVE = ("running", "compensating", "aborting")
+TOOK_EFFECT = ("succeeded", "compensating", "compensated", "compensation_failed")
+RESOLUTIONS = ("done_manually", "retried", "skipped")
+# Where a process can die: guardrail.testing's crash points, and inside a tool or an undo.
+IN_CALLS = ("after_start", "after_call", "in_tool")
+IN_COMPENSATION = ("after_compensation_start", "after_undo", "in_undo")
+# every crash point of guardrail.testing is visited by some rule below
+assert set(testing.CRASH_POINTS) <= {*IN_CALLS, *IN_COMPENSATION, "after_abort_start"}
+
+
+def crash_strategy(points: tuple[str, ...], weight: int) -> st.SearchStrategy[Crash]:
+    """None (no crash, ``weight`` times as likely), or where, on which visit, and where the
+    recovery that follows dies too."""
+    return st.one_of(
+        *[st.none()] * weight,
+        st.tuples(
+            st.sampled_from(points),
+            st.integers(1, 3),
+            st.none() | st.sampled_from(IN_COMPENSATION),
+        ),
+    )
+
+
+CALL_CRASHES = crash_strategy(IN_CALLS, 3)
+HALT_CRASHES = crash_strategy((*IN_COMPENSATION, "after_abort_start"), 2)
+TOOL_CALLS = st.lists(st.sampled_from(TOOLS), max_size=3)
+
+SETTINGS = settings(
+    max_examples=80,
+    stateful_step_count=25,
+    deadline=None,
+    derandomize=True,  # the same sequences on every run: no flaky CI
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+class SimulatedCrash(BaseException):
+    """The process died here: nothing after this point runs."""
+
+
+class Broken(BaseException):
+    """A guarantee broke inside a tool or an undo (a BaseException, so no retry hides it)."""
+
+
+class ToolFailure(RuntimeError):
+    pass
+
+
+class UndoFailure(RuntimeError):
+    pass
+
+
+def expect(condition: bool, message: str) -> None:
+    if not condition:
+        raise Broken(message)
+
+
+class DyingOS:
+    """Stands in for ``os`` inside guardrail.testing: its SIGKILL becomes SimulatedCrash."""
+
+    getpid = staticmethod(os.getpid)
+
+    @staticmethod
+    def kill(pid: int, sig: int) -> None:
+        raise SimulatedCrash(f"crash point reached (signal {sig})")
+
+
+class World:
+    """What the tools and undos really did, outside the guard's store."""
+
+    def __init__(self, observer: Store) -> None:
+        self.observer = observer  # its own connection: sees only what was committed
+        self.effects: Counter[Key] = Counter()  # reversible and irreversible calls that took effect
+        self.undos: Counter[Key] = Counter()  # undos that took effect
+        self.executions: list[Key] = []  # every run of a tool body, reads and failures too
+        self.undo_calls: list[Key] = []  # every run of an undo, in order
+        self.failing: set[str] = set()  # ops whose tool raises
+        self.undo_failures: Counter[str] = Counter()  # failing undo attempts left, per op
+        self.die_in: tuple[str, int] | None = None
+        self.visits = 0
+        self.touched: set[str] = set()  # runs a tool, undo or probe ran for since the last check
+
+    def maybe_die(self, where: str) -> None:
+        if self.die_in is not None and self.die_in[0] == where:
+            self.visits += 1
+            if self.visits >= self.die_in[1]:
+                self.die_in = None
+                raise SimulatedCrash(f"died inside {where}")
+
+    def tool(self, name: str) -> Callable[..., dict[str, Any]]:
+        def body(op: str) -> dict[str, Any]:
+            run = current_run()
+            expect(run is not None, f"{name} runs outside a run")
+            assert run is not None
+            started = [
+                a
+                for a in self.observer.actions(run.id)
+                if a.args == {"op": op} and a.state == "started"
+            ]
+            expect(len(started) == 1, f"{name}({op}) runs without a committed started record")
+            key = (run.id, started[0].seq)
+            self.touched.add(run.id)
+            self.executions.append(key)
+            if op in self.failing:
+                raise ToolFailure(f"{name} failed for {op}")
+            if name != "lookup":
+                self.effects[key] += 1
+            self.maybe_die("tool")
+            return {"op": op, "ref": f"{name}/{run.id}/{key[1]}"}
+
+        body.__name__ = name
+        return body
+
+    def cancel(self, action: Action) -> None:
+        """Undo of ``create``: not idempotent (cancelling twice would do something twice)."""
+        self.undo(action, idempotent=False)
+
+    def release(self, action: Action) -> None:
+        """Undo of ``reserve``: idempotent (releasing a released reservation changes nothing)."""
+        self.undo(action, idempotent=True)
+
+    def undo(self, action: Action, *, idempotent: bool) -> None:
+        key = (action.run_id, action.seq)
+        self.touched.add(action.run_id)
+        self.undo_calls.append(key)
+        comps = [c for c in self.observer.compensations(action.run_id) if c.seq == action.seq]
+        expect(
+            [c.state for c in comps] == ["started"],
+            f"the undo of {key} runs without a committed compensation record: {comps}",
+        )
+        expect(self.effects[key] == 1, f"the undo of {key} runs, but the call never took effect")
+        if idempotent and self.undos[key]:
+            return
+        op = action.args["op"]
+        if self.undo_failures[op] > 0:
+            self.undo_failures[op] -= 1
+            raise UndoFailure(f"the undo of {op} failed")
+        self.undos[key] += 1
+        self.maybe_die("undo")
+
+    def probe(self, action: Action) -> dict[str, Any] | bool:
+        """``reserve``'s probe: did the call a crash interrupted take effect?"""
+        key = (action.run_id, action.seq)
+        if self.effects[key]:
+            return {"op": action.args["op"], "ref": f"reserve/{key[0]}/{key[1]}"}
+        return False
+
+    def state(self) -> tuple[Any, ...]:
+        return dict(self.effects), dict(self.undos), len(self.executions), len(self.undo_calls)
+
+
+def declare(guard: Guard, world: World) -> dict[str, Callable[..., Any]]:
+    """The tools, one of each kind, guarded by ``guard``."""
+    fields: dict[str, dict[str, Any]] = {
+        "lookup": {"effect": "read_only", "retry": FAST},
+        "create": {
+            "effect": "reversible",
+            "undo": world.cancel,
+            "undo_retry": FAST,
+            "external_ids": {"ref": "result.ref"},
+        },
+        "reserve": {
+            "effect": "reversible",
+            "undo": world.release,
+            "undo_idempotent": True,
+            "undo_retry": FAST,
+            "probe": world.probe,
+            "external_ids": {"ref": "result.ref"},
+        },
+        "send": {"effect": "irreversible", "review": Review(kind="correct", owner="support")},
+        "ship": {
+            "effect": "irreversible",
+            "review": Review(kind="cancel", owner="logistics"),
+            "on_failure": "hold",
+        },
+    }
+    return {name: guard.tool(name=name, **f)(world.tool(name)) for name, f in fields.items()}
+
+
+@dataclass
+class Session:
+    """The agent, inside ``with guard.run(...)`` (entered in a context of its own)."""
+
+    run_id: str
+    run: Run
+    ctx: contextvars.Context
+
+
+@dataclass
+class Crashed:
+    crashed: bool = False
+
+
+class GuardMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = tempfile.mkdtemp(prefix="guardrail-sm-")
+        self.url = f"sqlite:///{self.dir}/guardrail.db"
+        self.world = World(open_store(self.url))
+        self.raw = sqlite3.connect(f"{self.dir}/guardrail.db")  # reads only
+        self.guards: list[Guard] = []
+        self.guard, self.tools = self.boot()
+        self.other: Guard | None = None
+        self.session: Session | None = None
+        self.runs: list[str] = []
+        self.scripts: dict[str, list[tuple[str, str]]] = {}  # the calls each run's agent made
+        self.ops: dict[str, str] = {}  # op -> tool
+        self.seen: list[tuple[str, str, Any]] = []  # (run, op, result) a call returned
+        self.held: dict[str, bool] = {}  # whether the run's last halt was a hold
+        self.resumed: list[str] = []  # resumed runs whose agent has not restarted yet
+        self.undos_checked = 0
+        self.checked: dict[str, int] = {}  # journal length of each run when last checked
+
+    # -- processes ---------------------------------------------------------------------------
+
+    def boot(self) -> tuple[Guard, dict[str, Callable[..., Any]]]:
+        """A new "process": a guard on the same store, owning runs under a host of its own."""
+        guard = Guard(store=self.url, heartbeat_interval=HEARTBEAT)
+        guard.owner = f"sm-process-{len(self.guards)}|0|0"
+        self.guards.append(guard)
+        return guard, declare(guard, self.world)
+
+    def bystander(self) -> Guard:
+        """Another process on the same store, alive all along."""
+        if self.other is None:
+            self.other = Guard(store=self.url, heartbeat_interval=HEARTBEAT)
+            self.other.owner = "sm-bystander|0|0"
+            self.guards.append(self.other)
+        return self.other
+
+    def arm(self, where: str | None, visit: int = 1) -> None:
+        """Arm one crash: a crash point of guardrail.testing, or inside a tool or an undo."""
+        testing.arm(f"{where}:{visit}" if where in testing.CRASH_POINTS else None)
+        inside = where is not None and where.startswith("in_")
+        self.world.die_in = (where.removeprefix("in_"), visit) if inside else None
+        self.world.visits = 0
+
+    @contextmanager
+    def crashes(self, crash: Crash) -> Iterator[Crashed]:
+        """Run the body with ``crash`` armed; if the process dies, recover in a new one."""
+        outcome = Crashed()
+        if crash is not None:
+            self.arm(crash[0], crash[1])
+        try:
+            yield outcome
+        except SimulatedCrash:
+            outcome.crashed = True
+        finally:
+            self.arm(None)
+        if outcome.crashed:
+            self.die_and_recover(crash[2] if crash else None)
+
+    def die_and_recover(self, recovery_crash: str | None = None) -> None:
+        """The process is gone (and its agent with it); a fresh one runs ``recover()``."""
+        self.session = None
+        self.guard.close()
+        while True:
+            dead = {r.id for r in self.world.observer.runs() if r.status in LIVE and r.owner}
+            for run_id in dead:
+                self.held[run_id] = False
+            self.guard, self.tools = self.boot()
+            self.guard.stale_after = -1.0  # as if it waited until the dead heartbeat went stale
+            if recovery_crash is not None:
+                self.arm(recovery_crash)
+                recovery_crash = None
+            try:
+                recovered = self.guard.recover()
+            except SimulatedCrash:
+                self.guard.close()
+                continue
+            finally:
+                self.arm(None)
+                self.guard.stale_after = HEARTBEAT * 6
+            assert sorted(recovered) == sorted(dead)
+            return
+
+    def teardown(self) -> None:
+        testing.arm(None)
+        try:
+            self.check(full=True)
+        finally:
+            for guard in self.guards:
+                guard.close()
+            self.world.observer.close()
+            self.raw.close()
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    # -- reading the store -------------------------------------------------------------------
+
+    def status(self, run_id: str) -> str:
+        run = self.world.observer.run(run_id)
+        assert run is not None
+        return run.status
+
+    def actions_of(self, run_id: str, op: str) -> list[Action]:
+        return [a for a in self.world.observer.actions(run_id) if a.args == {"op": op}]
+
+    def snapshot(self) -> dict[str, list[tuple[Any, ...]]]:
+        """Every stored row but heartbeats (read raw, in one go), to show a step changed nothing."""
+        out: dict[str, list[tuple[Any, ...]]] = {}
+        for table in (*TABLES, "journal"):
+            cur = self.raw.execute(f"SELECT * FROM {table}")
+            columns = [d[0] for d in cur.description]
+            rows = [
+                tuple(None if c == "heartbeat_at" else v for c, v in zip(columns, row, strict=True))
+                for row in cur
+            ]
+            out[table] = sorted(rows, key=repr)
+        return out
+
+    def journals(self) -> dict[str, int]:
+        """How many journal entries each run has."""
+        return dict(self.raw.execute("SELECT run_id, COUNT(*) FROM journal GROUP BY run_id"))
+
+    def decided_or_waiting(self) -> bool:
+        return any(r.status != "running" for r in self.world.observer.runs())
+
+    def pick(self, i: int, halted: bool) -> str:
+        """The i-th run; if ``halted``, the i-th of those waiting for a person, when any."""
+        waiting = [r.id for r in self.world.observer.runs(status="pending_review")]
+        runs = [r for r in self.runs if r in waiting] if halted and waiting else self.runs
+        return runs[i % len(runs)]
+
+    # -- the agent ---------------------------------------------------------------------------
+
+    def enter(self, run_id: str) -> None:
+        run = self.guard.run(agent="sm", run_id=run_id)
+        ctx = contextvars.copy_context()
+        ctx.run(run.__enter__)
+        self.session = Session(run_id, run, ctx)
+        assert self.status(run_id) == "running"
+
+    def leave(self, error: BaseException | None) -> None:
+        session = self.session
+        assert session is not None
+        self.session = None
+        exc_type = type(error) if error is not None else None
+        session.ctx.run(session.run.__exit__, exc_type, error, None)
+
+    def halted(self, halted: RunHalted, tool: str) -> None:
+        """The agent got RunHalted: it leaves its run, which now waits for a person."""
+        assert self.session is not None
+        run_id = self.session.run_id
+        assert (halted.run_id, halted.status) == (run_id, "pending_review")
+        self.leave(halted)
+        self.held[run_id] = tool == "ship"
+        assert self.status(run_id) == "pending_review"
+
+    def agent_call(self, tool: str, op: str, crash: Crash) -> None:
+        """One call by the agent; ``op`` is new, or a replay of an earlier call of this run."""
+        session = self.session
+        assert session is not None
+        run_id = session.run_id
+        earlier = self.actions_of(run_id, op)
+        done = [a for a in earlier if a.state == "succeeded"]
+        undo_failed = [a for a in earlier if a.state == "compensation_failed"]
+        assert len(done) <= 1, "two live successes of one call"
+        before = (self.world.state(), len(self.world.observer.actions(run_id)))
+        seen = [result for r, o, result in self.seen if (r, o) == (run_id, op)]
+        if (tool, op) not in self.scripts[run_id]:
+            self.scripts[run_id].append((tool, op))
+        result: Any = None
+        halted: RunHalted | None = None
+        with self.crashes(crash) as died:
+            try:
+                result = session.ctx.run(self.tools[tool], op=op)
+            except RunHalted as exc:
+                halted = exc
+        if died.crashed:
+            return
+        unchanged = (self.world.state(), len(self.world.observer.actions(run_id))) == before
+        if done:  # resume never re-executes a succeeded action
+            assert halted is None and unchanged
+            assert result == done[0].result
+            return
+        if undo_failed and halted is None and unchanged:
+            # Returned from the log, as DESIGN.md 4.3 asks ("succeeded, not compensated");
+            # test_resume_does_not_redo_a_call_whose_undo_failed pins it down.
+            assert result == undo_failed[-1].result
+            return
+        if seen and tool in ("lookup", "send", "ship"):
+            raise AssertionError(f"{tool}({op}) returned before but was not replayed")
+        if op in self.world.failing:
+            assert halted is not None, f"{tool}({op}) failed but the run did not halt"
+            self.halted(halted, tool)
+            return
+        assert halted is None, f"{tool}({op}) succeeded but the run halted: {halted}"
+        [action] = [a for a in self.actions_of(run_id, op) if a.state == "succeeded"]
+        assert action.result == result
+        self.seen.append((run_id, op, result))
+
+    def new_op(self, tool: str) -> str:
+        op = f"op-{len(self.ops) + 1}"
+        self.ops[op] = tool
+        return op
+
+    # -- rules: the agent --------------------------------------------------------------------
+
+    def make_calls(self, tools: list[str], crash: Crash) -> None:
+        for tool in tools:
+            if self.session is None:  # halted, or crashed
+                return
+            self.agent_call(tool, self.new_op(tool), crash)
+
+    @precondition(lambda self: self.session is None)
+    @rule(
+        restart=st.booleans(),
+        i=st.integers(0, 3),
+        fixed=st.booleans(),
+        tools=TOOL_CALLS,
+        crash=CALL_CRASHES,
+    )
+    def start_agent(
+        self, restart: bool, i: int, fixed: bool, tools: list[str], crash: Crash
+    ) -> None:
+        """The agent starts a new run, or restarts one a person resumed: then it first replays
+        every call it made (the failure ``fixed`` or not). Then it makes new calls."""
+        if not (restart and self.resumed):
+            run_id = f"run-{len(self.runs) + 1}"
+            self.runs.append(run_id)
+            self.scripts[run_id] = []
+            self.held[run_id] = False
+            self.enter(run_id)
+        else:
+            run_id = self.resumed.pop(i % len(self.resumed))
+            assert self.status(run_id) == "running"
+            if fixed:
+                self.world.failing -= {op for _, op in self.scripts[run_id]}
+            self.enter(run_id)
+            for tool, op in list(self.scripts[run_id]):
+                if self.session is None:
+                    return
+                self.agent_call(tool, op, crash)
+        self.make_calls(tools, crash)
+
+    @precondition(lambda self: self.session is not None)
+    @rule(tools=TOOL_CALLS, crash=CALL_CRASHES, bystander=st.booleans())
+    def calls(self, tools: list[str], crash: Crash, bystander: bool) -> None:
+        """Calls that succeed; then maybe another, live process runs ``recover()``."""
+        self.make_calls(tools, crash)
+        if bystander and self.session is not None:
+            # nobody died: it must take nothing, neither this agent's run nor a resumed one
+            before = self.snapshot()
+            assert self.bystander().recover() == []
+            assert self.snapshot() == before
+
+    @precondition(lambda self: self.session is not None)
+    @rule(tools=TOOL_CALLS, tool=st.sampled_from(TOOLS), crash=HALT_CRASHES)
+    def failing_call(self, tools: list[str], tool: str, crash: Crash) -> None:
+        """A few calls that succeed, then one whose tool raises: the run halts."""
+        self.make_calls(tools, crash)
+        if self.session is not None:
+            op = self.new_op(tool)
+            self.world.failing.add(op)
+            self.agent_call(tool, op, crash)
+
+    @precondition(lambda self: self.session is not None)
+    @rule(how=st.sampled_from(["returns", "raises", "dies"]), crash=HALT_CRASHES)
+    def agent_ends(self, how: str, crash: Crash) -> None:
+        """The agent leaves its run: done, with an error (a halt), or its process dies."""
+        assert self.session is not None
+        run_id = self.session.run_id
+        if how == "returns":
+            self.leave(None)
+            assert self.status(run_id) == "completed"
+        elif how == "raises":
+            with self.crashes(crash) as died:
+                self.leave(RuntimeError("the model went off the rails"))
+            if not died.crashed:
+                self.held[run_id] = False
+                assert self.status(run_id) == "pending_review"
+        else:  # only the recovery may crash too
+            self.die_and_recover(crash[2] if crash else None)
+            assert self.status(run_id) == "pending_review"
+
+    # -- rules: people -----------------------------------------------------------------------
+
+    @precondition(lambda self: self.decided_or_waiting())
+    @rule(i=st.integers(0, 7), halted=st.booleans())
+    def resume(self, i: int, halted: bool) -> None:
+        run_id = self.pick(i, halted)
+        status = self.status(run_id)
+        before = self.snapshot()
+        if status == "pending_review":
+            with pytest.raises(RunStateError):
+                self.guard.run(run_id=run_id).__enter__()  # not before a person resumed it
+            decision = self.guard.resume(run_id, by="ann", note="go on")
+            assert (decision.landed, decision.status) == (True, "running")
+            self.resumed.append(run_id)
+            before = self.snapshot()
+            again = self.guard.resume(run_id, by="ann", note="go on")
+            assert (again.landed, again.status) == (False, "running")
+        elif status == "running":
+            again = self.guard.resume(run_id, by="ann")
+            assert (again.landed, again.status) == (False, "running")
+        else:
+            with pytest.raises(Conflict):
+                self.guard.resume(run_id, by="ann")
+        assert self.snapshot() == before
+
+    @precondition(lambda self: self.decided_or_waiting())
+    @rule(i=st.integers(0, 7), halted=st.booleans(), crash=HALT_CRASHES)
+    def abort(self, i: int, halted: bool, crash: Crash) -> None:
+        run_id = self.pick(i, halted)
+        status = self.status(run_id)
+        before = self.snapshot()
+        with self.crashes(crash) as died:
+            try:
+                decision = self.guard.abort(run_id, by="bob", reason="stop")
+            except Conflict:
+                assert status not in ("pending_review", "aborted")
+                assert self.snapshot() == before
+                return
+        if status not in ("pending_review", "aborted"):
+            raise AssertionError(f"a {status} run was aborted")
+        if not died.crashed:
+            assert decision.status == "aborted"
+            assert decision.landed == (status == "pending_review")
+        assert self.status(run_id) == "aborted"
+        # abort twice equals abort once
+        stored, world = self.snapshot(), self.world.state()
+        again = self.guard.abort(run_id, by="carol", reason="stop!")
+        assert (again.landed, again.status, again.by) == (False, "aborted", "bob")
+        assert self.snapshot() == stored
+        assert self.world.state() == world
+
+    @precondition(lambda self: bool(self.world.observer.review_items(status="open")))
+    @rule(i=st.integers(0, 20), resolution=st.sampled_from(RESOLUTIONS))
+    def resolve(self, i: int, resolution: str) -> None:
+        order = {run_id: n for n, run_id in enumerate(self.runs)}
+        items = sorted(
+            self.world.observer.review_items(status="open"),
+            key=lambda item: (order[item.run_id], item.seq or 0, item.reason),
+        )
+        item = items[i % len(items)]
+        before = self.snapshot()
+        decision = self.guard.resolve(item.id, resolution, by="dave", note="checked")
+        assert decision.landed
+        again = self.guard.resolve(item.id, resolution, by="erin")
+        assert not again.landed
+        other = next(r for r in RESOLUTIONS if r != resolution)
+        with pytest.raises(Conflict):
+            self.guard.resolve(item.id, other, by="erin")
+        stored = self.world.observer.review_item(item.id)
+        assert stored is not None
+        assert (stored.status, stored.resolution, stored.resolved_by) == (
+            "resolved",
+            resolution,
+            "dave",
+        )
+        after = self.snapshot()
+        for table in ("runs", "actions", "compensations", "external_ids"):
+            assert after[table] == before[table], table
+
+    @precondition(lambda self: any(t in REVERSIBLE for t in self.ops.values()))
+    @rule(i=st.integers(0, 20), for_good=st.booleans())
+    def undo_fails(self, i: int, for_good: bool) -> None:
+        """The undo of a reversible call (preferably one still in effect) will fail: once
+        (its retry succeeds) or for good (a review item)."""
+        ops = [op for op, tool in self.ops.items() if tool in REVERSIBLE]
+        succeeded = {
+            a.args["op"]
+            for run in self.runs
+            for a in self.world.observer.actions(run)
+            if a.state == "succeeded"
+        }
+        live = [op for op in ops if op in succeeded]
+        self.world.undo_failures[(live or ops)[i % len(live or ops)]] = 99 if for_good else 1
+
+    # -- the guarantees, after every step ----------------------------------------------------
+
+    @invariant()
+    def log_matches_the_world(self) -> None:
+        self.check(full=False)
+
+    def check(self, *, full: bool) -> None:
+        """Hold the log against the world. Runs whose journal did not grow and that no tool,
+        undo or probe touched are looked at in full only at the end (``full``)."""
+        obs, world = self.world.observer, self.world
+        journals = self.journals()
+        runs = {r.id: r for r in obs.runs()}
+        assert set(runs) == set(self.runs)
+        for run_id, run in runs.items():
+            # never left compensating or aborting; running only with its agent or resumed
+            assert run.status not in ("compensating", "aborting"), run
+            if run.status == "running":
+                active = self.session is not None and self.session.run_id == run_id
+                assert (active and run.owner == self.guard.owner) or (
+                    run.owner is None and run_id in self.resumed
+                ), run
+        changed = {
+            run_id
+            for run_id in self.runs
+            if full or run_id in world.touched or journals.get(run_id) != self.checked.get(run_id)
+        }
+        for run_id in changed:
+            self.check_run(runs[run_id])
+        # no side effect, execution or undo without its record
+        recorded = set(self.raw.execute("SELECT run_id, seq FROM actions"))
+        assert set(world.effects) <= recorded
+        assert set(world.executions) <= recorded
+        assert set(world.undo_calls) <= recorded
+        # undos ran newest first within each run
+        by_run: defaultdict[str, list[int]] = defaultdict(list)
+        for run_id, seq in world.undo_calls[self.undos_checked :]:
+            by_run[run_id].append(seq)
+        for run_id, seqs in by_run.items():
+            assert seqs == sorted(seqs, reverse=True), (run_id, seqs)
+        self.undos_checked = len(world.undo_calls)
+        self.checked = journals
+        world.touched.clear()
+
+    def check_run(self, run: RunRecord) -> None:
+        obs, world = self.world.observer, self.world
+        actions = obs.actions(run.id)
+        comps = {c.seq: c for c in obs.compensations(run.id)}
+        items = obs.review_items(run_id=run.id)
+        reasons: defaultdict[int | None, set[str]] = defaultdict(set)
+        for item in items:
+            reasons[item.seq].add(item.reason)
+        for a in actions:
+            key = (run.id, a.seq)
+            done, undone = world.effects[key], world.undos[key]
+            assert a.state not in ("started", "compensating"), a
+            assert done <= 1, f"{key} ({a.tool}) took effect {done} times"
+            assert undone <= done, f"{key} ({a.tool}) undone {undone} times, done {done}"
+            if a.state == "succeeded":
+                assert done == (a.effect != "read_only") and undone == 0, a
+                if a.tool in REVERSIBLE:
+                    assert a.external_ids == {"ref": a.result["ref"]}
+            elif a.state == "failed":
+                assert done == 0, a
+            elif a.state == "in_doubt":
+                assert undone == 0 and "in_doubt" in reasons[a.seq], a
+            elif a.state == "compensated":
+                assert done == 1 and undone == 1 and comps[a.seq].state == "succeeded", a
+            elif a.state == "compensation_failed":
+                assert done == 1, a
+                assert reasons[a.seq] & {"compensation_failed", "compensation_in_doubt"}, a
+            assert (a.seq in comps) == (a.state in ("compensated", "compensation_failed"))
+        if run.status == "aborted" or (run.status == "pending_review" and not self.held[run.id]):
+            for a in actions:
+                # every reversible action that took effect: compensated or a review item
+                if a.effect == "reversible":
+                    assert a.state != "succeeded", (run, a)
+                if a.effect == "irreversible" and a.state == "succeeded":
+                    assert "irreversible" in reasons[a.seq], (run, a)
+        if run.status == "pending_review" and self.held[run.id]:
+            assert any(i.reason == "held" for i in items), run
+        # no call returned without its record
+        for run_id, op, result in self.seen:
+            if run_id == run.id:
+                assert any(
+                    a.args == {"op": op} and a.result == result and a.state in TOOK_EFFECT
+                    for a in actions
+                ), (run_id, op)
+        verdict = self.guard.verify(run.id)
+        assert verdict.ok, verdict.problems
+
+
+def test_resume_does_not_redo_a_call_whose_undo_failed(guard: Guard) -> None:
+    orders: list[str] = []
+
+    def cancel() -> None:
+        raise RuntimeError("the shop is down")
+
+    @guard.tool(effect="reversible", undo=cancel, undo_retry=Retry(attempts=1))
+    def create_order(item: str) -> str:
+        orders.append(item)
+        return f"o-{len(orders)}"
+
+    @guard.tool(effect="irreversible")
+    def ship(order: str) -> None:
+        raise RuntimeError("the carrier is down")
+
+    def agent() -> None:
+        ship(order=create_order(item="book"))
+
+    with pytest.raises(RunHalted), guard.run(agent="shop", run_id="r"):
+        agent()
+    guard.resume("r", by="ann")
+    with pytest.raises(RunHalted), guard.run(run_id="r"):
+        agent()  # the replay: create_order succeeded and was not undone, so it comes from the log
+    assert orders == ["book"]  # today: ["book", "book"], and both orders exist
+    states = [a.state for a in guard.log("r").actions if a.tool == "create_order"]
+    assert states == ["compensation_failed"]
+
+
+def test_random_runs_keep_every_guarantee(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(testing, "os", DyingOS)
+    try:
+        run_state_machine_as_test(GuardMachine, settings=SETTINGS)
+    finally:
+        testing.arm(None)
