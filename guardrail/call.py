@@ -83,7 +83,7 @@ def _guarded_call(
 
     try:
         done = run.done_seq(key)
-        recorded = guard.store.recorded_result(run.id, done) if done is not None else None
+        recorded = guard.store.recorded_result(run.id, done, key) if done is not None else None
     except StoreError as exc:
         raise _not_started(run, policy, call_id, args_hash, key, exc) from exc
     if done is not None and recorded is not None:
@@ -155,7 +155,10 @@ def _guarded_call(
         crash_point("after_call")
         writes = finish_writes(guard, policy, run.id, seq, args, outcome.value, outcome.attempts)
         guard.store.transact(run.id, "action.succeed", writes)
-        run.mark_done(key, seq)
+        if policy.idempotency_key is not None or call_id is not None:
+            # keys numbered by occurrence never repeat in this process's run: only declared
+            # and framework keys need remembering (a re-attached run reloads them all)
+            run.mark_done(key, seq)
         telemetry.end(span, attributes={"action.seq": seq, "external_ids": _ids_attr(writes)})
         return outcome.value
 

@@ -268,10 +268,15 @@ class Guard:
         return Run(self, agent=agent, run_id=run_id, metadata=metadata, on_failure=on_failure)
 
     def runs(
-        self, *, status: str | None = None, agent: str | None = None, since: float | None = None
+        self,
+        *,
+        status: str | None = None,
+        agent: str | None = None,
+        since: float | None = None,
+        limit: int | None = None,
     ) -> list[RunRecord]:
         """Runs, newest first, filtered by status, agent, or last change since a time."""
-        return self.store.runs(status=status, agent=agent, since=since)
+        return self.store.runs(status=status, agent=agent, since=since, limit=limit)
 
     def require_run(self, run_id: str) -> RunRecord:
         run = self.store.run(run_id)

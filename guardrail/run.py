@@ -58,9 +58,11 @@ class Run:
         self.halted = False
         self._entered = False
         self._seq: itertools.count[int] = itertools.count(1)
-        self._occurrences: Counter[tuple[str, str]] = Counter()
-        self._released: dict[tuple[str, str], list[int]] = {}
-        self._done: dict[str, int] | None = None  # idempotency key -> seq of succeeded actions
+        # Per-call state of a long run stays small: keyed by the hash of (tool, args hash) and of
+        # the idempotency key (a collision only costs a look at the stored row, which checks).
+        self._occurrences: Counter[int] = Counter()
+        self._released: dict[int, list[int]] = {}
+        self._done: dict[int, int] | None = None  # hash(idempotency key) -> seq
         self._tokens: list[Token[Run | None]] = []
         self._lock = threading.Lock()
         self._inflight = 0
@@ -304,12 +306,12 @@ class Run:
     def done_seq(self, key: str) -> int | None:
         """The seq of this run's succeeded action with idempotency key ``key``, if any."""
         if self._done is None:
-            self._done = self.guard.store.done_keys(self.id)
-        return self._done.get(key)
+            self._done = {hash(k): seq for k, seq in self.guard.store.done_keys(self.id).items()}
+        return self._done.get(hash(key))
 
     def mark_done(self, key: str, seq: int) -> None:
         if self._done is not None:
-            self._done[key] = seq
+            self._done[hash(key)] = seq
 
     def take_seq(self) -> int:
         with self._lock:
@@ -317,17 +319,18 @@ class Run:
 
     def occurrence(self, tool: str, args_hash: str) -> int:
         with self._lock:
-            free = self._released.get((tool, args_hash))
+            slot = hash((tool, args_hash))
+            free = self._released.get(slot)
             if free:
                 return free.pop(0)  # reuse what a call that never started gave back
-            self._occurrences[tool, args_hash] += 1
-            return self._occurrences[tool, args_hash]
+            self._occurrences[slot] += 1
+            return self._occurrences[slot]
 
     def release(self, tool: str, args_hash: str, occurrence: int) -> None:
         """A call whose ``started`` row never committed gives its occurrence back, so the
         keys recorded in this run stay 1, 2, 3... and a replay meets them in order."""
         with self._lock:
-            free = self._released.setdefault((tool, args_hash), [])
+            free = self._released.setdefault(hash((tool, args_hash)), [])
             free.append(occurrence)
             free.sort()
 

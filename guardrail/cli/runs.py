@@ -134,11 +134,17 @@ def runs(
     status: Annotated[str | None, typer.Option(help="Only runs with this status.")] = None,
     agent: Annotated[str | None, typer.Option(help="Only runs of this agent.")] = None,
     since: Annotated[str | None, typer.Option(help="Changed since: 30m, 2h, 1d or a date.")] = None,
+    limit: Annotated[int, typer.Option(help="At most N runs, newest first (0: all).")] = 100,
     as_json: AsJson = False,
 ) -> None:
     """List runs, newest first."""
     with opened(store) as guard:
-        found = guard.runs(status=status, agent=agent, since=_since(since) if since else None)
+        found = guard.runs(
+            status=status,
+            agent=agent,
+            since=_since(since) if since else None,
+            limit=limit if limit > 0 else None,
+        )
         if as_json:
             _dump([r.model_dump() for r in found])
             return

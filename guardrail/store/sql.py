@@ -228,6 +228,8 @@ class SQLStore:
                     run_id=run_id,
                 ) from exc
             self._heads[run_id] = (n, h)
+            if len(self._heads) > 4096:  # a cache of recent runs' heads, not of every run
+                del self._heads[next(iter(self._heads))]
             return True
         raise StoreError(f"run {run_id}: too much contention on its journal", run_id=run_id)
 
@@ -321,7 +323,12 @@ class SQLStore:
         return self._read(lambda s: s.get(RunRecord, run_id))
 
     def runs(
-        self, *, status: str | None = None, agent: str | None = None, since: float | None = None
+        self,
+        *,
+        status: str | None = None,
+        agent: str | None = None,
+        since: float | None = None,
+        limit: int | None = None,
     ) -> list[RunRecord]:
         q = select(RunRecord)
         if status is not None:
@@ -331,6 +338,8 @@ class SQLStore:
         if since is not None:
             q = q.where(RunRecord.updated_at >= since)
         q = q.order_by(col(RunRecord.created_at).desc())
+        if limit is not None:
+            q = q.limit(limit)
         return self._read(lambda s: list(s.exec(q).all()))
 
     def actions(self, run_id: str) -> list[Action]:
@@ -361,13 +370,14 @@ class SQLStore:
         )
         return {str(key): int(seq) for key, seq in rows}
 
-    def recorded_result(self, run_id: str, seq: int) -> tuple[Any, str | None] | None:
-        """The recorded result (and its note) of a succeeded action, or None if it is not."""
+    def recorded_result(self, run_id: str, seq: int, key: str) -> tuple[Any, str | None] | None:
+        """The recorded result (and its note) of action ``seq`` if it has idempotency key
+        ``key`` and took effect (succeeded, or its undo failed); else None."""
         rows = self._fetch(
             run_id,
             "SELECT result, result_note FROM actions WHERE run_id = ? AND seq = ? "
-            "AND state IN ('succeeded', 'compensation_failed')",
-            (run_id, seq),
+            "AND idempotency_key = ? AND state IN ('succeeded', 'compensation_failed')",
+            (run_id, seq, key),
         )
         if not rows:
             return None
