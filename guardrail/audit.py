@@ -66,7 +66,7 @@ def _defaults(table: str) -> dict[str, Any]:
 def verify(store: Store, run: RunRecord, log: ActionLog | None = None) -> Verification:
     """Replay the run's journal against its rows. ``log`` saves reading the rows again."""
     problems: list[str] = []
-    entries = store.entries(run.id)
+    entries = store.journal(run.id)
     prev = ""
     expected: dict[tuple[str, tuple[Any, ...]], dict[str, Any]] = {}
     last_touch: dict[tuple[Any, ...], str] = {}
@@ -93,13 +93,13 @@ def verify(store: Store, run: RunRecord, log: ActionLog | None = None) -> Verifi
 
     actual: dict[tuple[str, tuple[Any, ...]], dict[str, Any]] = {}
     log = log if log is not None else read_log(store, run)
-    rows: list[tuple[str, Any]] = [("runs", log.run)]
-    rows += [("actions", a) for a in log.actions]
-    rows += [("compensations", c) for c in log.compensations]
-    rows += [("review_items", r) for r in log.review_items]
-    rows += [("external_ids", x) for x in store.external_ids(run.id)]
+    rows: list[tuple[str, dict[str, Any]]] = [("runs", log.run.model_dump())]
+    rows += [("actions", a.model_dump()) for a in log.actions]
+    rows += [("compensations", c.model_dump()) for c in log.compensations]
+    rows += [("review_items", r.model_dump()) for r in log.review_items]
+    rows += [("external_ids", x) for x in store.external_id_rows(run.id)]
     for table, row in rows:
-        actual[(table, tuple(getattr(row, k) for k in KEYS[table]))] = row.model_dump()
+        actual[(table, tuple(row[k] for k in KEYS[table]))] = row
     for ident, values in expected.items():
         row_values = actual.get(ident)
         table, key = ident

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from guardrail.store.schema import (
     Action,
@@ -30,6 +30,16 @@ __all__ = [
     "Write",
     "open_store",
 ]
+
+
+class JournalRow(NamedTuple):
+    """A journal entry as plain data (verifying a long run reads many)."""
+
+    n: int
+    kind: str
+    body: str
+    prev_hash: str
+    hash: str
 
 
 @dataclass(slots=True)
@@ -74,6 +84,8 @@ class Store(Protocol):
     ) -> list[ReviewItem]: ...
     def review_item(self, item_id: str) -> ReviewItem | None: ...
     def entries(self, run_id: str) -> list[Entry]: ...
+    def journal(self, run_id: str) -> list[JournalRow]: ...
+    def external_id_rows(self, run_id: str) -> list[dict[str, Any]]: ...
     def external_ids(self, run_id: str) -> list[ExternalId]: ...
     def find(self, *, value: str, name: str | None = None) -> list[ExternalId]: ...
     def close(self) -> None: ...

@@ -24,7 +24,7 @@ from sqlmodel import Session, col, select
 
 from guardrail.errors import StoreError
 from guardrail.redact import canonical, digest
-from guardrail.store import Write, migrate
+from guardrail.store import JournalRow, Write, migrate
 from guardrail.store.schema import (
     COLUMN_NAMES,
     JSON_COLUMNS,
@@ -420,6 +420,23 @@ class SQLStore:
     def entries(self, run_id: str) -> list[Entry]:
         q = select(Entry).where(Entry.run_id == run_id).order_by(col(Entry.n))
         return self._read(lambda s: list(s.exec(q).all()))
+
+    def journal(self, run_id: str) -> list[JournalRow]:
+        rows = self._fetch(
+            run_id,
+            "SELECT n, kind, body, prev_hash, hash FROM journal WHERE run_id = ? ORDER BY n",
+            (run_id,),
+        )
+        return [JournalRow(int(n), kind, body, prev, h) for n, kind, body, prev, h in rows]
+
+    def external_id_rows(self, run_id: str) -> list[dict[str, Any]]:
+        rows = self._fetch(
+            run_id, "SELECT seq, name, value FROM external_ids WHERE run_id = ?", (run_id,)
+        )
+        return [
+            {"run_id": run_id, "seq": int(seq), "name": name, "value": value}
+            for seq, name, value in rows
+        ]
 
     def external_ids(self, run_id: str) -> list[ExternalId]:
         q = select(ExternalId).where(ExternalId.run_id == run_id)
