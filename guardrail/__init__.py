@@ -7,6 +7,7 @@ resumes or aborts the run. See README.md.
 
 from guardrail.audit import ActionLog, Verification
 from guardrail.call import ResultWarning
+from guardrail.decisions import Decision
 from guardrail.errors import (
     CallRefused,
     CallRejected,
@@ -21,7 +22,7 @@ from guardrail.errors import (
     UnknownTool,
 )
 from guardrail.guard import Guard
-from guardrail.lifecycle import Decision, PlannedStep
+from guardrail.lifecycle import PlannedStep
 from guardrail.policy import Approval, Policy, Retry, Review, UndoTool
 from guardrail.run import Run, current_run
 from guardrail.store import Action, Compensation, ReviewItem, RunRecord

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from guardrail import telemetry
 from guardrail.conditions import ConditionError
+from guardrail.decisions import open_approvals
 from guardrail.drive import Invoke, Sleep, Steps, attempts
 from guardrail.errors import (
     CallRefused,
@@ -17,7 +18,7 @@ from guardrail.errors import (
     RunHalted,
     StoreError,
 )
-from guardrail.lifecycle import halt, hook_kwargs, now, open_approvals, review_write, run_write
+from guardrail.lifecycle import halt, hook_kwargs, now, review_write, run_write
 from guardrail.policy import NO_RETRY, Policy, resolve_path
 from guardrail.redact import NotJSON, canonical, digest, redact, to_jsonable
 from guardrail.store import ReviewItem, Write

@@ -11,11 +11,12 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
-from guardrail import lifecycle, notify, policy_file
+from guardrail import decisions, lifecycle, notify, policy_file, policy_source, recovery
 from guardrail.audit import ActionLog, Verification, read_log, verify
+from guardrail.decisions import Decision
 from guardrail.drive import adrive, drive
 from guardrail.errors import GuardrailError, PolicyError, RunNotFound, UnknownTool
-from guardrail.lifecycle import Decision, PlannedStep
+from guardrail.lifecycle import PlannedStep
 from guardrail.policy import Policy, make_policy
 from guardrail.run import Run, current_run
 from guardrail.store import Action, RunRecord, Store, open_store
@@ -66,7 +67,7 @@ class Guard:
         self.stale_after = heartbeat_interval * 6
         self.max_args_bytes = max_args_bytes
         self.max_result_bytes = max_result_bytes
-        self.owner = lifecycle.make_owner()
+        self.owner = recovery.make_owner()
         self._policies: dict[str, Policy] = {}  # declared in code
         self._loaded: dict[str, Policy] = {}  # from files and packs: these win
         self._hinted: dict[str, Policy] = {}  # from tool hints: defaults only
@@ -106,7 +107,7 @@ class Guard:
         """
         if isinstance(source, Mapping):
             policies = policy_file.parse_mapping(source)
-        elif isinstance(source, Path) or Path(source).suffix.lower() in policy_file.SUFFIXES:
+        elif isinstance(source, Path) or Path(source).suffix.lower() in policy_source.SUFFIXES:
             if options:
                 raise PolicyError(
                     f"{source}: options ({', '.join(options)}) are for policy packs, not files",
@@ -306,28 +307,28 @@ class Guard:
 
     def resume(self, run_id: str, *, by: str, note: str | None = None) -> Decision:
         """Let a halted run continue; restart the agent with ``guard.run(run_id=...)``."""
-        return lifecycle.resume(self, run_id, by, note)
+        return decisions.resume(self, run_id, by, note)
 
     def abort(self, run_id: str, *, by: str, reason: str | None = None) -> Decision:
         """Undo whatever is still undoable and end the run as ``aborted``."""
-        return drive(lifecycle.abort(self, run_id, by, reason))
+        return drive(decisions.abort(self, run_id, by, reason))
 
     async def aabort(self, run_id: str, *, by: str, reason: str | None = None) -> Decision:
-        return await adrive(lifecycle.abort(self, run_id, by, reason))
+        return await adrive(decisions.abort(self, run_id, by, reason))
 
     def resolve(
         self, item_id: str, resolution: str, *, by: str, note: str | None = None
     ) -> Decision:
         """Record a person's decision on a review item (``done_manually``, ``retried``, ...)."""
-        return lifecycle.resolve(self, item_id, resolution, by, note)
+        return decisions.resolve(self, item_id, resolution, by, note)
 
     def approve(self, item_id: str, *, by: str, note: str | None = None) -> Decision:
         """Approve an approval request; then resume the run and the call runs once."""
-        return lifecycle.decide(self, item_id, True, by, note)
+        return decisions.decide(self, item_id, True, by, note)
 
     def reject(self, item_id: str, *, by: str, reason: str | None = None) -> Decision:
         """Reject an approval request; after resume the agent gets CallRejected for that call."""
-        return lifecycle.decide(self, item_id, False, by, reason)
+        return decisions.decide(self, item_id, False, by, reason)
 
     def plan_undo(self, run_id: str, *, log: ActionLog | None = None) -> list[PlannedStep]:
         """What compensation would do now (undo, review, nothing), newest first; changes nothing."""
@@ -338,10 +339,10 @@ class Guard:
 
     def recover(self) -> list[str]:
         """Finish the runs whose owner process died; returns the ids recovered."""
-        return drive(lifecycle.recover(self))
+        return drive(recovery.recover(self))
 
     async def arecover(self) -> list[str]:
-        return await adrive(lifecycle.recover(self))
+        return await adrive(recovery.recover(self))
 
     # -- liveness and hooks ------------------------------------------------------------------
 

@@ -1,16 +1,14 @@
-"""The run's life after a failure: halt, compensate, resume, abort, resolve, recover.
+"""The run's life after a failure: halt, then compensate (or hold) and leave it for review.
 
 Each transition is one `Store.transact` (committed rows plus a journal entry), guarded by the
-state it expects, so a crash between two steps leaves a state recovery can finish, and two
-deciders racing on one run see exactly one of them land. Steps that run user code (undos,
-probes) are generators of `drive` steps, so one implementation serves sync and async callers.
+state it expects, so a crash between two steps leaves a state recovery can finish. Steps that
+run user code (undos) are generators of `drive` steps, so one implementation serves sync and
+async callers. Decisions by people are in `decisions`, crash recovery in `recovery`.
 """
 
 from __future__ import annotations
 
 import inspect
-import os
-import socket
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -19,30 +17,16 @@ from typing import TYPE_CHECKING, Any
 
 from guardrail import telemetry
 from guardrail.drive import Invoke, Steps, attempts
-from guardrail.errors import Conflict, RunNotFound, RunStateError, UnknownTool
+from guardrail.errors import UnknownTool
 from guardrail.policy import Policy, UndoTool
-from guardrail.redact import NotJSON, to_jsonable
-from guardrail.store import Action, ReviewItem, RunRecord, Write
+from guardrail.store import Action, RunRecord, Write
 from guardrail.testing import crash_point
 
 if TYPE_CHECKING:
     from guardrail.guard import Guard
 
-RESOLUTIONS = ("done_manually", "retried", "skipped", "approved", "rejected")
-LIVE = ("running", "compensating", "aborting")
 # A call that started before a sibling's approval gate paused the run may still fail after it.
 HALTABLE = ("running", "awaiting_approval")
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """What a resume, abort or resolve did. ``landed`` is False when an identical decision was
-    already recorded (the call was a repeat); a different earlier decision raises Conflict."""
-
-    run_id: str
-    status: str
-    landed: bool
-    by: str | None = None
 
 
 def now() -> float:
@@ -51,43 +35,6 @@ def now() -> float:
 
 def new_id() -> str:
     return uuid.uuid4().hex[:12]
-
-
-# -- owners and liveness --------------------------------------------------------------------
-
-
-def _start_time(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return None if fields[0] in ("Z", "X") else fields[19]
-
-
-def make_owner() -> str:
-    """``host|pid|start`` names this process so another one can tell whether it is alive."""
-    pid = os.getpid()
-    return f"{socket.gethostname()}|{pid}|{_start_time(pid) or uuid.uuid4().hex[:8]}"
-
-
-def owner_alive(owner: str | None, heartbeat_at: float | None, stale_after: float) -> bool:
-    """Dead when its process is gone from this host, or its heartbeat stopped."""
-    if owner is None:
-        return True  # nobody is executing it: it waits for a person or an agent to restart it
-    host, _, rest = owner.partition("|")
-    pid_text, _, start = rest.partition("|")
-    if host == socket.gethostname() and pid_text.isdigit():
-        seen = _start_time(int(pid_text))
-        if os.path.exists("/proc/self/stat"):
-            return seen is not None and seen == start
-        try:
-            os.kill(int(pid_text), 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass
-    return heartbeat_at is not None and heartbeat_at >= now() - stale_after
 
 
 # -- review items ---------------------------------------------------------------------------
@@ -420,290 +367,3 @@ def undo_kwargs(
         "action": action,
     }
     return hook_kwargs(fn, offered)
-
-
-# -- decisions by people --------------------------------------------------------------------
-
-
-def resume(guard: Guard, run_id: str, by: str, note: str | None) -> Decision:
-    store = guard.store
-    run = guard.require_run(run_id)
-    if run.status == "awaiting_approval":
-        waiting = [i.id for i in open_approvals(guard, run_id)]
-        if waiting:
-            raise RunStateError(
-                f"run {run_id} awaits approval of item(s) {', '.join(waiting)}; approve or "
-                "reject them first (guard.approve / guard.reject), or abort the run",
-                run_id=run_id,
-                status=run.status,
-            )
-    landed = store.transact(
-        run_id,
-        "run.resume",
-        [
-            run_write(
-                run_id,
-                ("pending_review", "awaiting_approval"),
-                status="running",
-                owner=None,
-                decided_by=by,
-                decision_note=note,
-            )
-        ],
-    )
-    run = guard.require_run(run_id)
-    if not landed and run.status != "running":
-        raise Conflict(
-            f"run {run_id} is {run.status}, it cannot be resumed"
-            + (f" (decided by {run.decided_by})" if run.decided_by else ""),
-            run_id=run_id,
-            status=run.status,
-        )
-    telemetry.decision("resume", run_id, by, "landed" if landed else "repeat")
-    return Decision(run_id, run.status, landed, by)
-
-
-def abort(guard: Guard, run_id: str, by: str, reason: str | None) -> Steps[Decision]:
-    store = guard.store
-    run = guard.require_run(run_id)
-    landed = store.transact(
-        run_id,
-        "run.abort",
-        [
-            run_write(
-                run_id,
-                ("pending_review", "awaiting_approval"),
-                status="aborting",
-                owner=guard.owner,
-                heartbeat_at=now(),
-                decided_by=by,
-                decision_note=reason,
-            )
-        ],
-    )
-    if not landed:
-        run = guard.require_run(run_id)
-        if run.status in ("aborting", "aborted"):
-            return Decision(run_id, run.status, False, run.decided_by)
-        raise Conflict(
-            f"run {run_id} is {run.status}, it cannot be aborted"
-            + (f" (decided by {run.decided_by})" if run.decided_by else ""),
-            run_id=run_id,
-            status=run.status,
-        )
-    guard.beat()
-    crash_point("after_abort_start")
-    for item in open_approvals(guard, run_id):
-        store.transact(
-            run_id, "approval.rejected", _approval_writes(item, False, by, "run aborted")
-        )
-    yield from compensate(guard, run_id)
-    store.transact(
-        run_id, "run.aborted", [run_write(run_id, ("aborting",), status="aborted", owner=None)]
-    )
-    telemetry.decision("abort", run_id, by, "landed")
-    return Decision(run_id, "aborted", True, by)
-
-
-def resolve(guard: Guard, item_id: str, resolution: str, by: str, note: str | None) -> Decision:
-    if resolution not in RESOLUTIONS:
-        raise RunStateError(
-            f"resolution {resolution!r} is not one of {', '.join(RESOLUTIONS)}", status=None
-        )
-    store = guard.store
-    item = store.review_item(item_id)
-    if item is None:
-        raise RunNotFound(f"no review item {item_id!r} in {store.url}")
-    if item.reason == "approval":
-        if resolution not in ("approved", "rejected"):
-            raise RunStateError(
-                f"review item {item_id} is an approval request; approve or reject it",
-                run_id=item.run_id,
-                status=item.status,
-            )
-        return decide(guard, item_id, resolution == "approved", by, note)
-    landed = store.transact(
-        item.run_id,
-        "review.resolve",
-        [
-            Write(
-                "review_items",
-                {"id": item_id},
-                {
-                    "status": "resolved",
-                    "resolution": resolution,
-                    "resolved_by": by,
-                    "note": note,
-                    "resolved_at": now(),
-                },
-                expect={"status": ("open",)},
-            )
-        ],
-    )
-    if not landed:
-        item = store.review_item(item_id)
-        assert item is not None
-        if item.resolution != resolution:
-            raise Conflict(
-                f"review item {item_id} was already resolved as {item.resolution} by "
-                f"{item.resolved_by}",
-                run_id=item.run_id,
-                status=item.status,
-            )
-    telemetry.decision("resolve", item.run_id, by, resolution)
-    return Decision(item.run_id, resolution, landed, by)
-
-
-def open_approvals(guard: Guard, run_id: str) -> list[ReviewItem]:
-    items = guard.store.review_items(run_id=run_id, status="open")
-    return [i for i in items if i.reason == "approval"]
-
-
-def _approval_writes(item: ReviewItem, approve: bool, by: str, note: str | None) -> list[Write]:
-    resolution = "approved" if approve else "rejected"
-    writes = [
-        Write(
-            "review_items",
-            {"id": item.id},
-            {
-                "status": "resolved",
-                "resolution": resolution,
-                "resolved_by": by,
-                "note": note,
-                "resolved_at": now(),
-            },
-            expect={"status": ("open",)},
-        )
-    ]
-    if item.seq is not None:
-        writes.append(
-            Write(
-                "actions",
-                {"run_id": item.run_id, "seq": item.seq},
-                {"state": resolution},
-                expect={"state": ("awaiting_approval",)},
-            )
-        )
-    return writes
-
-
-def decide(guard: Guard, item_id: str, approve: bool, by: str, note: str | None) -> Decision:
-    """Approve or reject an approval request; exactly one decision lands."""
-    store = guard.store
-    item = store.review_item(item_id)
-    if item is None:
-        raise RunNotFound(f"no review item {item_id!r} in {store.url}")
-    if item.reason != "approval":
-        raise RunStateError(
-            f"review item {item_id} ({item.reason}) is not an approval request; use "
-            "guard.resolve(item, 'done_manually' | 'retried' | 'skipped', ...)",
-            run_id=item.run_id,
-            status=item.status,
-        )
-    resolution = "approved" if approve else "rejected"
-    landed = store.transact(
-        item.run_id, f"approval.{resolution}", _approval_writes(item, approve, by, note)
-    )
-    if not landed:
-        item = store.review_item(item_id)
-        assert item is not None
-        if item.resolution != resolution:
-            raise Conflict(
-                f"approval request {item_id} was already {item.resolution} by {item.resolved_by}",
-                run_id=item.run_id,
-                status=item.status,
-            )
-    telemetry.decision(resolution, item.run_id, by, "landed" if landed else "repeat")
-    return Decision(item.run_id, resolution, landed, by)
-
-
-# -- crash recovery -------------------------------------------------------------------------
-
-
-def recover(guard: Guard) -> Steps[list[str]]:
-    """Finish the runs whose owner died. Returns the ids of the runs this call recovered."""
-    store = guard.store
-    recovered: list[str] = []
-    for status in LIVE:
-        for run in store.runs(status=status):
-            if owner_alive(run.owner, run.heartbeat_at, guard.stale_after):
-                continue
-            claimed = store.transact(
-                run.id,
-                "run.claim",
-                [
-                    Write(
-                        "runs",
-                        {"id": run.id},
-                        {"owner": guard.owner, "heartbeat_at": now(), "updated_at": now()},
-                        expect={"owner": (run.owner,), "status": (status,)},
-                    )
-                ],
-            )
-            if not claimed:
-                continue  # another recovery worker took it
-            guard.beat()
-            yield from _finish(guard, run)
-            recovered.append(run.id)
-    return recovered
-
-
-def _finish(guard: Guard, run: RunRecord) -> Steps[None]:
-    store = guard.store
-    if run.status == "running":
-        for action in store.actions(run.id):
-            if action.state == "started":
-                yield from _settle(guard, action)
-        yield from halt(guard, run.id, reason=f"recovered: owner {run.owner} is gone")
-    elif run.status == "compensating":
-        yield from compensate(guard, run.id)
-        store.transact(
-            run.id, "run.review", [run_write(run.id, ("compensating",), status="pending_review")]
-        )
-        guard.notify(guard.require_run(run.id))
-    else:
-        yield from compensate(guard, run.id)
-        store.transact(
-            run.id, "run.aborted", [run_write(run.id, ("aborting",), status="aborted", owner=None)]
-        )
-
-
-def _settle(guard: Guard, action: Action) -> Steps[None]:
-    """An action that started but has no outcome: ask the probe, else mark it in doubt."""
-    from guardrail.call import finish_writes
-
-    policy = guard.find_policy(action.tool)
-    verdict: Any = None
-    if policy is not None and policy.probe is not None:
-        kwargs = undo_kwargs(policy.probe, action, {})
-        kwargs.pop("result", None)
-        outcome = yield from attempts(policy.undo_retry, Invoke(policy.probe, kwargs))
-        verdict = outcome.value if outcome.error is None else None
-    key = {"run_id": action.run_id, "seq": action.seq}
-    if verdict is False:
-        writes = [
-            Write(
-                "actions",
-                key,
-                {"state": "failed", "error": "probe: it did not take effect", "finished_at": now()},
-                expect={"state": ("started",)},
-            )
-        ]
-    elif verdict is not None and policy is not None:
-        result = None if verdict is True else verdict
-        try:
-            result = to_jsonable(result)
-        except NotJSON:
-            result = None
-        writes = finish_writes(guard, policy, action.run_id, action.seq, dict(action.args), result)
-        writes[0].expect = {"state": ("started",)}
-    else:
-        writes = [
-            Write(
-                "actions",
-                key,
-                {"state": "in_doubt", "error": "owner died during the call", "finished_at": now()},
-                expect={"state": ("started",)},
-            )
-        ]
-    guard.store.transact(action.run_id, "action.settle", writes)

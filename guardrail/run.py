@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 from guardrail.call import guarded_call
 from guardrail.drive import Steps, adrive, drive
 from guardrail.errors import Conflict, GuardrailError, RunHalted, RunStateError, StoreError
-from guardrail.lifecycle import halt, new_id, now, owner_alive, run_write
+from guardrail.lifecycle import halt, new_id, now, run_write
+from guardrail.recovery import owner_alive
 from guardrail.store import RunRecord, Write
 
 if TYPE_CHECKING:

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from guardrail import Guard, RunHalted, policy_file
+from guardrail import Guard, RunHalted, policy_check, policy_file, policy_source
 from guardrail.cli import app
 from guardrail.conditions import Condition, ConditionError
 from guardrail.errors import PolicyError
@@ -1157,7 +1157,7 @@ def test_valid_controls_load(tmp_path: Path, filename: str, content: str, names:
     loaded = {p.name: p for p in policy_file.load(path)}
     assert set(loaded) == names
     assert policy_file.problems(path)[1] == []
-    assert [p for p in policy_file.check(path) if p.severity == "error"] == []
+    assert [p for p in policy_check.check(path) if p.severity == "error"] == []
 
 
 def test_retry_on_key_survives_yaml_1_1_booleans(tmp_path: Path) -> None:
@@ -1273,7 +1273,7 @@ def test_cli_reports_hostile_files_as_json(
     path = write(tmp_path, filename, content)
     code, output = check_cli(str(path), "--json")
     assert "Traceback" not in output
-    if path.suffix not in policy_file.SUFFIXES:  # not a policy file: read as a pack name
+    if path.suffix not in policy_source.SUFFIXES:  # not a policy file: read as a pack name
         assert code == 2, output
         return
     assert code == 1, output

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from guardrail.cli import db, policy, runs, serve
+from guardrail.cli import db, policy, runs, serve, show
 from guardrail.cli import mcp as mcp_proxy
 
 app = typer.Typer(
@@ -19,6 +19,7 @@ app = typer.Typer(
 )
 app.add_typer(policy.app, name="policy")
 runs.register(app)
+show.register(app)
 db.register(app)
 mcp_proxy.register(app)
 serve.register(app)

@@ -80,7 +80,7 @@ def mcp_proxy(
     try:
         guard = Guard(store=store or DEFAULT_STORE)
     except StoreError as exc:
-        _fail(str(exc), FAILED)
+        fail(str(exc), FAILED)
     try:
         try:
             for name in pack or []:
@@ -88,13 +88,13 @@ def mcp_proxy(
             for file in policy or []:
                 guard.load_policies(file)
         except PolicyError as exc:
-            _fail(str(exc), USAGE)
+            fail(str(exc), USAGE)
         try:
             import anyio
 
             adapter: Any = importlib.import_module("guardrail.adapters.mcp")
         except ImportError as exc:
-            _fail(
+            fail(
                 f"the MCP proxy needs the mcp package ({exc}); install agent-guardrail[mcp]",
                 FAILED,
             )
@@ -108,7 +108,7 @@ def mcp_proxy(
             known = [e for e in _leaves(exc) if isinstance(e, OSError | GuardrailError)]
             if not known:
                 raise
-            _fail(f"cannot serve {' '.join(command)}: {known[0]}", FAILED)
+            fail(f"cannot serve {' '.join(command)}: {known[0]}", FAILED)
         if run is not None:
             logging.getLogger("guardrail.mcp").info(
                 "session over; run %s is %s", run, guard.require_run(run).status
@@ -139,6 +139,6 @@ def _log_to_stderr() -> None:
         logger.setLevel(logging.INFO)
 
 
-def _fail(message: str, code: int) -> Any:
+def fail(message: str, code: int) -> Any:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)

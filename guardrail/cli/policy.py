@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from guardrail import policy_file
+from guardrail import policy_check, policy_source
 from guardrail.errors import PolicyError
 from guardrail.guard import load_pack
 
@@ -43,14 +43,14 @@ def check(
     policy. Warnings (do not fail): policies for tools the toolkit lacks.
     """
     names = tool_names(tools) if tools is not None else None
-    if Path(file).suffix.lower() in policy_file.SUFFIXES:
-        found = policy_file.check(file, names)
+    if Path(file).suffix.lower() in policy_source.SUFFIXES:
+        found = policy_check.check(file, names)
     else:
         try:
             pack = load_pack(file)
         except PolicyError as exc:
             raise typer.BadParameter(str(exc), param_hint="FILE") from None
-        found = policy_file.check_policies(pack, names, file=file)
+        found = policy_check.check_policies(pack, names, file=file)
     errors = [p for p in found if p.severity == "error"]
     if as_json:
         typer.echo(

@@ -1,5 +1,5 @@
-"""Review commands: ``runs``, ``show``, ``resume``, ``abort``, ``resolve``, ``approve``,
-``reject``, ``recover``, ``find``, ``export``.
+"""Review commands: ``runs``, ``resume``, ``abort``, ``resolve``, ``approve``,
+``reject``, ``recover``, ``find``, ``export`` (``show`` is in :mod:`guardrail.cli.show`).
 
 Every command takes ``--store URL`` (or ``GUARDRAIL_STORE``). Decisions record ``--by`` (default:
 ``GUARDRAIL_REVIEWER``, else the login name) and ``--note``, ask for confirmation unless
@@ -25,9 +25,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from guardrail.decisions import Decision
 from guardrail.errors import Conflict, GuardrailError, RunNotFound, RunStateError, StoreError
 from guardrail.guard import Guard
-from guardrail.lifecycle import Decision
 
 T = TypeVar("T")
 
@@ -51,7 +51,7 @@ DEFAULT_STORE = "sqlite:///guardrail.db"
 
 
 def register(app: typer.Typer) -> None:
-    for command in (runs, show, resume, abort, resolve, approve, reject, recover, find, export):
+    for command in (runs, resume, abort, resolve, approve, reject, recover, find, export):
         app.command()(command)
 
 
@@ -60,26 +60,26 @@ def opened(store: str) -> Iterator[Guard]:
     """A non-strict guard on the store; errors become exit codes with a one-line message."""
     url = store or DEFAULT_STORE
     if url.startswith("sqlite:///") and not os.path.exists(url.removeprefix("sqlite:///")):
-        _fail(f"no store at {url} (pass --store URL or set GUARDRAIL_STORE)", NOT_FOUND)
+        fail(f"no store at {url} (pass --store URL or set GUARDRAIL_STORE)", NOT_FOUND)
     try:
         guard = Guard(store=store or DEFAULT_STORE, strict=False)
     except StoreError as exc:
-        _fail(str(exc), NOT_FOUND)
+        fail(str(exc), NOT_FOUND)
     try:
         yield guard
     except RunNotFound as exc:
-        _fail(str(exc), NOT_FOUND)
+        fail(str(exc), NOT_FOUND)
     except Conflict as exc:
-        _fail(str(exc), CONFLICT)
+        fail(str(exc), CONFLICT)
     except RunStateError as exc:
-        _fail(str(exc), CONFLICT)
+        fail(str(exc), CONFLICT)
     except GuardrailError as exc:
-        _fail(str(exc), USAGE)
+        fail(str(exc), USAGE)
     finally:
         guard.close()
 
 
-def _fail(message: str, code: int) -> Any:
+def fail(message: str, code: int) -> Any:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
 
@@ -113,16 +113,16 @@ def _since(text: str) -> float:
         ) from None
 
 
-def _dump(value: Any) -> None:
+def dump_json(value: Any) -> None:
     typer.echo(json.dumps(value, indent=2, default=str))
 
 
 def _decide(what: str, target: str, yes: bool, as_json: bool, act: Callable[[], Decision]) -> None:
     if not yes and not typer.confirm(f"{what} {target}?", default=False):
-        _fail("cancelled; nothing changed", USAGE)
+        fail("cancelled; nothing changed", USAGE)
     decision = act()
     if as_json:
-        _dump({"run_id": decision.run_id, "status": decision.status, "landed": decision.landed})
+        dump_json({"run_id": decision.run_id, "status": decision.status, "landed": decision.landed})
     elif decision.landed:
         typer.echo(f"{what}: {target} is now {decision.status} (by {decision.by})")
     else:
@@ -146,17 +146,17 @@ def runs(
             limit=limit if limit > 0 else None,
         )
         if as_json:
-            _dump([r.model_dump() for r in found])
+            dump_json([r.model_dump() for r in found])
             return
         table = Table(title=f"{len(found)} run(s)")
         for column in ("run", "agent", "status", "updated", "reason"):
             table.add_column(column, overflow="fold")
         for r in found:
-            table.add_row(r.id, r.agent, _status(r.status), _when(r.updated_at), r.reason or "")
+            table.add_row(r.id, r.agent, status_text(r.status), _when(r.updated_at), r.reason or "")
         Console().print(table)
 
 
-def _status(status: str) -> str:
+def status_text(status: str) -> str:
     colour = {
         "pending_review": "red",
         "awaiting_approval": "yellow",
@@ -164,140 +164,6 @@ def _status(status: str) -> str:
         "aborted": "dim",
     }.get(status)
     return f"[{colour}]{status}[/{colour}]" if colour else status
-
-
-def show(
-    run_id: Annotated[str, typer.Argument(help="The run id.")],
-    store: Store = DEFAULT_STORE,
-    limit: Annotated[
-        int, typer.Option(help="Show the newest N actions and review items (0: all).")
-    ] = 100,
-    as_json: AsJson = False,
-) -> None:
-    """The run's timeline: actions, compensations, review items, what would still be undone,
-    and the hash-chain verdict. Long runs show their newest actions (--limit, 0 for all);
-    --json always has everything."""
-    with opened(store) as guard:
-        log = guard.log(run_id)
-        verdict = guard.verify(run_id, log=log)
-        plan = guard.plan_undo(run_id, log=log)
-        if as_json:
-            _dump(
-                {
-                    **log.model_dump(),
-                    "plan_undo": [_slots(s) for s in plan],
-                    "verification": verdict.model_dump(),
-                }
-            )
-            return
-        console = Console()
-        run = log.run
-        console.print(
-            f"[bold]run {run.id}[/bold]  agent {run.agent}  {_status(run.status)}"
-            + (f"  ({run.reason})" if run.reason else "")
-        )
-        if run.decided_by:
-            console.print(f"decided by {run.decided_by}: {run.decision_note or ''}")
-        actions = log.actions[-limit:] if limit > 0 else log.actions
-        shown = {a.seq for a in actions}
-        # open items first: they are what the reader must act on
-        items_shown = sorted(log.review_items, key=lambda i: (i.status != "open", -(i.seq or 0)))
-        if limit > 0:
-            items_shown = items_shown[:limit]
-        counts: dict[str, int] = {}
-        for a in log.actions:
-            counts[a.state] = counts.get(a.state, 0) + 1
-        opened_items = sum(1 for i in log.review_items if i.status == "open")
-        console.print(
-            f"{len(log.actions):,} action(s): "
-            + ", ".join(f"{n:,} {state}" for state, n in sorted(counts.items()))
-            + f"; {opened_items:,} open review item(s)"
-        )
-        comps = {c.seq: c for c in log.compensations}
-        reviews: dict[int | None, list[str]] = {}
-        for i in log.review_items:
-            reviews.setdefault(i.seq, []).append(f"{i.reason} ({i.status})")
-        table = Table(title="actions")
-        for column in ("seq", "tool", "effect", "state", "ms"):
-            table.add_column(column, no_wrap=True)
-        for column in ("external ids", "undo", "review"):
-            table.add_column(column, overflow="fold")
-        for a in actions:
-            took = (
-                f"{(a.finished_at - a.started_at) * 1000:.1f}" if a.finished_at is not None else ""
-            )
-            comp = comps.get(a.seq)
-            table.add_row(
-                str(a.seq),
-                a.tool,
-                a.effect,
-                _state(a.state),
-                took,
-                ", ".join(f"{k}={v}" for k, v in a.external_ids.items()),
-                f"{comp.undo}: {comp.state}" if comp else "",
-                ", ".join(reviews.get(a.seq, [])),
-            )
-        if len(actions) < len(log.actions):
-            table.caption = (
-                f"the newest {len(actions):,} of {len(log.actions):,} actions; --limit 0 for all"
-            )
-        console.print(table)
-        for a in actions:
-            if a.error:
-                console.print(f"action {a.seq} ({a.tool}): {a.error[:300]}", markup=False)
-        for c in log.compensations:
-            if c.error and c.seq in shown:
-                console.print(f"undo of action {c.seq}: {c.error[:300]}", markup=False)
-        if items_shown:
-            items = Table(title="review items")
-            if len(items_shown) < len(log.review_items):
-                items.caption = (
-                    f"{len(items_shown):,} of {len(log.review_items):,}, open first; "
-                    "--limit 0 for all"
-                )
-            for column in ("item", "action", "reason", "kind", "owner", "status"):
-                items.add_column(column, no_wrap=True)
-            items.add_column("instructions", overflow="fold")
-            for i in items_shown:
-                status = i.status if i.status == "open" else f"{i.resolution} by {i.resolved_by}"
-                items.add_row(
-                    i.id,
-                    str(i.seq or ""),
-                    i.reason,
-                    i.kind,
-                    i.owner or "",
-                    status,
-                    i.instructions or "",
-                )
-            console.print(items)
-        todo = [s for s in plan if s.do != "nothing"]
-        if todo and run.status in ("pending_review", "awaiting_approval"):
-            console.print("an abort would now:")
-            for s in todo[:limit] if limit > 0 else todo:
-                console.print(f"  {s.do} action {s.seq} ({s.tool}): {s.detail}")
-            if limit > 0 and len(todo) > limit:
-                console.print(f"  ... and {len(todo) - limit:,} more")
-        console.print(
-            "hash chain: [green]ok[/green]"
-            if verdict.ok
-            else f"hash chain: [red]BROKEN[/red] {'; '.join(verdict.problems)}"
-        )
-
-
-def _state(state: str) -> str:
-    colour = {
-        "failed": "red",
-        "compensation_failed": "red",
-        "in_doubt": "red",
-        "awaiting_approval": "yellow",
-        "compensated": "cyan",
-        "succeeded": "green",
-    }.get(state)
-    return f"[{colour}]{state}[/{colour}]" if colour else state
-
-
-def _slots(obj: Any) -> dict[str, Any]:
-    return {name: getattr(obj, name) for name in obj.__slots__}
 
 
 def resume(
@@ -442,7 +308,7 @@ def recover(
         if not watch:
             done = guard.recover()
             if as_json:
-                _dump({"recovered": done})
+                dump_json({"recovered": done})
             else:
                 typer.echo(
                     f"recovered {len(done)} run(s)" + (": " + ", ".join(done) if done else "")
@@ -500,10 +366,10 @@ def find(
     with opened(store) as guard:
         found = guard.find(value, name=name or None)
         if as_json:
-            _dump([a.model_dump() for a in found])
+            dump_json([a.model_dump() for a in found])
             return
         if not found:
-            _fail(f"no action produced {external_id}", NOT_FOUND)
+            fail(f"no action produced {external_id}", NOT_FOUND)
         for a in found:
             typer.echo(f"{a.run_id}  action {a.seq}  {a.tool}  {a.state}  {a.external_ids}")
 
@@ -519,7 +385,7 @@ def export(
     with opened(store) as guard:
         log = guard.log(run_id)
         if format == "json":
-            _dump(log.model_dump())
+            dump_json(log.model_dump())
             return
         out = sys.stdout
         out.write(json.dumps({"type": "run", **log.run.model_dump()}, default=str) + "\n")

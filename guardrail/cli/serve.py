@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from guardrail.cli.runs import DEFAULT_STORE, USAGE, Store, _fail, opened
+from guardrail.cli.runs import DEFAULT_STORE, USAGE, Store, fail, opened
 
 
 def register(app: typer.Typer) -> None:
@@ -71,7 +71,7 @@ def serve(
     from that code instead.
     """
     if not token:
-        _fail(
+        fail(
             "the console needs a token: set GUARDRAIL_TOKEN (e.g. to the output of python -c "
             "'import secrets; print(secrets.token_urlsafe(32))') or pass --token",
             USAGE,
@@ -82,20 +82,20 @@ def serve(
     try:
         check_token(token)
     except ValueError as exc:
-        _fail(str(exc), USAGE)
+        fail(str(exc), USAGE)
     if not is_loopback(host) and not allow_remote:
-        _fail(
+        fail(
             f"--host {host} is reachable from other machines; pass --allow-remote to mean it "
             "(and put TLS in front), or keep the default 127.0.0.1",
             USAGE,
         )
     if bool(ssl_certfile) != bool(ssl_keyfile):
-        _fail("--ssl-certfile and --ssl-keyfile go together", USAGE)
+        fail("--ssl-certfile and --ssl-keyfile go together", USAGE)
     options: dict[str, str] = {}
     for text in pack_option or []:
         key, sep, value = text.partition("=")
         if not sep or not key:
-            _fail(f"--pack-option {text!r}: expected KEY=VALUE", USAGE)
+            fail(f"--pack-option {text!r}: expected KEY=VALUE", USAGE)
         options[key] = value
 
     import uvicorn

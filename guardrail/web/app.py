@@ -29,9 +29,10 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from guardrail.audit import ActionLog, Verification
+from guardrail.decisions import Decision
 from guardrail.errors import GuardrailError, RunNotFound
 from guardrail.guard import Guard
-from guardrail.lifecycle import Decision, PlannedStep
+from guardrail.lifecycle import PlannedStep
 from guardrail.store import Action, Compensation, ReviewItem, RunRecord
 from guardrail.store.schema import RUN_STATUSES
 from guardrail.web.security import (
