@@ -40,7 +40,7 @@ from pydantic import BaseModel, ValidationError
 
 from guardrail.errors import GuardrailError, RunHalted, RunStateError
 from guardrail.guard import Guard
-from guardrail.run import Run, current_run
+from guardrail.run import Run
 
 _call_id: ContextVar[str | None] = ContextVar("guardrail_lc_call_id", default=None)
 
@@ -66,14 +66,7 @@ class GuardedTool(BaseTool):
             _call_id.reset(token)
 
     def _active(self) -> Run:
-        run = current_run()
-        if run is None or run.guard is not self.guard:
-            raise GuardrailError(
-                f"{self.name} was called outside a run of this guard; invoke the agent inside "
-                "`with guard.run(agent=...):`",
-                tool=self.name,
-            )
-        return run
+        return self.guard.active_run(self.name)  # type: ignore[no-any-return]
 
     def _run(self, *args: Any, run_manager: Any = None, **kwargs: Any) -> Any:
         arguments = _arguments(self.inner, args, kwargs)

@@ -86,7 +86,7 @@ from agents.tool_context import ToolContext
 from pydantic import BaseModel, ValidationError
 
 from guardrail.call import gate, idempotency_key
-from guardrail.errors import CallRejected, GuardrailError, RunHalted
+from guardrail.errors import CallRejected, RunHalted
 from guardrail.guard import Guard
 from guardrail.redact import NotJSON, canonical, digest, to_jsonable
 from guardrail.run import Run, current_run
@@ -177,14 +177,7 @@ class _Guarded:
         self.validator = _validator(tool)
 
     def _active(self) -> Run:
-        run = current_run()
-        if run is None or run.guard is not self.guard:
-            raise GuardrailError(
-                f"{self.name} was called outside a run of this guard; run the agent inside "
-                "`with guard.run(agent=...):` (or `async with`)",
-                tool=self.name,
-            )
-        return run
+        return self.guard.active_run(self.name)
 
     async def invoke(self, ctx: ToolContext[Any], input: str) -> Any:
         run = self._active()

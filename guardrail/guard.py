@@ -192,21 +192,11 @@ class Guard:
                         merged.update(merged.pop(p.name, {}))
                 return merged
 
-            def active(*args: Any, **kwargs: Any) -> Run:
-                run = current_run()
-                if run is None or run.guard is not self:
-                    raise GuardrailError(
-                        f"{tool_name} was called outside a run of this guard; call it inside "
-                        "`with guard.run(agent=...):`",
-                        tool=tool_name,
-                    )
-                return run
-
             if inspect.iscoroutinefunction(fn):
 
                 @functools.wraps(fn)
                 async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                    run = active()
+                    run = self.active_run(tool_name)
                     return await run.acall(tool_name, named(args, kwargs), fn=fn)
 
                 wrapper: Any = async_wrapper
@@ -214,7 +204,7 @@ class Guard:
 
                 @functools.wraps(fn)
                 def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
-                    run = active()
+                    run = self.active_run(tool_name)
                     return run.call(tool_name, named(args, kwargs), fn=fn)
 
                 wrapper = sync_wrapper
@@ -222,6 +212,17 @@ class Guard:
             return wrapper  # type: ignore[no-any-return]
 
         return decorate(fn) if fn is not None else decorate
+
+    def active_run(self, tool: str) -> Run:
+        """The run of this guard that the calling context is in (for tools and adapters)."""
+        run = current_run()
+        if run is None or run.guard is not self:
+            raise GuardrailError(
+                f"{tool} was called outside a run of this guard; run the agent inside "
+                "`with guard.run(agent=...):` (or `async with`)",
+                tool=tool,
+            )
+        return run
 
     def resolve_tool(
         self, tool: str, fn: Callable[..., Any] | None, *, run_id: str
