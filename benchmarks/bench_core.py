@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import sqlite3
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 
-from guardrail import Guard, Review
+from run import bare, raw_sqlite_floor, shop_tools  # benchmarks/run.py, beside this file
+
+from guardrail import Guard
 
 
 def per_call_us(fn: Callable[[], None], calls: int, batches: int) -> float:
@@ -33,25 +34,6 @@ def per_call_us(fn: Callable[[], None], calls: int, batches: int) -> float:
     return statistics.median(samples)
 
 
-def raw_sqlite_floor(path: str) -> Callable[[], None]:
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, state TEXT, body TEXT)")
-    counter = iter(range(10**9))
-
-    def two_commits() -> None:
-        i = next(counter)
-        conn.execute("BEGIN")
-        conn.execute("INSERT INTO t VALUES (?, 'started', ?)", (i, '{"item":"book"}'))
-        conn.execute("COMMIT")
-        conn.execute("BEGIN")
-        conn.execute("UPDATE t SET state = 'succeeded', body = ? WHERE id = ?", ('{"id":1}', i))
-        conn.execute("COMMIT")
-
-    return two_commits
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batches", type=int, default=15)
@@ -60,17 +42,8 @@ def main() -> int:
     tmp = tempfile.mkdtemp(prefix="guardrail-bench-")
     guard = Guard(store=f"sqlite:///{os.path.join(tmp, 'bench.db')}")
 
-    def bare(item: str) -> dict[str, str]:
-        return {"id": "o-1", "item": item}
-
-    lookup = guard.tool(name="lookup", effect="read_only")(bare)
-    create = guard.tool(
-        name="create_order",
-        effect="reversible",
-        undo=lambda external_ids: None,
-        external_ids={"order_id": "result.id"},
-    )(bare)
-    notify = guard.tool(name="notify", effect="irreversible", review=Review(kind="correct"))(bare)
+    tools = shop_tools(guard)
+    lookup, create, notify = tools["read_only"], tools["reversible"], tools["irreversible"]
 
     results: dict[str, float] = {}
     results["bare call"] = per_call_us(lambda: bare(item="book"), opts.calls, opts.batches)

@@ -26,8 +26,9 @@ from collections.abc import Callable
 from urllib.parse import quote
 
 import psycopg
+from run import bare, shop_tools  # benchmarks/run.py, beside this file
 
-from guardrail import Guard, Review
+from guardrail import Guard
 
 
 def batch_us(fn: Callable[[], None], calls: int) -> float:
@@ -70,19 +71,8 @@ def main() -> int:
     try:
         guard = Guard(store=f"{base}?options={quote(options)}")
 
-        def bare(item: str) -> dict[str, str]:
-            return {"id": "o-1", "item": item}
-
-        lookup = guard.tool(name="lookup", effect="read_only")(bare)
-        create = guard.tool(
-            name="create_order",
-            effect="reversible",
-            undo=lambda external_ids: None,
-            external_ids={"order_id": "result.id"},
-        )(bare)
-        notify = guard.tool(name="notify", effect="irreversible", review=Review(kind="correct"))(
-            bare
-        )
+        tools = shop_tools(guard)
+        lookup, create, notify = tools["read_only"], tools["reversible"], tools["irreversible"]
         counter = iter(range(10**9))
 
         def guarded(tool: Callable[..., object]) -> Callable[[], None]:
