@@ -11,7 +11,6 @@ file-management pack puts every byte back.
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 import tempfile
 import warnings
@@ -27,6 +26,7 @@ from langgraph.types import Command
 
 from guardrail import Guard, RunHalted
 from guardrail.adapters.langchain import GuardrailMiddleware
+from guardrail.testing import tree_hash
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)  # langchain-community's sunset notice
@@ -50,15 +50,6 @@ def script() -> list[AIMessage]:
         call("publish", {"path": "report.md"}, 3),
         AIMessage(content="Report written and published."),
     ]
-
-
-def tree(root: Path) -> str:
-    h = hashlib.sha256()
-    for path in sorted(root.rglob("*")):
-        h.update(str(path.relative_to(root)).encode())
-        if path.is_file():
-            h.update(path.read_bytes())
-    return h.hexdigest()[:16]
 
 
 def main() -> None:
@@ -92,7 +83,7 @@ def main() -> None:
         site.mkdir(exist_ok=True)
         (site / "draft.md").write_text("draft\n")
         (site / "report.md").unlink(missing_ok=True)
-        before = tree(site)
+        before = tree_hash(site)
         publisher["up"] = False
         config = {"configurable": {"thread_id": thread}}
         print(f"\n== {thread}: the agent runs")
@@ -113,7 +104,7 @@ def main() -> None:
                 agent().invoke(Command(resume="go on"), config)
             except RunHalted as halt:
                 print(f"ann aborted; the thread stops: {halt}")
-            print(f"files restored byte for byte: {tree(site) == before}")
+            print(f"files restored byte for byte: {tree_hash(site) == before}")
         for a in guard.log(thread).actions:
             print(f"  {a.seq}  {a.tool:<11} {a.state:<12} {a.external_ids}")
     guard.close()

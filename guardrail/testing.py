@@ -20,6 +20,7 @@ qualified by a count, ``after_call:3``, to die on its third visit.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 from collections.abc import Iterable
@@ -90,3 +91,22 @@ class ScriptedTool:
         if isinstance(outcome, type) and issubclass(outcome, BaseException):
             raise outcome()
         return outcome
+
+
+def tree_hash(root: str | os.PathLike[str]) -> str:
+    """A digest of every folder, file name, file mode and byte under ``root``, in a stable order.
+
+    For testing undos that restore files: take it before the agent runs and after the abort;
+    equal digests mean the tree is byte-identical (modes included).
+    """
+    h = hashlib.sha256()
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        h.update(b"D" + os.path.relpath(folder, root).encode())
+        for name in sorted(files):
+            path = os.path.join(folder, name)
+            h.update(b"F" + os.path.relpath(path, root).encode())
+            h.update(oct(os.stat(path).st_mode & 0o777).encode())
+            with open(path, "rb") as f:
+                h.update(f.read())
+    return h.hexdigest()

@@ -3,7 +3,6 @@ failure the directory is byte-identical to before (hash of the whole tree)."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from pathlib import Path
@@ -13,24 +12,11 @@ import pytest
 
 from guardrail import CallRefused, Guard, RunHalted
 from guardrail.adapters.langchain import wrap_tools
+from guardrail.testing import tree_hash
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)  # langchain-community's sunset notice
     from langchain_community.agent_toolkits import FileManagementToolkit
-
-
-def tree_hash(root: Path) -> str:
-    """Every path, file mode and byte under root, in a stable order."""
-    h = hashlib.sha256()
-    for folder, dirs, files in os.walk(root):
-        dirs.sort()
-        h.update(b"D" + os.path.relpath(folder, root).encode())
-        for name in sorted(files):
-            path = Path(folder, name)
-            h.update(b"F" + str(path.relative_to(root)).encode())
-            h.update(oct(path.stat().st_mode & 0o777).encode())
-            h.update(path.read_bytes())
-    return h.hexdigest()
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ a real MCP client session (``mcp.ClientSession`` over ``stdio_client``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -28,6 +27,7 @@ from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp import types as mcp_types
 
 from guardrail import Guard
+from guardrail.testing import tree_hash
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
@@ -139,20 +139,6 @@ tools:
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-def tree_hash(root: Path) -> str:
-    """Every path, file mode and byte under root, in a stable order."""
-    h = hashlib.sha256()
-    for folder, dirs, files in os.walk(root):
-        dirs.sort()
-        h.update(b"D" + os.path.relpath(folder, root).encode())
-        for name in sorted(files):
-            path = Path(folder, name)
-            h.update(b"F" + str(path.relative_to(root)).encode())
-            h.update(oct(path.stat().st_mode & 0o777).encode())
-            h.update(path.read_bytes())
-    return h.hexdigest()
 
 
 def proxy(store_url: str, *options: str, upstream: list[str]) -> StdioServerParameters:
