@@ -85,10 +85,8 @@ from agents.tool import (
 from agents.tool_context import ToolContext
 from pydantic import BaseModel, ValidationError
 
-from guardrail.call import gate, idempotency_key
 from guardrail.errors import CallRejected, RunHalted
 from guardrail.guard import Guard
-from guardrail.redact import NotJSON, canonical, digest, to_jsonable
 from guardrail.run import Run, current_run
 
 __all__ = ["apply_decisions", "wrap_tool", "wrap_tools"]
@@ -236,29 +234,14 @@ class _Guarded:
                 verdict = await verdict
             if verdict:
                 return True
-        policy = self.guard.find_policy(self.name)
         run = current_run()
-        if policy is None or policy.approval is None or run is None or run.guard is not self.guard:
-            return False
-        if run.halted:
-            return False  # invoke answers for the halted run
-        try:
-            plain = to_jsonable(params)
-        except NotJSON:
-            return False  # invoke refuses it with CallRefused
-        args_hash = digest(canonical(plain))
-        key = idempotency_key(policy, params, call_id, args_hash, run)
-        if run.done_seq(key) is not None:
-            return False  # already done: invoke returns the recorded result
-        try:
-            gate(self.guard, run, policy, plain, args_hash, key, call_id)
-        except RunHalted:
+        if run is None or run.guard is not self.guard:
+            return False  # invoke says the call is outside a run
+        if run.needs_approval(self.name, params, call_id):
             # The request is recorded and the run awaits approval; the SDK pauses this call.
             _flight(run).paused_by = self.name
             return True
-        except CallRejected:
-            return False  # invoke raises it again and the model is told
-        return False  # no approval needed, or already approved
+        return False  # invoke decides: runs, replays, or raises CallRejected / CallRefused
 
     async def call_outside_run(self, **args: Any) -> Any:
         """The plain tool for an undo by name: no agent run, no SDK context."""

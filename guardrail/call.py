@@ -342,6 +342,34 @@ def gate(
     )
 
 
+def ask_approval(
+    guard: Guard, run: Run, policy: Policy, args: dict[str, Any], call_id: str | None
+) -> bool:
+    """Ask the approval gate without running the tool (for frameworks with their own pause).
+
+    True when the call must wait: the request is recorded and the run is awaiting approval.
+    False when the call may go ahead to the guarded call, which then decides (no approval
+    needed, already approved or done, rejected, or arguments it refuses).
+    """
+    if policy.approval is None or run.halted:
+        return False
+    try:
+        plain = to_jsonable(args)
+    except NotJSON:
+        return False
+    args_hash = digest(canonical(plain))
+    key = idempotency_key(policy, args, call_id, args_hash, run)
+    if run.done_seq(key) is not None:
+        return False
+    try:
+        gate(guard, run, policy, plain, args_hash, key, call_id)
+    except RunHalted:
+        return True
+    except CallRejected:
+        return False
+    return False
+
+
 def _approval_item(guard: Guard, run_id: str, seq: int) -> ReviewItem | None:
     found = [i for i in guard.store.review_items(run_id=run_id) if i.seq == seq]
     return next((i for i in reversed(found) if i.reason == "approval"), None)

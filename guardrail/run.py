@@ -10,7 +10,7 @@ from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from guardrail.call import guarded_call
+from guardrail.call import ask_approval, guarded_call
 from guardrail.drive import Steps, adrive, drive
 from guardrail.errors import Conflict, GuardrailError, RunHalted, RunStateError, StoreError
 from guardrail.lifecycle import halt, new_id, now, run_write
@@ -259,6 +259,17 @@ class Run:
         return await adrive(
             guarded_call(self.guard, self, policy, target, dict(args or {}), call_id)
         )
+
+    def needs_approval(self, tool: str, args: dict[str, Any], call_id: str | None = None) -> bool:
+        """Ask ``tool``'s approval gate for these arguments without running it.
+
+        True when a person must approve first: the request is recorded and the run now awaits
+        approval. For frameworks that pause a call themselves (the OpenAI Agents SDK).
+        """
+        policy = self.guard.find_policy(tool)
+        if policy is None:
+            return False
+        return ask_approval(self.guard, self, policy, dict(args), call_id)
 
     # -- used by the guarded call ------------------------------------------------------------
 
