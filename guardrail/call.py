@@ -1,4 +1,9 @@
-"""One guarded call (DESIGN.md section 4): dedup, write-ahead, call with retries, record, halt."""
+"""One guarded call: dedup, approval gate, write-ahead intent, call with retries, record, halt.
+
+Fault-closed: once the intent is committed the tool may have run, so whatever goes wrong after
+that (the store failing to record the outcome, the run taken over meanwhile) ends in ``RunHalted``
+for the agent and a state a person sees, never in a retryable error that would run it twice.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from guardrail import telemetry
+from guardrail import transitions as T
 from guardrail.conditions import ConditionError
 from guardrail.decisions import open_approvals
 from guardrail.drive import Invoke, Sleep, Steps, attempts
@@ -14,14 +20,15 @@ from guardrail.errors import (
     CallRefused,
     CallRejected,
     Conflict,
+    OwnershipLost,
     ResultNotReplayable,
     RunHalted,
     StoreError,
 )
-from guardrail.lifecycle import halt, hook_kwargs, now, review_write, run_write
+from guardrail.lifecycle import commit, halt, hook_kwargs, now, review_write
 from guardrail.policy import NO_RETRY, Policy, resolve_path
 from guardrail.redact import NotJSON, canonical, digest, redact, to_jsonable
-from guardrail.store import ReviewItem, Write
+from guardrail.store import Recorded, ReviewItem, RunRecord, Write
 from guardrail.testing import crash_point
 
 if TYPE_CHECKING:
@@ -87,18 +94,8 @@ def _guarded_call(
         recorded = guard.store.recorded_result(run.id, done, key) if done is not None else None
     except StoreError as exc:
         raise _not_started(run, policy, call_id, args_hash, key, exc) from exc
-    if done is not None and recorded is not None:
-        seq, (result, note) = done, recorded
-        if note is not None:
-            raise ResultNotReplayable(
-                f"run {run.id}: {tool} already succeeded as action {seq}, but its result was "
-                f"{note.replace('_', ' ')} and cannot be returned again; return JSON-able values "
-                "(dicts, lists, pydantic models) from tools",
-                run_id=run.id,
-                tool=tool,
-                field="result",
-            )
-        return result
+    if recorded is not None:
+        return _replay(run, tool, args_hash, key, recorded)
 
     approved = None
     if policy.approval is not None:
@@ -110,36 +107,31 @@ def _guarded_call(
     seq = approved if approved is not None else run.take_seq()
     span = telemetry.start_tool(tool, call_id, run.id, policy.effect)
     trace_id, span_id = telemetry.ids(span)
-    started = {
-        "tool": tool,
-        "call_id": call_id,
-        "idempotency_key": key,
-        "effect": policy.effect,
-        "state": "started",
-        "attempts": 1,
-        "args": redact(plain, policy.redact, "args"),
-        "args_hash": args_hash,
-        "external_ids": {},
-        "snapshot": snapshot,
-        "trace_id": trace_id,
-        "span_id": span_id,
-        "started_at": now(),
-    }
+    intent = T.start_call(
+        run.lease,
+        seq,
+        {
+            "tool": tool,
+            "call_id": call_id,
+            "idempotency_key": key,
+            "effect": policy.effect,
+            "attempts": 1,
+            "args": redact(plain, policy.redact, "args"),
+            "args_hash": args_hash,
+            "external_ids": {},
+            "snapshot": snapshot,
+            "trace_id": trace_id,
+            "span_id": span_id,
+            "started_at": now(),
+        },
+        approved=approved is not None,
+    )
     try:
-        begun = guard.store.transact(
-            run.id,
-            "action.start",
-            [
-                Write("actions", {"run_id": run.id, "seq": seq}, started, insert=True)
-                if approved is None
-                else Write(
-                    "actions",
-                    {"run_id": run.id, "seq": seq},
-                    started,
-                    expect={"state": ("approved",)},
-                )
-            ],
-        )
+        begun = commit(guard, intent)  # the gate: no committed intent, no call
+    except OwnershipLost as exc:
+        run.halted = True
+        telemetry.end(span, error=exc)
+        raise
     except StoreError as exc:
         telemetry.end(span, error=exc)
         raise _not_started(run, policy, call_id, args_hash, key, exc) from exc
@@ -154,55 +146,29 @@ def _guarded_call(
     outcome = yield from attempts(policy.call_retry, Invoke(fn, args, span))
     if outcome.error is None:
         crash_point("after_call")
-        writes = finish_writes(guard, policy, run.id, seq, args, outcome.value, outcome.attempts)
-        guard.store.transact(run.id, "action.succeed", writes)
+        values, ids = finish_values(guard, policy, run.id, args, outcome.value, outcome.attempts)
+        yield from _record(guard, run, tool, seq, T.succeed(run.lease, seq, values, ids), span)
         if policy.idempotency_key is not None or call_id is not None:
             # keys numbered by occurrence never repeat in this process's run: only declared
             # and framework keys need remembering (a re-attached run reloads them all)
             run.mark_done(key, seq)
-        telemetry.end(span, attributes={"action.seq": seq, "external_ids": _ids_attr(writes)})
+        ids_attr = ",".join(f"{k}={v}" for k, v in ids.items()) if ids else None
+        telemetry.end(span, attributes={"action.seq": seq, "external_ids": ids_attr})
         return outcome.value
 
     error = outcome.error
     message = f"{type(error).__name__}: {error}"
-    guard.store.transact(
-        run.id,
-        "action.fail",
-        [
-            Write(
-                "actions",
-                {"run_id": run.id, "seq": seq},
-                {
-                    "state": "failed",
-                    "attempts": outcome.attempts,
-                    "error": message[:2000],
-                    "finished_at": now(),
-                },
-            )
-        ],
+    yield from _record(
+        guard, run, tool, seq, T.fail(run.lease, seq, outcome.attempts, message), span
     )
     telemetry.end(span, error=error, attributes={"action.seq": seq})
-    # Refuse new calls, and let calls still running in parallel finish first, so compensation
-    # sees their outcome (nothing succeeds behind its back). Of several failing calls, the
-    # first halts the run; the others wait for that and report the same halt.
-    halter = run.fail_call()
-    waited = 0.0
-    while (run.inflight > run.failing if halter else not run.halt_done) and waited < SIBLING_WAIT:
-        yield Sleep(0.002)
-        waited += 0.002
-    if halter:
-        try:
-            record = yield from halt(
-                guard,
-                run.id,
-                reason=f"{tool} failed: {message[:500]}",
-                hold=(run.on_failure or policy.on_failure) == "hold",
-                failed_seq=seq,
-            )
-        finally:
-            run.halt_done = True
-    else:
-        record = guard.require_run(run.id)
+    record = yield from _stop(
+        guard,
+        run,
+        reason=f"{tool} failed: {message[:500]}",
+        hold=(run.on_failure or policy.on_failure) == "hold",
+        failed_seq=seq,
+    )
     items = tuple(i.id for i in guard.store.review_items(run_id=run.id, status="open"))
     raise RunHalted(
         f"run {run.id} halted: {tool} failed ({message[:200]}); it is {record.status} with "
@@ -212,6 +178,97 @@ def _guarded_call(
         tool=tool,
         review_items=items,
     ) from error
+
+
+def _replay(run: Run, tool: str, args_hash: str, key: str, recorded: Recorded) -> Any:
+    """Answer a call whose key already took effect with its recorded result, if it is the same
+    call (same tool, same arguments); a reused key for another call is refused."""
+    if recorded.tool != tool or recorded.args_hash != args_hash:
+        what = "another tool" if recorded.tool != tool else "other arguments"
+        raise Conflict(
+            f"run {run.id}: the key {key!r} of this call of {tool} was already used by action "
+            f"{recorded.seq} ({recorded.tool}) with {what}; a reused call id or idempotency key "
+            "must name the same call. Nothing ran: give this call its own id or key",
+            run_id=run.id,
+            status="running",
+        )
+    if recorded.note is not None:
+        raise ResultNotReplayable(
+            f"run {run.id}: {tool} already succeeded as action {recorded.seq}, but its result "
+            f"was {recorded.note.replace('_', ' ')} and cannot be returned again; return "
+            "JSON-able values (dicts, lists, pydantic models) from tools",
+            run_id=run.id,
+            tool=tool,
+            field="result",
+        )
+    return recorded.result
+
+
+def _record(
+    guard: Guard, run: Run, tool: str, seq: int, t: T.Transition, span: telemetry.Span
+) -> Steps[None]:
+    """Record a call's outcome. The tool has run: if the store cannot record it, the action is
+    in doubt and the run halts; it never becomes an error the agent could retry."""
+    try:
+        if commit(guard, t):
+            return
+        problem = "its action was no longer `started`"
+    except OwnershipLost as exc:
+        run.halted = True
+        telemetry.end(span, error=exc)
+        raise
+    except StoreError as exc:
+        problem = str(exc)
+    telemetry.end(span, error=StoreError(problem))
+    message = f"{tool} ran but its outcome could not be recorded ({problem[:300]})"
+    try:
+        commit(guard, T.in_doubt(run.lease, seq, message))
+    except OwnershipLost:
+        run.halted = True
+        raise
+    except StoreError:
+        pass  # the halt below (or recovery, once the lease expires) lists it in doubt
+    record = yield from _stop(guard, run, reason=message)
+    items = tuple(i.id for i in guard.store.review_items(run_id=run.id, status="open"))
+    raise RunHalted(
+        f"run {run.id} halted: {message}; it is {record.status} with {len(items)} open review "
+        f"item(s). Inspect it with `guardrail show {run.id}`.",
+        run_id=run.id,
+        status=record.status,
+        tool=tool,
+        review_items=items,
+    )
+
+
+def _stop(
+    guard: Guard, run: Run, *, reason: str, hold: bool = False, failed_seq: int | None = None
+) -> Steps[RunRecord]:
+    """A call of the run failed for good: refuse new calls, let calls still running in parallel
+    finish first (so compensation sees their outcome), then halt. Of several failing calls the
+    first halts the run; the others wait for that and report the same halt.
+
+    If the store fails while halting, the run stops in this process (every further call is
+    refused) and its lease is no longer renewed, so recovery takes it over when it expires."""
+    halter = run.fail_call()
+    waited = 0.0
+    while (run.inflight > run.failing if halter else not run.halt_done) and waited < SIBLING_WAIT:
+        yield Sleep(0.002)
+        waited += 0.002
+    if not halter:
+        return guard.require_run(run.id)
+    try:
+        return (yield from halt(guard, run.lease, reason=reason, hold=hold, failed_seq=failed_seq))
+    except StoreError as exc:
+        guard.drop_lease(run.id, run.lease.epoch)
+        raise RunHalted(
+            f"run {run.id} halted: {reason[:300]}; the store failed while halting it ({exc}). "
+            "No more calls run here; recovery (`guardrail recover`) finishes the halt once the "
+            f"run's lease expires (after {guard.stale_after:g}s)",
+            run_id=run.id,
+            status="running",
+        ) from exc
+    finally:
+        run.halt_done = True
 
 
 def gate(
@@ -255,18 +312,7 @@ def gate(
         ttl = policy.approval.ttl
         if ttl is None or (item.resolved_at or 0) + ttl >= now():
             return latest.seq
-        store.transact(
-            run.id,
-            "approval.expired",
-            [
-                Write(
-                    "actions",
-                    {"run_id": run.id, "seq": latest.seq},
-                    {"state": "expired", "error": f"approval expired after {ttl:g}s"},
-                    expect={"state": ("approved",)},
-                )
-            ],
-        )
+        commit(guard, T.expire_approval(run.lease, latest.seq, ttl))
         latest = None
     if latest is not None and latest.state == "rejected":
         who = f" by {item.resolved_by}" if item is not None and item.resolved_by else ""
@@ -278,7 +324,8 @@ def gate(
             tool=tool,
             field="approval",
         )
-    writes: list[Write] = []
+    action: Write | None = None
+    item_write: Write | None = None
     if latest is None:
         seq = run.take_seq()
         detail = (
@@ -296,37 +343,27 @@ def gate(
         )
         item_write = review_write(run.id, seq, "approval", policy, detail)
         item_write.values["kind"] = "approve"
-        writes += [
-            Write(
-                "actions",
-                {"run_id": run.id, "seq": seq},
-                {
-                    "tool": tool,
-                    "call_id": call_id,
-                    "idempotency_key": key,
-                    "effect": policy.effect,
-                    "state": "awaiting_approval",
-                    "attempts": 0,
-                    "args": redact(plain, policy.redact, "args"),
-                    "args_hash": args_hash,
-                    "external_ids": {},
-                    "started_at": now(),
-                },
-                insert=True,
-            ),
-            item_write,
-        ]
-    writes.append(
-        run_write(
-            run.id,
-            ("running",),
-            status="awaiting_approval",
-            owner=None,
-            reason=f"{tool} needs approval",
+        action = Write(
+            "actions",
+            {"run_id": run.id, "seq": seq},
+            {
+                "tool": tool,
+                "call_id": call_id,
+                "idempotency_key": key,
+                "effect": policy.effect,
+                "state": T.ActionState.AWAITING_APPROVAL.value,
+                "attempts": 0,
+                "args": redact(plain, policy.redact, "args"),
+                "args_hash": args_hash,
+                "external_ids": {},
+                "started_at": now(),
+            },
+            insert=True,
         )
-    )
-    store.transact(run.id, "approval.request", writes)
-    run.halted = True
+    try:
+        commit(guard, T.request_approval(run.lease, action, item_write, f"{tool} needs approval"))
+    finally:
+        run.halted = True
     record = guard.require_run(run.id)
     guard.notify(record)
     items = tuple(i.id for i in open_approvals(guard, run.id))
@@ -427,16 +464,16 @@ def idempotency_key(
     return f"{policy.name}:{args_hash}:{run.occurrence(policy.name, args_hash)}"
 
 
-def finish_writes(
+def finish_values(
     guard: Guard,
     policy: Policy,
     run_id: str,
-    seq: int,
     args: dict[str, Any],
     value: Any,
     attempts: int = 1,
-) -> list[Write]:
-    """The writes that record a success: result (JSON, redacted, capped) and external ids."""
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """What records a success: the action's values (result as JSON, redacted, capped) and the
+    external ids it produced."""
     ids: dict[str, str] = {}
     if policy.external_ids:
         scope = {"result": value, "args": args}
@@ -467,28 +504,11 @@ def finish_writes(
         if size > guard.max_result_bytes:
             note = "truncated"
             result = {"truncated": True, "bytes": size}
-    key = {"run_id": run_id, "seq": seq}
-    writes = [
-        Write(
-            "actions",
-            key,
-            {
-                "state": "succeeded",
-                "attempts": attempts,
-                "result": result,
-                "result_note": note,
-                "external_ids": ids,
-                "finished_at": now(),
-            },
-        )
-    ]
-    writes.extend(
-        Write("external_ids", {**key, "name": name}, {"value": value}, insert=True)
-        for name, value in ids.items()
-    )
-    return writes
-
-
-def _ids_attr(writes: list[Write]) -> str | None:
-    ids = writes[0].values["external_ids"]
-    return ",".join(f"{k}={v}" for k, v in ids.items()) if ids else None
+    values = {
+        "attempts": attempts,
+        "result": result,
+        "result_note": note,
+        "external_ids": ids,
+        "finished_at": now(),
+    }
+    return values, ids

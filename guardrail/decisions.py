@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from guardrail import telemetry
+from guardrail import transitions as T
 from guardrail.drive import Steps
-from guardrail.errors import Conflict, RunNotFound, RunStateError
-from guardrail.lifecycle import compensate, now, run_write
-from guardrail.store import ReviewItem, Write
+from guardrail.errors import Conflict, RunNotFound, RunStateError, StoreError
+from guardrail.lifecycle import commit, compensate, review_write
+from guardrail.store import ReviewItem
 from guardrail.testing import crash_point
 
 if TYPE_CHECKING:
@@ -46,20 +47,16 @@ def resume(guard: Guard, run_id: str, by: str, note: str | None) -> Decision:
                 run_id=run_id,
                 status=run.status,
             )
-    landed = store.transact(
-        run_id,
-        "run.resume",
-        [
-            run_write(
-                run_id,
-                ("pending_review", "awaiting_approval"),
-                status="running",
-                owner=None,
-                decided_by=by,
-                decision_note=note,
-            )
-        ],
-    )
+    t = T.resume(run, by, note)
+    # The resume raises the epoch, so a call the previous worker left `started` can never
+    # record its outcome now: it may or may not have taken effect, and a person must know.
+    for seq in store.seqs_in_state(run_id, (T.ActionState.STARTED,)):
+        detail = (
+            "its worker lost the run before the outcome was recorded; check whether it took effect"
+        )
+        t.writes.append(T.settle_write(run_id, seq, T.ActionState.IN_DOUBT, detail))
+        t.writes.append(review_write(run_id, seq, "in_doubt", None, detail))
+    landed = commit(guard, t) if run.status in T.DECIDABLE else False
     run = guard.require_run(run_id)
     if not landed and run.status != "running":
         raise Conflict(
@@ -73,23 +70,9 @@ def resume(guard: Guard, run_id: str, by: str, note: str | None) -> Decision:
 
 
 def abort(guard: Guard, run_id: str, by: str, reason: str | None) -> Steps[Decision]:
-    store = guard.store
     run = guard.require_run(run_id)
-    landed = store.transact(
-        run_id,
-        "run.abort",
-        [
-            run_write(
-                run_id,
-                ("pending_review", "awaiting_approval"),
-                status="aborting",
-                owner=guard.owner,
-                heartbeat_at=now(),
-                decided_by=by,
-                decision_note=reason,
-            )
-        ],
-    )
+    t = T.abort(run, guard.owner, by, reason)
+    landed = commit(guard, t) if run.status in T.DECIDABLE else False
     if not landed:
         run = guard.require_run(run_id)
         if run.status in ("aborting", "aborted"):
@@ -100,16 +83,24 @@ def abort(guard: Guard, run_id: str, by: str, reason: str | None) -> Steps[Decis
             run_id=run_id,
             status=run.status,
         )
-    guard.beat()
-    crash_point("after_abort_start")
-    for item in open_approvals(guard, run_id):
-        store.transact(
-            run_id, "approval.rejected", _approval_writes(item, False, by, "run aborted")
-        )
-    yield from compensate(guard, run_id)
-    store.transact(
-        run_id, "run.aborted", [run_write(run_id, ("aborting",), status="aborted", owner=None)]
-    )
+    lease = t.lease
+    assert lease is not None
+    guard.hold_lease(lease)
+    try:
+        crash_point("after_abort_start")
+        for item in open_approvals(guard, run_id):
+            commit(guard, T.decide_approval(run_id, item.id, item.seq, False, by, "run aborted"))
+        yield from compensate(guard, lease, T.RunStatus.ABORTING)
+        commit(guard, T.aborted(lease))
+    except StoreError as exc:
+        raise StoreError(
+            f"run {run_id}: the abort is recorded but could not finish ({exc}); `guardrail "
+            "recover` finishes it once this process's lease expires, and nothing undone is "
+            "undone twice",
+            run_id=run_id,
+        ) from exc
+    finally:
+        guard.drop_lease(run_id, lease.epoch)
     telemetry.decision("abort", run_id, by, "landed")
     return Decision(run_id, "aborted", True, by)
 
@@ -131,23 +122,8 @@ def resolve(guard: Guard, item_id: str, resolution: str, by: str, note: str | No
                 status=item.status,
             )
         return decide(guard, item_id, resolution == "approved", by, note)
-    landed = store.transact(
-        item.run_id,
-        "review.resolve",
-        [
-            Write(
-                "review_items",
-                {"id": item_id},
-                {
-                    "status": "resolved",
-                    "resolution": resolution,
-                    "resolved_by": by,
-                    "note": note,
-                    "resolved_at": now(),
-                },
-                expect={"status": ("open",)},
-            )
-        ],
+    landed = commit(
+        guard, T.resolve_item(item.run_id, item_id, resolution, by, note, "review.resolve")
     )
     if not landed:
         item = store.review_item(item_id)
@@ -168,34 +144,6 @@ def open_approvals(guard: Guard, run_id: str) -> list[ReviewItem]:
     return [i for i in items if i.reason == "approval"]
 
 
-def _approval_writes(item: ReviewItem, approve: bool, by: str, note: str | None) -> list[Write]:
-    resolution = "approved" if approve else "rejected"
-    writes = [
-        Write(
-            "review_items",
-            {"id": item.id},
-            {
-                "status": "resolved",
-                "resolution": resolution,
-                "resolved_by": by,
-                "note": note,
-                "resolved_at": now(),
-            },
-            expect={"status": ("open",)},
-        )
-    ]
-    if item.seq is not None:
-        writes.append(
-            Write(
-                "actions",
-                {"run_id": item.run_id, "seq": item.seq},
-                {"state": resolution},
-                expect={"state": ("awaiting_approval",)},
-            )
-        )
-    return writes
-
-
 def decide(guard: Guard, item_id: str, approve: bool, by: str, note: str | None) -> Decision:
     """Approve or reject an approval request; exactly one decision lands."""
     store = guard.store
@@ -210,9 +158,7 @@ def decide(guard: Guard, item_id: str, approve: bool, by: str, note: str | None)
             status=item.status,
         )
     resolution = "approved" if approve else "rejected"
-    landed = store.transact(
-        item.run_id, f"approval.{resolution}", _approval_writes(item, approve, by, note)
-    )
+    landed = commit(guard, T.decide_approval(item.run_id, item_id, item.seq, approve, by, note))
     if not landed:
         item = store.review_item(item_id)
         assert item is not None

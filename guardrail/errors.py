@@ -4,6 +4,7 @@ The tree::
 
     BaseException
     ├── RunHalted                 the run stopped for review; the agent must not go on
+    │   └── OwnershipLost         this worker lost the run (paused past its lease): stop
     └── Exception
         └── GuardrailError        everything else guardrail raises
             ├── PolicyError       a policy is missing, malformed or refuses a call
@@ -130,3 +131,12 @@ class RunHalted(BaseException):
         self.status = status
         self.tool = tool
         self.review_items = review_items
+
+
+class OwnershipLost(RunHalted):
+    """This worker no longer owns the run: its lease expired and recovery took the run over, or
+    a person resumed or aborted it, while this worker was paused or cut off from the store.
+
+    Nothing more runs or is recorded for the run in this worker; whoever owns it now decides.
+    A `RunHalted`, so the agent loop stops.
+    """

@@ -20,6 +20,7 @@ from guardrail.lifecycle import PlannedStep
 from guardrail.policy import Policy, make_policy
 from guardrail.run import Run, current_run
 from guardrail.store import Action, RunRecord, Store, open_store
+from guardrail.transitions import Lease
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("guardrail")
@@ -74,6 +75,7 @@ class Guard:
         self._tools: dict[str, Callable[..., Any]] = {}
         self._beat: threading.Thread | None = None
         self._stop = threading.Event()
+        self._leases: dict[str, int] = {}  # run id -> epoch of the runs this guard executes now
         for policy in policies:
             self.add_policy(policy)
 
@@ -357,10 +359,21 @@ class Guard:
         )
         self._beat.start()
 
+    def hold_lease(self, lease: Lease) -> None:
+        """Keep renewing ``lease`` while this guard executes its run (a run, a compensation)."""
+        self._leases[lease.run_id] = lease.epoch
+        self.beat()
+
+    def drop_lease(self, run_id: str, epoch: int | None = None) -> None:
+        """Stop renewing the run's lease (done with it, or gave up after a store fault, so
+        that recovery can take it over when the lease expires)."""
+        if epoch is None or self._leases.get(run_id) == epoch:
+            self._leases.pop(run_id, None)
+
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.heartbeat_interval):
             try:
-                self.store.heartbeat(self.owner, lifecycle.now())
+                self.store.heartbeat(self.owner, list(self._leases), lifecycle.now())
             except Exception:
                 log.warning("guardrail heartbeat failed", exc_info=True)
 

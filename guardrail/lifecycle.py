@@ -9,32 +9,50 @@ async callers. Decisions by people are in `decisions`, crash recovery in `recove
 from __future__ import annotations
 
 import inspect
-import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from guardrail import telemetry
+from guardrail import transitions as T
 from guardrail.drive import Invoke, Steps, attempts
-from guardrail.errors import UnknownTool
+from guardrail.errors import OwnershipLost, StoreError, UnknownTool
 from guardrail.policy import Policy, UndoTool
-from guardrail.store import Action, RunRecord, Write
+from guardrail.store import Action, Fenced, RunRecord, Write
 from guardrail.testing import crash_point
+from guardrail.transitions import HALTABLE, Lease, Transition, new_id, now
 
 if TYPE_CHECKING:
     from guardrail.guard import Guard
 
-# A call that started before a sibling's approval gate paused the run may still fail after it.
-HALTABLE = ("running", "awaiting_approval")
+__all__ = ["HALTABLE", "new_id", "now"]
 
 
-def now() -> float:
-    return time.time()
+def commit(guard: Guard, t: Transition) -> bool:
+    """Commit one transition. A fenced one that does not land means this worker lost the run:
+    raise OwnershipLost (nothing more may run or be recorded for it here)."""
+    try:
+        return guard.store.transact(t.run_id, t.kind, t.writes, t.fence)
+    except Fenced:
+        raise lost(guard, t.run_id, t.kind) from None
 
 
-def new_id() -> str:
-    return uuid.uuid4().hex[:12]
+def lost(guard: Guard, run_id: str, kind: str) -> OwnershipLost:
+    guard.drop_lease(run_id)
+    try:
+        record = guard.store.run(run_id)
+    except StoreError:
+        record = None
+    status = record.status if record is not None else "unknown"
+    holder = f" under {record.owner}" if record is not None and record.owner else ""
+    return OwnershipLost(
+        f"run {run_id}: this worker no longer owns it ({kind} was refused; the run is now "
+        f"{status}{holder}). Another worker or a person took it over while this one was paused "
+        f"or cut off from the store; nothing more runs or is recorded here. See `guardrail show "
+        f"{run_id}`",
+        run_id=run_id,
+        status=status,
+    )
 
 
 # -- review items ---------------------------------------------------------------------------
@@ -47,60 +65,46 @@ def review_write(
     instructions = review.instructions if review is not None else None
     if detail:
         instructions = f"{detail}. {instructions}" if instructions else detail
-    return Write(
-        "review_items",
-        {"id": new_id()},
-        {
-            "run_id": run_id,
-            "seq": seq,
-            "reason": reason,
-            "kind": review.kind if review is not None else "handoff",
-            "owner": review.owner if review is not None else None,
-            "instructions": instructions,
-            "status": "open",
-            "created_at": now(),
-        },
-        insert=True,
+    return T.review_item(
+        run_id,
+        seq,
+        reason,
+        kind=review.kind if review is not None else "handoff",
+        owner=review.owner if review is not None else None,
+        instructions=instructions,
     )
-
-
-def run_write(run_id: str, expect: tuple[str, ...], **values: Any) -> Write:
-    values.setdefault("updated_at", now())
-    return Write("runs", {"id": run_id}, values, expect={"status": expect})
 
 
 # -- halt and compensation ------------------------------------------------------------------
 
 
 def halt(
-    guard: Guard, run_id: str, *, reason: str, hold: bool = False, failed_seq: int | None = None
+    guard: Guard, lease: Lease, *, reason: str, hold: bool = False, failed_seq: int | None = None
 ) -> Steps[RunRecord]:
-    """Stop a running run: compensate (or hold), then leave it ``pending_review``."""
-    store = guard.store
-    if hold:
-        policy = None
-        if failed_seq is not None:
-            failed = next((a for a in store.actions(run_id) if a.seq == failed_seq), None)
-            policy = guard.find_policy(failed.tool) if failed else None
-        detail = f"held on failure: {reason}; nothing was undone. Resume or abort the run"
-        store.transact(
-            run_id,
-            "run.hold",
-            [
-                run_write(run_id, HALTABLE, status="pending_review", reason=reason),
-                review_write(run_id, failed_seq, "held", policy, detail),
-            ],
-        )
-    else:
-        store.transact(
-            run_id,
-            "run.halt",
-            [run_write(run_id, HALTABLE, status="compensating", reason=reason)],
-        )
-        yield from compensate(guard, run_id)
-        store.transact(
-            run_id, "run.review", [run_write(run_id, ("compensating",), status="pending_review")]
-        )
+    """Stop a running run: compensate (or hold), then leave it ``pending_review``.
+
+    Every step is fenced by ``lease``: a worker that lost the run halts nothing. A store fault
+    leaves the run where it got to (``compensating``) and gives up the lease, so recovery
+    finishes the job once the lease expires.
+    """
+    run_id = lease.run_id
+    try:
+        if hold:
+            policy = None
+            if failed_seq is not None:
+                failed = next((a for a in guard.store.actions(run_id) if a.seq == failed_seq), None)
+                policy = guard.find_policy(failed.tool) if failed else None
+            detail = f"held on failure: {reason}; nothing was undone. Resume or abort the run"
+            commit(
+                guard,
+                T.hold(lease, reason, review_write(run_id, failed_seq, "held", policy, detail)),
+            )
+        else:
+            commit(guard, T.halt(lease, reason))
+            yield from compensate(guard, lease, T.RunStatus.COMPENSATING)
+            commit(guard, T.to_review(lease))
+    finally:
+        guard.drop_lease(run_id, lease.epoch)
     record = guard.require_run(run_id)
     guard.notify(record)
     return record
@@ -185,13 +189,15 @@ def undo_name(policy: Policy) -> str:
     return getattr(undo, "__name__", None) or repr(undo)
 
 
-def compensate(guard: Guard, run_id: str) -> Steps[None]:
+def compensate(guard: Guard, lease: Lease, status: str) -> Steps[None]:
     """Undo what can be undone, newest first; everything else becomes a review item.
 
-    Safe to run again after a crash: compensated actions are skipped, an undo that was
-    interrupted is re-run only if the policy says the undo is idempotent.
+    ``status`` is the run's status while it compensates (``compensating`` or ``aborting``);
+    every write is fenced by ``lease`` in that status. Safe to run again after a crash:
+    compensated actions are skipped, an undo that was interrupted is re-run only if the policy
+    says the undo is idempotent.
     """
-    store = guard.store
+    store, run_id = guard.store, lease.run_id
     actions = {a.seq: a for a in store.actions(run_id)}
     comps = {c.seq: c for c in store.compensations(run_id)}
     listed = {(i.seq, i.reason) for i in store.review_items(run_id=run_id)}
@@ -201,60 +207,27 @@ def compensate(guard: Guard, run_id: str) -> Steps[None]:
         policy = guard.find_policy(action.tool)
         if step.do == "undo":
             assert policy is not None
-            yield from _undo(guard, action, policy, interrupted=step.state == "compensating")
+            yield from _undo(
+                guard, lease, status, action, policy, interrupted=step.state == "compensating"
+            )
         elif step.do == "review" and (step.seq, step.reason) not in listed:
             assert step.reason is not None
-            writes = [review_write(run_id, step.seq, step.reason, policy, step.detail)]
+            extra: list[Write] = []
             if step.state == "started":
-                writes.insert(
-                    0,
-                    Write(
-                        "actions",
-                        {"run_id": run_id, "seq": step.seq},
-                        {"state": "in_doubt"},
-                        expect={"state": ("started",)},
-                    ),
-                )
+                extra.append(T.settle(lease, step.seq, T.ActionState.IN_DOUBT, step.detail))
             if step.reason == "compensation_in_doubt":
-                writes.insert(
-                    0,
-                    Write(
-                        "actions",
-                        {"run_id": run_id, "seq": step.seq},
-                        {"state": "compensation_failed"},
-                        expect={"state": ("compensating",)},
-                    ),
-                )
-                if step.seq in comps:
-                    writes.append(
-                        Write(
-                            "compensations",
-                            {"run_id": run_id, "seq": step.seq},
-                            {
-                                "state": "interrupted",
-                                "finished_at": now(),
-                                "error": "interrupted by a crash; outcome unknown",
-                            },
-                        )
-                    )
-            store.transact(run_id, f"review.{step.reason}", writes)
+                extra += T.interrupted_undo(lease, step.seq, step.seq in comps)
+            item = review_write(run_id, step.seq, step.reason, policy, step.detail)
+            commit(guard, T.listed(lease, status, step.reason, item, *extra))
             listed.add((step.seq, step.reason))
 
 
-def _undo(guard: Guard, action: Action, policy: Policy, *, interrupted: bool) -> Steps[None]:
-    store = guard.store
-    key = {"run_id": action.run_id, "seq": action.seq}
+def _undo(
+    guard: Guard, lease: Lease, status: str, action: Action, policy: Policy, *, interrupted: bool
+) -> Steps[None]:
     name = undo_name(policy)
-    comp = {"undo": name, "state": "started", "attempts": 0, "started_at": now()}
-    begun = store.transact(
-        action.run_id,
-        "compensation.start",
-        [
-            Write("actions", key, {"state": "compensating"}, expect={"state": ("succeeded",)}),
-            Write("compensations", key, comp, insert=True),
-        ]
-        if not interrupted
-        else [Write("compensations", key, comp)],
+    begun = commit(
+        guard, T.compensation_start(lease, status, action.seq, name, interrupted=interrupted)
     )
     if not begun:
         return  # someone else compensated it
@@ -264,48 +237,22 @@ def _undo(guard: Guard, action: Action, policy: Policy, *, interrupted: bool) ->
     undo, kwargs = _undo_call(guard, action, policy, ids)
     outcome = yield from attempts(policy.undo_retry, Invoke(undo, kwargs, span))
     crash_point("after_undo")
-    done = now()
     if outcome.error is None:
         telemetry.end(span, attributes={"compensation.status": "compensated"})
-        store.transact(
-            action.run_id,
-            "compensation.done",
-            [
-                Write("actions", key, {"state": "compensated"}),
-                Write(
-                    "compensations",
-                    key,
-                    {"state": "succeeded", "attempts": outcome.attempts, "finished_at": done},
-                ),
-            ],
-        )
+        commit(guard, T.compensation_done(lease, status, action.seq, outcome.attempts))
     else:
         error = f"{type(outcome.error).__name__}: {outcome.error}"
         telemetry.end(span, error=outcome.error, attributes={"compensation.status": "failed"})
-        store.transact(
+        item = review_write(
             action.run_id,
-            "compensation.failed",
-            [
-                Write("actions", key, {"state": "compensation_failed"}),
-                Write(
-                    "compensations",
-                    key,
-                    {
-                        "state": "failed",
-                        "attempts": outcome.attempts,
-                        "error": error[:2000],
-                        "finished_at": done,
-                    },
-                ),
-                review_write(
-                    action.run_id,
-                    action.seq,
-                    "compensation_failed",
-                    policy,
-                    f"the undo of {action.tool} failed after {outcome.attempts} attempt(s): "
-                    f"{error[:500]}",
-                ),
-            ],
+            action.seq,
+            "compensation_failed",
+            policy,
+            f"the undo of {action.tool} failed after {outcome.attempts} attempt(s): {error[:500]}",
+        )
+        commit(
+            guard,
+            T.compensation_failed(lease, status, action.seq, outcome.attempts, error, item),
         )
 
 

@@ -1,9 +1,17 @@
-"""Crash recovery: owners, liveness, and finishing the runs whose owner died.
+"""Crash recovery: owners, leases, and finishing the runs nobody is executing any more.
 
-Each running run has an owner (``host|pid|start``) and a heartbeat. `recover` claims a dead
-owner's run by compare-and-set on the owner column (so of several recovery workers exactly one
-takes it), settles its calls in doubt, and halts it, or finishes the compensation or abort the
-dead owner was doing. Nothing done is done again.
+Each run being executed has an owner (``host|pid|start|boot|pidns``) holding a lease: the run's
+epoch, renewed by a heartbeat while the owner works on the run. `recover` takes over a run whose
+lease expired by compare-and-set on (status, owner, epoch), raising the epoch, so of several
+recovery workers exactly one takes it and the old owner, should it wake up, is fenced off. Then it
+settles the calls in doubt and halts the run, or finishes the compensation or abort the old owner
+was doing. Nothing done is done again.
+
+The takeover rule: a run's lease has expired when its heartbeat is older than ``stale_after``
+(clocks of the hosts sharing a store are assumed to agree within a small fraction of it). A run
+can be taken over sooner only when its owner provably died: the owner ran on this host, in this
+boot and in this PID namespace, and its pid is gone or now belongs to a process started at another
+time. No signal is ever sent to find out.
 """
 
 from __future__ import annotations
@@ -13,102 +21,110 @@ import socket
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from guardrail import transitions as T
 from guardrail.drive import Invoke, Steps, attempts
-from guardrail.lifecycle import compensate, halt, now, run_write, undo_kwargs
+from guardrail.lifecycle import commit, compensate, halt, undo_kwargs
 from guardrail.redact import NotJSON, to_jsonable
-from guardrail.store import Action, RunRecord, Write
+from guardrail.store import Action, RunRecord
+from guardrail.transitions import LIVE, Lease, now
 
 if TYPE_CHECKING:
     from guardrail.guard import Guard
 
-LIVE = ("running", "compensating", "aborting")
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _namespace() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
+BOOT = _read("/proc/sys/kernel/random/boot_id")
+PIDNS = _namespace()
 
 
 def _start_time(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
+    stat = _read(f"/proc/{pid}/stat")
+    if stat is None:
         return None
+    fields = stat.rsplit(")", 1)[1].split()
     return None if fields[0] in ("Z", "X") else fields[19]
 
 
 def make_owner() -> str:
-    """``host|pid|start`` names this process so another one can tell whether it is alive."""
+    """``host|pid|start|boot|pidns`` names this process so another one can tell whether it is
+    alive: the pid means something only in the same boot and the same PID namespace."""
     pid = os.getpid()
-    return f"{socket.gethostname()}|{pid}|{_start_time(pid) or uuid.uuid4().hex[:8]}"
+    start = _start_time(pid) or uuid.uuid4().hex[:8]
+    return "|".join((socket.gethostname(), str(pid), start, BOOT or "", PIDNS or ""))
 
 
 def owner_alive(owner: str | None, heartbeat_at: float | None, stale_after: float) -> bool:
-    """Dead when its process is gone from this host, or its heartbeat stopped."""
+    """False when the owner's lease expired, or its process provably died (see the module doc)."""
     if owner is None:
         return True  # nobody is executing it: it waits for a person or an agent to restart it
-    host, _, rest = owner.partition("|")
-    pid_text, _, start = rest.partition("|")
-    if host == socket.gethostname() and pid_text.isdigit():
-        seen = _start_time(int(pid_text))
-        if os.path.exists("/proc/self/stat"):
-            return seen is not None and seen == start
-        try:
-            os.kill(int(pid_text), 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass
-    return heartbeat_at is not None and heartbeat_at >= now() - stale_after
+    if heartbeat_at is None or heartbeat_at < now() - stale_after:
+        return False
+    parts = owner.split("|")
+    if (
+        len(parts) == 5
+        and parts[0] == socket.gethostname()
+        and parts[1].isdigit()
+        and BOOT
+        and PIDNS
+        and (parts[3], parts[4]) == (BOOT, PIDNS)
+    ):
+        return _start_time(int(parts[1])) == parts[2]
+    return True
 
 
 def recover(guard: Guard) -> Steps[list[str]]:
-    """Finish the runs whose owner died. Returns the ids of the runs this call recovered."""
+    """Finish the runs whose owner is gone. Returns the ids of the runs this call recovered."""
     store = guard.store
     recovered: list[str] = []
     for status in LIVE:
         for run in store.runs(status=status):
             if owner_alive(run.owner, run.heartbeat_at, guard.stale_after):
                 continue
-            claimed = store.transact(
-                run.id,
-                "run.claim",
-                [
-                    Write(
-                        "runs",
-                        {"id": run.id},
-                        {"owner": guard.owner, "heartbeat_at": now(), "updated_at": now()},
-                        expect={"owner": (run.owner,), "status": (status,)},
-                    )
-                ],
-            )
-            if not claimed:
+            t = T.claim(run, guard.owner)
+            if not commit(guard, t):
                 continue  # another recovery worker took it
-            guard.beat()
-            yield from _finish(guard, run)
+            assert t.lease is not None
+            guard.hold_lease(t.lease)
+            try:
+                yield from _finish(guard, run, t.lease)
+            finally:
+                guard.drop_lease(run.id, t.lease.epoch)
             recovered.append(run.id)
     return recovered
 
 
-def _finish(guard: Guard, run: RunRecord) -> Steps[None]:
-    store = guard.store
-    if run.status == "running":
-        for action in store.actions(run.id):
-            if action.state == "started":
-                yield from _settle(guard, action)
-        yield from halt(guard, run.id, reason=f"recovered: owner {run.owner} is gone")
-    elif run.status == "compensating":
-        yield from compensate(guard, run.id)
-        store.transact(
-            run.id, "run.review", [run_write(run.id, ("compensating",), status="pending_review")]
-        )
+def _finish(guard: Guard, run: RunRecord, lease: Lease) -> Steps[None]:
+    if run.status == T.RunStatus.RUNNING:
+        for action in guard.store.actions(run.id):
+            if action.state == T.ActionState.STARTED:
+                yield from _settle(guard, lease, action)
+        yield from halt(guard, lease, reason=f"recovered: owner {run.owner} is gone")
+    elif run.status == T.RunStatus.COMPENSATING:
+        yield from compensate(guard, lease, T.RunStatus.COMPENSATING)
+        commit(guard, T.to_review(lease))
         guard.notify(guard.require_run(run.id))
     else:
-        yield from compensate(guard, run.id)
-        store.transact(
-            run.id, "run.aborted", [run_write(run.id, ("aborting",), status="aborted", owner=None)]
-        )
+        yield from compensate(guard, lease, T.RunStatus.ABORTING)
+        commit(guard, T.aborted(lease))
 
 
-def _settle(guard: Guard, action: Action) -> Steps[None]:
+def _settle(guard: Guard, lease: Lease, action: Action) -> Steps[None]:
     """An action that started but has no outcome: ask the probe, else mark it in doubt."""
-    from guardrail.call import finish_writes
+    from guardrail.call import finish_values
 
     policy = guard.find_policy(action.tool)
     verdict: Any = None
@@ -117,31 +133,31 @@ def _settle(guard: Guard, action: Action) -> Steps[None]:
         kwargs.pop("result", None)
         outcome = yield from attempts(policy.undo_retry, Invoke(policy.probe, kwargs))
         verdict = outcome.value if outcome.error is None else None
-    key = {"run_id": action.run_id, "seq": action.seq}
     if verdict is False:
-        writes = [
-            Write(
-                "actions",
-                key,
-                {"state": "failed", "error": "probe: it did not take effect", "finished_at": now()},
-                expect={"state": ("started",)},
-            )
-        ]
+        t = T.Transition(
+            run_id=lease.run_id,
+            kind="action.settle",
+            writes=[
+                T.settle(lease, action.seq, T.ActionState.FAILED, "probe: it did not take effect")
+            ],
+            fence=lease.fence(T.RunStatus.RUNNING),
+        )
     elif verdict is not None and policy is not None:
         result = None if verdict is True else verdict
         try:
             result = to_jsonable(result)
         except NotJSON:
             result = None
-        writes = finish_writes(guard, policy, action.run_id, action.seq, dict(action.args), result)
-        writes[0].expect = {"state": ("started",)}
+        values, ids = finish_values(guard, policy, action.run_id, dict(action.args), result)
+        t = T.succeed(lease, action.seq, values, ids)
+        t.kind = "action.settle"
     else:
-        writes = [
-            Write(
-                "actions",
-                key,
-                {"state": "in_doubt", "error": "owner died during the call", "finished_at": now()},
-                expect={"state": ("started",)},
-            )
-        ]
-    guard.store.transact(action.run_id, "action.settle", writes)
+        t = T.Transition(
+            run_id=lease.run_id,
+            kind="action.settle",
+            writes=[
+                T.settle(lease, action.seq, T.ActionState.IN_DOUBT, "owner died during the call")
+            ],
+            fence=lease.fence(T.RunStatus.RUNNING),
+        )
+    commit(guard, t)

@@ -10,12 +10,14 @@ from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from guardrail import transitions as T
 from guardrail.call import ask_approval, guarded_call
 from guardrail.drive import Steps, adrive, drive
 from guardrail.errors import Conflict, GuardrailError, RunHalted, RunStateError, StoreError
-from guardrail.lifecycle import halt, new_id, now, run_write
+from guardrail.lifecycle import commit, halt, new_id
 from guardrail.recovery import owner_alive
-from guardrail.store import RunRecord, Write
+from guardrail.store import RunRecord
+from guardrail.transitions import Lease
 
 if TYPE_CHECKING:
     from guardrail.guard import Guard
@@ -57,6 +59,7 @@ class Run:
         self.id = run_id or new_id() + new_id()[:8]
         self.metadata = dict(metadata or {})
         self.halted = False
+        self.lease: Lease = Lease(self.id, guard.owner, 0)  # claimed when the run is entered
         self._entered = False
         self._seq: itertools.count[int] = itertools.count(1)
         # Per-call state of a long run stays small: keyed by the hash of (tool, args hash) and of
@@ -77,28 +80,11 @@ class Run:
         store, guard = self.guard.store, self.guard
         existing = store.run(self.id)
         if existing is None:
-            stamp = now()
+            t = T.start_run(self.id, self.agent, guard.owner, self.metadata)
             try:
-                store.transact(
-                    self.id,
-                    "run.start",
-                    [
-                        Write(
-                            "runs",
-                            {"id": self.id},
-                            {
-                                "agent": self.agent,
-                                "status": "running",
-                                "owner": guard.owner,
-                                "heartbeat_at": stamp,
-                                "meta": self.metadata,
-                                "created_at": stamp,
-                                "updated_at": stamp,
-                            },
-                            insert=True,
-                        )
-                    ],
-                )
+                commit(guard, t)
+                assert t.lease is not None
+                self.lease = t.lease
             except StoreError:
                 existing = store.run(self.id)
                 if existing is None:
@@ -115,7 +101,7 @@ class Run:
         self.halted = False
         self._failing, self._halting, self.halt_done = 0, False, False
         self._entered = True
-        guard.beat()
+        guard.hold_lease(self.lease)
 
     def _attach(self, existing: RunRecord) -> None:
         """Continue a run after a person resumed it (or in a new process after a restart)."""
@@ -136,48 +122,43 @@ class Run:
                 run_id=self.id,
                 status=existing.status,
             )
-        if existing.owner not in (None, guard.owner):
-            # its owner died: a call it left `started` may have taken effect, and a replay
+        doubt = store.seqs_in_state(self.id, (T.ActionState.STARTED,))
+        if doubt and existing.owner is not None:
+            # its owner is gone: a call it left `started` may have taken effect, and a replay
             # would run it again. Only recovery settles it (in doubt, for a person).
-            doubt = next((a for a in store.actions(self.id) if a.state == "started"), None)
-            if doubt is not None:
-                raise RunStateError(
-                    f"run {self.id}: its owner {existing.owner} died during {doubt.tool} "
-                    f"(action {doubt.seq}), which may or may not have taken effect; recover the "
-                    "run first (guard.recover() or `guardrail recover`), then a person checks "
-                    f"the call and resumes it (guardrail resume {self.id})",
-                    run_id=self.id,
-                    status=existing.status,
-                )
-        claimed = store.transact(
-            self.id,
-            "run.attach",
-            [
-                Write(
-                    "runs",
-                    {"id": self.id},
-                    {"owner": guard.owner, "heartbeat_at": now(), "updated_at": now()},
-                    expect={"status": ("running",), "owner": (existing.owner,)},
-                )
-            ],
-        )
-        if not claimed:
+            tool = next((a.tool for a in store.actions(self.id) if a.seq == doubt[0]), "?")
+            raise RunStateError(
+                f"run {self.id}: its owner {existing.owner} stopped during {tool} (action "
+                f"{doubt[0]}), "
+                "which may or may not have taken effect; recover the run first (guard.recover() "
+                "or `guardrail recover`), then a person checks the call and resumes it "
+                f"(guardrail resume {self.id})",
+                run_id=self.id,
+                status=existing.status,
+            )
+        t = T.claim(existing, guard.owner, "run.attach")
+        if not commit(guard, t):
             raise Conflict(f"run {self.id} was claimed by another worker", run_id=self.id)
+        assert t.lease is not None
+        self.lease = t.lease
         self.agent = existing.agent
 
     def _close(self, error: BaseException | None) -> Steps[None]:
         self._entered = False
-        if error is None:
-            if not self.halted:
-                self.guard.store.transact(
-                    self.id,
-                    "run.complete",
-                    [run_write(self.id, ("running",), status="completed", owner=None)],
-                )
-        elif not isinstance(error, RunHalted) and not self.halted:
-            self.halted = True
-            reason = f"the agent raised {type(error).__name__}: {error}"[:500]
-            yield from halt(self.guard, self.id, reason=reason)
+        try:
+            if error is None and not self.halted:
+                unsettled = self.guard.store.seqs_in_state(self.id, (T.ActionState.STARTED,))
+                if not unsettled:
+                    commit(self.guard, T.complete(self.lease))
+                    return
+                # a run holding a call whose outcome was never recorded is not complete
+                error = GuardrailError(f"action {unsettled[0]} has no recorded outcome")
+            if error is not None and not isinstance(error, RunHalted) and not self.halted:
+                self.halted = True
+                reason = f"the agent raised {type(error).__name__}: {error}"[:500]
+                yield from halt(self.guard, self.lease, reason=reason)
+        finally:
+            self.guard.drop_lease(self.id, self.lease.epoch)
 
     def __enter__(self) -> Run:
         self._open()

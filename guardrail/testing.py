@@ -110,3 +110,50 @@ def tree_hash(root: str | os.PathLike[str]) -> str:
             with open(path, "rb") as f:
                 h.update(f.read())
     return h.hexdigest()
+
+
+class FaultyStore:
+    """A store whose writes fail on cue, to test what your agent does when the database does.
+
+    Wraps a guard's store; :meth:`fail` arms a fault for the next write of a kind (``action.start``,
+    ``action.succeed``, ``action.fail``, ``run.halt``, ``compensation.start``,
+    ``compensation.done``, ``run.review``, ``run.abort``, ``run.aborted``...; ``*`` for any),
+    which raises ``StoreError`` instead of committing, as a lost connection or a lock held past
+    the busy timeout would. Reads and other writes pass through.
+
+    Example::
+
+        faulty = FaultyStore(guard)
+        faulty.fail("action.succeed")     # the tool runs, its success cannot be recorded
+        with pytest.raises(RunHalted):
+            with guard.run(agent="shop"):
+                create_order(item="book")
+        faulty.heal()
+    """
+
+    def __init__(self, guard: Any) -> None:
+        self.inner = guard.store
+        self.url = self.inner.url
+        self.kinds: list[str] = []  # every write attempted, in order
+        self._armed: dict[str, list[int]] = {}
+        guard.store = self
+
+    def fail(self, kind: str = "*", *, nth: int = 1, times: int = 1) -> None:
+        """Fail the ``nth`` next write of ``kind`` (and the ``times - 1`` after it)."""
+        seen = sum(1 for k in self.kinds if kind in ("*", k))
+        self._armed[kind] = [seen + nth + i for i in range(times)]
+
+    def heal(self) -> None:
+        self._armed.clear()
+
+    def transact(self, run_id: str, kind: str, writes: Any, fence: Any = None) -> bool:
+        from guardrail.errors import StoreError
+
+        self.kinds.append(kind)
+        for armed, visits in self._armed.items():
+            if armed in ("*", kind) and sum(1 for k in self.kinds if armed in ("*", k)) in visits:
+                raise StoreError(f"injected fault: {kind} for run {run_id}", run_id=run_id)
+        return bool(self.inner.transact(run_id, kind, writes, fence))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)

@@ -758,13 +758,26 @@ def test_store_outage_after_the_tool_ran_leaves_a_review_item(outage: Outage) ->
             outage.begin()  # the database goes away while the payment API answers
             return "ch-1"
 
-        with pytest.raises(StoreError), guard.run() as run:
+        with guard.run() as run:
             t["create_order"]("book")
             try:
-                charge(5)
+                with pytest.raises(RunHalted) as halted:
+                    charge(5)
             finally:
                 outage.end()
+            # never a retryable error: the agent is stopped, and this process calls nothing more
+            assert "charge ran but its outcome could not be recorded" in str(halted.value)
+            with pytest.raises(RunHalted):
+                t["create_order"]("pen")
         assert world.names() == ["create_order", "charge"]
+        if outage.sqlite:
+            # the lock is held until the call returns: the halt could not be written either.
+            # The run's lease is no longer renewed, and once it expires recovery finishes the
+            # halt (here: as if stale_after had passed)
+            assert guard.log(run.id).action(2).state == "started"
+            guard.stale_after = -1.0
+            assert guard.recover() == [run.id]
+        # (PostgreSQL: the connection was lost once; the guard reconnected and halted at once)
         log = guard.log(run.id)
         assert log.run.status == "pending_review"
         assert log.action(1).state == "compensated"

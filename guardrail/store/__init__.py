@@ -6,7 +6,7 @@ hash-chained journal entry. Reads return the SQLModel records from `guardrail.st
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -24,6 +24,9 @@ __all__ = [
     "Compensation",
     "Entry",
     "ExternalId",
+    "Fence",
+    "Recorded",
+    "Fenced",
     "ReviewItem",
     "RunRecord",
     "Store",
@@ -42,6 +45,16 @@ class JournalRow(NamedTuple):
     hash: str
 
 
+class Recorded(NamedTuple):
+    """The call an idempotency key already answered (for a replay, or to refuse a reuse)."""
+
+    seq: int
+    tool: str
+    args_hash: str
+    result: Any
+    note: str | None
+
+
 @dataclass(slots=True)
 class Write:
     """One row change: insert ``values`` under ``key``, or update the row at ``key``.
@@ -58,11 +71,32 @@ class Write:
     expect: dict[str, tuple[Any, ...]] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """A precondition on the run row for a whole transaction: the run is still at ``epoch`` and
+    in one of ``statuses``. Writes made for a worker carry the fence of the lease it holds."""
+
+    epoch: int
+    statuses: tuple[str, ...]
+
+
+class Fenced(Exception):
+    """`Store.transact` refused a fenced transaction: the run changed hands or status."""
+
+    def __init__(self, run_id: str, kind: str) -> None:
+        super().__init__(f"run {run_id}: {kind} refused, the run is no longer at this epoch")
+        self.run_id = run_id
+        self.kind = kind
+
+
 class Store(Protocol):
     url: str
 
-    def transact(self, run_id: str, kind: str, writes: Sequence[Write]) -> bool: ...
-    def heartbeat(self, owner: str, now: float) -> None: ...
+    def transact(
+        self, run_id: str, kind: str, writes: Sequence[Write], fence: Fence | None = None
+    ) -> bool: ...
+    def heartbeat(self, owner: str, run_ids: Collection[str], now: float) -> None: ...
+    def seqs_in_state(self, run_id: str, states: Sequence[str]) -> list[int]: ...
     def forget(self, run_id: str) -> None: ...
     def run(self, run_id: str) -> RunRecord | None: ...
     def runs(
@@ -76,7 +110,7 @@ class Store(Protocol):
     def actions(self, run_id: str) -> list[Action]: ...
     def next_seq(self, run_id: str) -> int: ...
     def done_keys(self, run_id: str) -> dict[str, int]: ...
-    def recorded_result(self, run_id: str, seq: int, key: str) -> tuple[Any, str | None] | None: ...
+    def recorded_result(self, run_id: str, seq: int, key: str) -> Recorded | None: ...
     def keyed_actions(self, run_id: str, key: str) -> list[Action]: ...
     def compensations(self, run_id: str) -> list[Compensation]: ...
     def review_items(

@@ -10,25 +10,6 @@ from typing import Any
 from sqlalchemy import JSON, Column, Index, Text
 from sqlmodel import Field, SQLModel
 
-RUN_STATUSES = (
-    "running",
-    "awaiting_approval",
-    "compensating",
-    "pending_review",
-    "aborting",
-    "aborted",
-    "completed",
-)
-ACTION_STATES = (
-    "started",
-    "succeeded",
-    "failed",
-    "in_doubt",
-    "compensating",
-    "compensated",
-    "compensation_failed",
-)
-
 
 class RunRecord(SQLModel, table=True):
     """One agent run: its status, who owns it, and the head of its hash chain."""
@@ -40,6 +21,8 @@ class RunRecord(SQLModel, table=True):
     agent: str = Field(index=True)
     status: str
     owner: str | None = None
+    # the fencing token: raised by every takeover, resume and abort (see guardrail.transitions)
+    epoch: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     heartbeat_at: float | None = None
     meta: dict[str, Any] = Field(default_factory=dict, sa_column=Column("metadata", JSON))
     reason: str | None = None

@@ -13,7 +13,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
@@ -24,7 +24,7 @@ from sqlmodel import Session, col, select
 
 from guardrail.errors import StoreError
 from guardrail.redact import canonical, digest
-from guardrail.store import JournalRow, Write, migrate
+from guardrail.store import Fence, Fenced, JournalRow, Recorded, Write, migrate
 from guardrail.store.schema import (
     COLUMN_NAMES,
     JSON_COLUMNS,
@@ -178,12 +178,19 @@ class SQLStore:
 
     # -- writes ------------------------------------------------------------------------------
 
-    def transact(self, run_id: str, kind: str, writes: Sequence[Write]) -> bool:
+    def transact(
+        self, run_id: str, kind: str, writes: Sequence[Write], fence: Fence | None = None
+    ) -> bool:
         """Commit ``writes`` and one journal entry for them, or nothing.
 
-        Returns False (and commits nothing) when a write's ``expect`` did not hold.
+        Returns False (and commits nothing) when a write's ``expect`` did not hold; raises
+        `Fenced` (and commits nothing) when the run is not at the ``fence``'s epoch and statuses.
+        The run row is locked first (the fence, then updates of the run), so two writers of one
+        run always take their locks in the same order.
         """
         prepared = [_prepare(w) for w in writes]
+        first = [p for p in prepared if p[0].table == "runs" and not p[0].insert]
+        rest = [p for p in prepared if not (p[0].table == "runs" and not p[0].insert)]
         body = canonical(
             [[w.table, w.key, journaled, int(w.insert)] for w, _, journaled in prepared]
         )
@@ -192,6 +199,11 @@ class SQLStore:
             head = (0, "") if creates_run else self._heads.get(run_id)
             try:
                 with self._transaction() as cur:
+                    if fence is not None and not self._fence(cur, run_id, fence):
+                        raise Fenced(run_id, kind)
+                    for w, values, _ in first:
+                        if not self._apply(cur, w, values, "", ""):
+                            raise _Rejected
                     if head is None:
                         head = self._read_head(cur, run_id)
                     n, prev = head[0] + 1, head[1]
@@ -205,11 +217,13 @@ class SQLStore:
                         ),
                         (run_id, n, time.time(), kind, body, prev, h),
                     )
-                    for w, values, _ in prepared:
+                    for w, values, _ in rest:
                         if not self._apply(cur, w, values, prev, h):
                             raise _Rejected
             except _Rejected:
                 return False
+            except Fenced:
+                raise
             except StoreError as exc:
                 if exc.run_id is None:  # no connection: say what could not be recorded
                     raise StoreError(
@@ -284,16 +298,37 @@ class SQLStore:
     def _sql(self, sql: str) -> str:
         return sql if self._sqlite else sql.replace("?", "%s")
 
-    def heartbeat(self, owner: str, now: float) -> None:
+    def _fence(self, cur: Any, run_id: str, fence: Fence) -> bool:
+        """Check (and lock) the run row: still at the fence's epoch and statuses. Renews the
+        lease on the way (heartbeat_at is liveness, not journaled)."""
+        marks = ", ".join("?" for _ in fence.statuses)
+        sql = self._sql_cache.get(("fence", len(fence.statuses)))
+        if sql is None:
+            sql = self._sql_cache[("fence", len(fence.statuses))] = self._sql(
+                f"UPDATE runs SET heartbeat_at = ? WHERE id = ? AND epoch = ? "
+                f"AND status IN ({marks})"
+            )
+        cur.execute(sql, (time.time(), run_id, fence.epoch, *fence.statuses))
+        return bool(cur.rowcount == 1)
+
+    def heartbeat(self, owner: str, run_ids: Collection[str], now: float) -> None:
+        """Renew the leases of the runs this owner is executing now (and no others: a run its
+        owner gave up on, after a store fault, must expire so recovery can finish it)."""
+        ids = list(run_ids)
+        if not ids:
+            return
         try:
             with self._transaction() as cur:
-                cur.execute(
-                    self._sql(
-                        "UPDATE runs SET heartbeat_at = ? WHERE owner = ? "
-                        "AND status IN ('running', 'compensating', 'aborting')"
-                    ),
-                    (now, owner),
-                )
+                for i in range(0, len(ids), 500):
+                    chunk = ids[i : i + 500]
+                    cur.execute(
+                        self._sql(
+                            "UPDATE runs SET heartbeat_at = ? WHERE owner = ? "
+                            "AND status IN ('running', 'compensating', 'aborting') "
+                            f"AND id IN ({', '.join('?' for _ in chunk)})"
+                        ),
+                        (now, owner, *chunk),
+                    )
         except StoreError:
             raise
         except Exception as exc:
@@ -359,6 +394,15 @@ class SQLStore:
             self._drop_conn()
             raise StoreError(f"cannot read the store at {self.url}: {exc}", run_id=run_id) from exc
 
+    def seqs_in_state(self, run_id: str, states: Sequence[str]) -> list[int]:
+        rows = self._fetch(
+            run_id,
+            f"SELECT seq FROM actions WHERE run_id = ? AND state IN "
+            f"({', '.join('?' for _ in states)}) ORDER BY seq",
+            (run_id, *states),
+        )
+        return [int(r[0]) for r in rows]
+
     def done_keys(self, run_id: str) -> dict[str, int]:
         """Idempotency key -> seq of the run's actions that took effect and were not undone:
         succeeded, or compensation_failed (the undo failed, so the effect is still there)."""
@@ -370,22 +414,22 @@ class SQLStore:
         )
         return {str(key): int(seq) for key, seq in rows}
 
-    def recorded_result(self, run_id: str, seq: int, key: str) -> tuple[Any, str | None] | None:
-        """The recorded result (and its note) of action ``seq`` if it has idempotency key
-        ``key`` and took effect (succeeded, or its undo failed); else None."""
+    def recorded_result(self, run_id: str, seq: int, key: str) -> Recorded | None:
+        """The recorded call behind idempotency key ``key`` (action ``seq``) if it took effect
+        (succeeded, or its undo failed); else None."""
         rows = self._fetch(
             run_id,
-            "SELECT result, result_note FROM actions WHERE run_id = ? AND seq = ? "
-            "AND idempotency_key = ? AND state IN ('succeeded', 'compensation_failed')",
+            "SELECT tool, args_hash, result, result_note FROM actions WHERE run_id = ? "
+            "AND seq = ? AND idempotency_key = ? AND state IN ('succeeded', 'compensation_failed')",
             (run_id, seq, key),
         )
         if not rows:
             return None
-        result, note = rows[0]
+        tool, args_hash, result, note = rows[0]
         # psycopg decodes json columns itself; sqlite3 hands back the text
         if self._sqlite and result is not None:
             result = json.loads(result)
-        return result, note
+        return Recorded(seq, tool, args_hash, result, note)
 
     def keyed_actions(self, run_id: str, key: str) -> list[Action]:
         q = (

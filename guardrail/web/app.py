@@ -34,7 +34,7 @@ from guardrail.errors import GuardrailError, RunNotFound
 from guardrail.guard import Guard
 from guardrail.lifecycle import PlannedStep
 from guardrail.store import Action, Compensation, ReviewItem, RunRecord
-from guardrail.store.schema import RUN_STATUSES
+from guardrail.transitions import RunStatus
 from guardrail.web.security import (
     SESSION_COOKIE,
     SESSION_SECONDS,
@@ -47,6 +47,7 @@ from guardrail.web.security import (
 )
 
 WAITING = ("pending_review", "awaiting_approval")
+RUN_STATUSES = tuple(s.value for s in RunStatus)
 DECISIONS = ("resume", "abort", "resolve", "approve", "reject")
 RESOLUTIONS = ("done_manually", "retried", "skipped")
 REVIEWER_COOKIE = "guardrail_reviewer"
