@@ -426,8 +426,9 @@ class SQLStore:
         if not rows:
             return None
         tool, args_hash, result, note = rows[0]
-        # psycopg decodes json columns itself; sqlite3 hands back the text
-        if self._sqlite and result is not None:
+        # psycopg decodes json columns itself; sqlite3 hands back the text, except for a bare
+        # number, which the column's numeric affinity already turned into one
+        if self._sqlite and isinstance(result, str):
             result = json.loads(result)
         return Recorded(seq, tool, args_hash, result, note)
 
