@@ -36,6 +36,9 @@ if TYPE_CHECKING:
     from guardrail.run import Run
 
 
+A = T.ActionState
+
+
 class ResultWarning(UserWarning):
     """A tool returned something guardrail could not store faithfully."""
 
@@ -304,17 +307,17 @@ def gate(
     asked = [
         a
         for a in store.keyed_actions(run.id, key)
-        if a.args_hash == args_hash and a.state in ("awaiting_approval", "approved", "rejected")
+        if a.args_hash == args_hash and a.state in (A.AWAITING_APPROVAL, A.APPROVED, A.REJECTED)
     ]
     latest = asked[-1] if asked else None
     item = _approval_item(guard, run.id, latest.seq) if latest is not None else None
-    if latest is not None and latest.state == "approved" and item is not None:
+    if latest is not None and latest.state == T.ActionState.APPROVED and item is not None:
         ttl = policy.approval.ttl
         if ttl is None or (item.resolved_at or 0) + ttl >= now():
             return latest.seq
         commit(guard, T.expire_approval(run.lease, latest.seq, ttl))
         latest = None
-    if latest is not None and latest.state == "rejected":
+    if latest is not None and latest.state == T.ActionState.REJECTED:
         who = f" by {item.resolved_by}" if item is not None and item.resolved_by else ""
         why = f": {item.note}" if item is not None and item.note else ""
         raise CallRejected(
@@ -324,7 +327,8 @@ def gate(
             tool=tool,
             field="approval",
         )
-    action: Write | None = None
+    seq: int | None = None
+    values: dict[str, Any] | None = None
     item_write: Write | None = None
     if latest is None:
         seq = run.take_seq()
@@ -343,25 +347,19 @@ def gate(
         )
         item_write = review_write(run.id, seq, "approval", policy, detail)
         item_write.values["kind"] = "approve"
-        action = Write(
-            "actions",
-            {"run_id": run.id, "seq": seq},
-            {
-                "tool": tool,
-                "call_id": call_id,
-                "idempotency_key": key,
-                "effect": policy.effect,
-                "state": T.ActionState.AWAITING_APPROVAL.value,
-                "attempts": 0,
-                "args": redact(plain, policy.redact, "args"),
-                "args_hash": args_hash,
-                "external_ids": {},
-                "started_at": now(),
-            },
-            insert=True,
-        )
+        values = {
+            "tool": tool,
+            "call_id": call_id,
+            "idempotency_key": key,
+            "effect": policy.effect,
+            "args": redact(plain, policy.redact, "args"),
+            "args_hash": args_hash,
+            "external_ids": {},
+            "started_at": now(),
+        }
     try:
-        commit(guard, T.request_approval(run.lease, action, item_write, f"{tool} needs approval"))
+        reason = f"{tool} needs approval"
+        commit(guard, T.request_approval(run.lease, seq, values, item_write, reason))
     finally:
         run.halted = True
     record = guard.require_run(run.id)

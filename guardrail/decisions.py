@@ -38,7 +38,7 @@ class Decision:
 def resume(guard: Guard, run_id: str, by: str, note: str | None) -> Decision:
     store = guard.store
     run = guard.require_run(run_id)
-    if run.status == "awaiting_approval":
+    if run.status == T.RunStatus.AWAITING_APPROVAL:
         waiting = [i.id for i in open_approvals(guard, run_id)]
         if waiting:
             raise RunStateError(
@@ -58,7 +58,7 @@ def resume(guard: Guard, run_id: str, by: str, note: str | None) -> Decision:
         t.writes.append(review_write(run_id, seq, "in_doubt", None, detail))
     landed = commit(guard, t) if run.status in T.DECIDABLE else False
     run = guard.require_run(run_id)
-    if not landed and run.status != "running":
+    if not landed and run.status != T.RunStatus.RUNNING:
         raise Conflict(
             f"run {run_id} is {run.status}, it cannot be resumed"
             + (f" (decided by {run.decided_by})" if run.decided_by else ""),
@@ -75,7 +75,7 @@ def abort(guard: Guard, run_id: str, by: str, reason: str | None) -> Steps[Decis
     landed = commit(guard, t) if run.status in T.DECIDABLE else False
     if not landed:
         run = guard.require_run(run_id)
-        if run.status in ("aborting", "aborted"):
+        if run.status in (T.RunStatus.ABORTING, T.RunStatus.ABORTED):
             return Decision(run_id, run.status, False, run.decided_by)
         raise Conflict(
             f"run {run_id} is {run.status}, it cannot be aborted"

@@ -130,7 +130,7 @@ def plan(actions: list[Action], find_policy: Callable[[str], Policy | None]) -> 
     for action in reversed(actions):
         policy = find_policy(action.tool)
         base = (action.seq, action.tool, action.effect, action.state)
-        if action.state == "succeeded" and action.effect == "reversible":
+        if action.state == T.ActionState.SUCCEEDED and action.effect == "reversible":
             if policy is None or policy.undo is None:
                 steps.append(
                     PlannedStep(
@@ -139,11 +139,11 @@ def plan(actions: list[Action], find_policy: Callable[[str], Policy | None]) -> 
                 )
             else:
                 steps.append(PlannedStep(*base, "undo", detail=f"undo with {undo_name(policy)}"))
-        elif action.state == "succeeded" and action.effect == "irreversible":
+        elif action.state == T.ActionState.SUCCEEDED and action.effect == "irreversible":
             steps.append(
                 PlannedStep(*base, "review", "irreversible", f"{action.tool} cannot be undone")
             )
-        elif action.state == "compensating":
+        elif action.state == T.ActionState.COMPENSATING:
             if policy is not None and policy.undo is not None and policy.undo_idempotent:
                 steps.append(
                     PlannedStep(*base, "undo", detail="re-run the interrupted (idempotent) undo")
@@ -158,13 +158,13 @@ def plan(actions: list[Action], find_policy: Callable[[str], Policy | None]) -> 
                         "it took effect",
                     )
                 )
-        elif action.state == "in_doubt":
+        elif action.state == T.ActionState.IN_DOUBT:
             steps.append(
                 PlannedStep(
                     *base, "review", "in_doubt", f"{action.tool} may or may not have taken effect"
                 )
             )
-        elif action.state == "started":
+        elif action.state == T.ActionState.STARTED:
             # halting waits for the run's calls in flight, so a `started` action here ran (or
             # may have) but its outcome could not be recorded: the store failed after the call
             steps.append(
@@ -208,12 +208,17 @@ def compensate(guard: Guard, lease: Lease, status: str) -> Steps[None]:
         if step.do == "undo":
             assert policy is not None
             yield from _undo(
-                guard, lease, status, action, policy, interrupted=step.state == "compensating"
+                guard,
+                lease,
+                status,
+                action,
+                policy,
+                interrupted=step.state == T.ActionState.COMPENSATING,
             )
         elif step.do == "review" and (step.seq, step.reason) not in listed:
             assert step.reason is not None
             extra: list[Write] = []
-            if step.state == "started":
+            if step.state == T.ActionState.STARTED:
                 extra.append(T.settle(lease, step.seq, T.ActionState.IN_DOUBT, step.detail))
             if step.reason == "compensation_in_doubt":
                 extra += T.interrupted_undo(lease, step.seq, step.seq in comps)

@@ -134,14 +134,7 @@ def _settle(guard: Guard, lease: Lease, action: Action) -> Steps[None]:
         outcome = yield from attempts(policy.undo_retry, Invoke(policy.probe, kwargs))
         verdict = outcome.value if outcome.error is None else None
     if verdict is False:
-        t = T.Transition(
-            run_id=lease.run_id,
-            kind="action.settle",
-            writes=[
-                T.settle(lease, action.seq, T.ActionState.FAILED, "probe: it did not take effect")
-            ],
-            fence=lease.fence(T.RunStatus.RUNNING),
-        )
+        t = T.settled(lease, action.seq, T.ActionState.FAILED, "probe: it did not take effect")
     elif verdict is not None and policy is not None:
         result = None if verdict is True else verdict
         try:
@@ -152,12 +145,5 @@ def _settle(guard: Guard, lease: Lease, action: Action) -> Steps[None]:
         t = T.succeed(lease, action.seq, values, ids)
         t.kind = "action.settle"
     else:
-        t = T.Transition(
-            run_id=lease.run_id,
-            kind="action.settle",
-            writes=[
-                T.settle(lease, action.seq, T.ActionState.IN_DOUBT, "owner died during the call")
-            ],
-            fence=lease.fence(T.RunStatus.RUNNING),
-        )
+        t = T.settled(lease, action.seq, T.ActionState.IN_DOUBT, "owner died during the call")
     commit(guard, t)

@@ -107,7 +107,7 @@ class Run:
         """Continue a run after a person resumed it (or in a new process after a restart)."""
         store, guard = self.guard.store, self.guard
         store.forget(self.id)
-        if existing.status != "running":
+        if existing.status != T.RunStatus.RUNNING:
             raise RunStateError(
                 f"run {self.id} is {existing.status}; it continues only after a person resumes "
                 f"it (guardrail resume {self.id})",

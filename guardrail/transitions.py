@@ -243,12 +243,17 @@ def in_doubt(lease: Lease, seq: int, error: str) -> Transition:
 
 
 def request_approval(
-    lease: Lease, action: Write | None, item: Write | None, reason: str
+    lease: Lease, seq: int | None, values: dict[str, Any] | None, item: Write | None, reason: str
 ) -> Transition:
-    """Record an approval request (a new ``awaiting_approval`` action and its item, or only the
-    item for one asked before) and pause the run. The epoch stays: calls already in flight may
-    still record their outcome; a resume raises it."""
-    writes = [w for w in (action, item) if w is not None]
+    """Record an approval request (a new ``awaiting_approval`` action ``seq`` with ``values``
+    and its item, or nothing new for one asked before) and pause the run. The epoch stays:
+    calls already in flight may still record their outcome; a resume raises it."""
+    writes: list[Write] = []
+    if seq is not None and values is not None:
+        values = {**values, "state": A.AWAITING_APPROVAL.value, "attempts": 0}
+        writes.append(Write("actions", {"run_id": lease.run_id, "seq": seq}, values, insert=True))
+    if item is not None:
+        writes.append(item)
     writes.append(
         _run(
             lease.run_id, (R.RUNNING,), status=R.AWAITING_APPROVAL.value, owner=None, reason=reason
@@ -304,6 +309,12 @@ def settle(lease: Lease, seq: int, state: str, error: str) -> Write:
 
 def settle_write(run_id: str, seq: int, state: str, error: str) -> Write:
     return _action(run_id, seq, (A.STARTED,), state=state, error=error, finished_at=now())
+
+
+def settled(lease: Lease, seq: int, state: str, error: str) -> Transition:
+    """Recovery settles an action its dead owner left ``started``."""
+    write = settle(lease, seq, state, error)
+    return Transition(lease.run_id, "action.settle", [write], lease.fence(R.RUNNING))
 
 
 def interrupted_undo(lease: Lease, seq: int, had_row: bool) -> list[Write]:

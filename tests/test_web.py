@@ -443,6 +443,28 @@ def test_an_aborted_run_with_open_items_stays_in_the_inbox(shop: Shop, client: T
     assert run_id in html  # the email still needs its correction
 
 
+def test_a_run_nobody_finishes_is_in_the_inbox(shop: Shop, client: TestClient) -> None:
+    """A run whose owner gave up after a store fault (its lease no longer renewed) needs a
+    person until recovery takes it over; a run executing now does not."""
+    from guardrail.testing import FaultyStore
+
+    faulty = FaultyStore(shop.guard)
+    faulty.fail("run.halt")
+    with pytest.raises(RunHalted), shop.guard.run(agent="checkout") as stuck:
+        shop.call("create_order", item="pen")
+        shop.call("ship", address="x")
+    faulty.heal()
+    live = shop.guard.run(agent="checkout").start()
+    assert shop.guard.require_run(stuck.id).status == "running"
+    shop.guard.stale_after = 3600.0
+    html = client.get("/", headers=BEARER).text
+    assert stuck.id not in html and live.id not in html  # both leases are fresh
+    shop.guard.stale_after = -1.0  # an hour later: the stuck run's lease expired
+    html = client.get("/", headers=BEARER).text
+    assert stuck.id in html
+    live.complete()
+
+
 def test_a_tampered_log_shows_a_broken_chain(shop: Shop, client: TestClient) -> None:
     import sqlite3
 

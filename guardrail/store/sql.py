@@ -195,28 +195,41 @@ class SQLStore:
             [[w.table, w.key, journaled, int(w.insert)] for w, _, journaled in prepared]
         )
         creates_run = any(w.insert and w.table == "runs" for w in writes)
+        # PostgreSQL: every statement is a round trip, so the fence rides with the journal entry
+        fused = fence is not None and not self._sqlite
         for _ in range(20):
             head = (0, "") if creates_run else self._heads.get(run_id)
             try:
                 with self._transaction() as cur:
-                    if fence is not None and not self._fence(cur, run_id, fence):
+                    if fence is not None and not fused and not self._fence(cur, run_id, fence):
                         raise Fenced(run_id, kind)
-                    for w, values, _ in first:
-                        if not self._apply(cur, w, values, "", ""):
-                            raise _Rejected
+                    if not fused:
+                        self._apply_all(cur, first, "", "")
                     if head is None:
                         head = self._read_head(cur, run_id)
                     n, prev = head[0] + 1, head[1]
                     h = entry_hash(prev, kind, body)
                     # The journal's primary key (run_id, n) is the compare-and-set: a writer
                     # with a stale head collides here, rolls back and retries from the real head.
-                    cur.execute(
-                        self._sql(
-                            "INSERT INTO journal (run_id, n, at, kind, body, prev_hash, hash) "
-                            "VALUES (?, ?, ?, ?, ?, ?, ?)"
-                        ),
-                        (run_id, n, time.time(), kind, body, prev, h),
-                    )
+                    entry = (run_id, n, time.time(), kind, body, prev, h)
+                    if fused:
+                        assert fence is not None
+                        # one round trip checks (and locks) the run and appends the entry
+                        cur.execute(
+                            self._fused_sql(len(fence.statuses)),
+                            (time.time(), run_id, fence.epoch, *fence.statuses, *entry),
+                        )
+                        if cur.rowcount != 1:
+                            raise Fenced(run_id, kind)
+                        self._apply_all(cur, first, "", "")
+                    else:
+                        cur.execute(
+                            self._sql(
+                                "INSERT INTO journal (run_id, n, at, kind, body, prev_hash, hash) "
+                                "VALUES (?, ?, ?, ?, ?, ?, ?)"
+                            ),
+                            entry,
+                        )
                     for w, values, _ in rest:
                         if not self._apply(cur, w, values, prev, h):
                             raise _Rejected
@@ -297,6 +310,25 @@ class SQLStore:
 
     def _sql(self, sql: str) -> str:
         return sql if self._sqlite else sql.replace("?", "%s")
+
+    def _apply_all(
+        self, cur: Any, prepared: list[tuple[Write, dict[str, Any], dict[str, Any]]], p: str, h: str
+    ) -> None:
+        for w, values, _ in prepared:
+            if not self._apply(cur, w, values, p, h):
+                raise _Rejected
+
+    def _fused_sql(self, statuses: int) -> str:
+        sql = self._sql_cache.get(("fused", statuses))
+        if sql is None:
+            marks = ", ".join("%s" for _ in range(statuses))
+            sql = self._sql_cache[("fused", statuses)] = (
+                "WITH fence AS (UPDATE runs SET heartbeat_at = %s WHERE id = %s AND epoch = %s "
+                f"AND status IN ({marks}) RETURNING 1) "
+                "INSERT INTO journal (run_id, n, at, kind, body, prev_hash, hash) "
+                "SELECT %s, %s, %s, %s, %s, %s, %s FROM fence"
+            )
+        return sql
 
     def _fence(self, cur: Any, run_id: str, fence: Fence) -> bool:
         """Check (and lock) the run row: still at the fence's epoch and statuses. Renews the

@@ -33,8 +33,9 @@ from guardrail.decisions import Decision
 from guardrail.errors import GuardrailError, RunNotFound
 from guardrail.guard import Guard
 from guardrail.lifecycle import PlannedStep
+from guardrail.recovery import owner_alive
 from guardrail.store import Action, Compensation, ReviewItem, RunRecord
-from guardrail.transitions import RunStatus
+from guardrail.transitions import LIVE, RunStatus
 from guardrail.web.security import (
     SESSION_COOKIE,
     SESSION_SECONDS,
@@ -193,6 +194,12 @@ def load_inbox(guard: Guard, status: str) -> tuple[list[RunRow], dict[str, int]]
     waiting = {s: guard.runs(status=s) for s in WAITING}
     if status == "needs":
         found = {r.id: r for s in WAITING for r in waiting[s]}
+        # runs nobody is finishing (a dead owner, a lease not renewed after a store fault)
+        # need a person too, until recovery takes them over
+        for s in LIVE:
+            for r in guard.runs(status=s):
+                if not owner_alive(r.owner, r.heartbeat_at, guard.stale_after):
+                    found[r.id] = r
         for run_id in open_items:
             if run_id not in found:
                 record = guard.store.run(run_id)
