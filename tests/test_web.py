@@ -1,30 +1,44 @@
-"""The web review console: the token, CSRF, escaping and every decision, over HTTP (Starlette's
-TestClient) and in a real headless Chromium driven by Playwright."""
+"""The web review console: who gets in and as whom (reviewers' own tokens, the shared token, a
+trusted proxy header), server-side sessions, throttled logins, CSRF, escaping and every
+decision, over HTTP (Starlette's TestClient) and in a real headless Chromium driven by
+Playwright."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
+import stat
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from html import unescape
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from starlette.applications import Starlette
 from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
 from guardrail import Approval, Guard, Review, RunHalted
 from guardrail.cli import app as cli_app
 from guardrail.web import create_app
-from guardrail.web.security import SESSION_COOKIE, SESSION_SECONDS, Keys, Principal
+from guardrail.web.reviewers import ReviewerFile
+from guardrail.web.security import (
+    SESSION_COOKIE,
+    SESSION_SECONDS,
+    Principal,
+    Throttle,
+    client_key,
+)
 
-TOKEN = "test-token-0123456789abcdef"
+TOKEN = "test-token-0123456789abcdef"  # the shared token
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
+SHARED = "shared-token"  # what decisions made with the shared token record
 CHROMIUM = "/usr/bin/chromium"
 XSS = "<script>window.__pwned = 1; document.title = 'pwned'</script>"
 IMG = "<img src=x onerror=\"window.__pwned = 2; document.title = 'pwned'\">"
@@ -94,6 +108,30 @@ def make_shop(url: str) -> Shop:
     return shop
 
 
+class Clock:
+    """A monotonic clock the test moves by hand: throttling and expiry without sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class Team:
+    """A reviewers file and the token each reviewer was given."""
+
+    file: ReviewerFile
+    tokens: dict[str, str]
+
+    def bearer(self, name: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[name]}"}
+
+
 @pytest.fixture
 def shop(sqlite_url: str) -> Iterator[Shop]:
     shop = make_shop(sqlite_url)
@@ -102,8 +140,26 @@ def shop(sqlite_url: str) -> Iterator[Shop]:
 
 
 @pytest.fixture
-def client(shop: Shop) -> Iterator[TestClient]:
-    with TestClient(create_app(shop.guard, TOKEN), base_url="http://127.0.0.1:8765") as c:
+def team(tmp_path: Path) -> Team:
+    file = ReviewerFile(tmp_path / "reviewers.json")
+    return Team(file, {name: file.add(name) for name in ("Ann", "Bob", "Dee", "Eve")})
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def console(shop: Shop, team: Team, clock: Clock, **options: Any) -> Starlette:
+    """The console with the shared token and the team's file; a throttle that stays out of
+    the way unless the test brings its own."""
+    options.setdefault("throttle", Throttle(clock=clock, free=1000, burst=10_000))
+    return create_app(shop.guard, TOKEN, reviewers=team.file, clock=clock, **options)
+
+
+@pytest.fixture
+def client(shop: Shop, team: Team, clock: Clock) -> Iterator[TestClient]:
+    with TestClient(console(shop, team, clock), base_url="http://127.0.0.1:8765") as c:
         yield c
 
 
@@ -113,23 +169,41 @@ def csrf_of(html: str) -> str:
     return found.group(1)
 
 
-def decide(client: TestClient, on: str, **fields: str) -> tuple[str, str]:
-    """Post a decision from run ``on``'s page as a browser would; return the flash."""
-    page = client.get(f"/runs/{on}", headers=BEARER)
+def decide(
+    client: TestClient, on: str, who: dict[str, Any] | None = None, **fields: str
+) -> tuple[str, str]:
+    """Post a decision from run ``on``'s page as a browser would, authenticated by ``who``
+    (default: the shared token; ``{}``: the client's session cookie); return the flash."""
+    headers = BEARER if who is None else who
+    page = client.get(f"/runs/{on}", headers=headers)
     assert page.status_code == 200
     data = {"csrf": csrf_of(page.text), **fields}
-    answer = client.post("/decide", data=data, headers=BEARER, follow_redirects=False)
+    answer = client.post("/decide", data=data, headers=headers, follow_redirects=False)
     assert answer.status_code == 303, answer.text
     query = parse_qs(urlsplit(answer.headers["location"]).query)
-    shown = client.get(answer.headers["location"], headers=BEARER)
+    shown = client.get(answer.headers["location"], headers=headers)
     assert query["flash"][0] in unescape(shown.text)
     return query["kind"][0], query["flash"][0]
 
 
-# -- the token ----------------------------------------------------------------------------------
+def use_cookie(client: TestClient, value: str) -> None:
+    """Send this session cookie, and no other."""
+    client.cookies.clear()
+    client.cookies.set(SESSION_COOKIE, value)
 
 
-def test_every_page_needs_the_token(shop: Shop, client: TestClient) -> None:
+def log_in(client: TestClient, token: str) -> str:
+    """Log in through the form (with no cookie from before); return the session cookie."""
+    client.cookies.clear()
+    answer = client.post("/login", data={"token": token, "next": "/"}, follow_redirects=False)
+    assert answer.status_code == 303, answer.text
+    return client.cookies[SESSION_COOKIE]
+
+
+# -- who gets in ---------------------------------------------------------------------------------
+
+
+def test_every_page_needs_a_login(shop: Shop, team: Team, client: TestClient) -> None:
     run_id = shop.halted(item="secret-widget")
     for method, path in [
         ("GET", "/"),
@@ -139,7 +213,15 @@ def test_every_page_needs_the_token(shop: Shop, client: TestClient) -> None:
         ("POST", "/decide"),
         ("POST", "/logout"),
     ]:
-        for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"}, {"Cookie": "x"}):
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong-token-0123456789"},
+            {"Authorization": f"Bearer {team.tokens['Ann']}x"},
+            {"Authorization": f"Bearer {team.file.load()[0].digest}"},  # the hash is no token
+            {"X-Forwarded-User": "Ann"},  # not configured: means nothing
+            {"Cookie": "x"},
+            {"Cookie": f"{SESSION_COOKIE}={team.tokens['Ann']}"},
+        ):
             answer = client.request(method, path, headers=headers)
             assert answer.status_code == 401, (method, path, headers)
             assert answer.headers["www-authenticate"].startswith("Bearer")
@@ -147,50 +229,386 @@ def test_every_page_needs_the_token(shop: Shop, client: TestClient) -> None:
             for data in ("secret-widget", "create_order", "checkout", shop.guard.store.url):
                 assert data not in answer.text
             assert 'name="token"' in answer.text  # the login form, nothing else
+    for name in team.tokens:
+        assert client.get("/", headers=team.bearer(name)).status_code == 200
     assert client.get("/", headers=BEARER).status_code == 200
     assert client.get("/static/console.css").status_code == 200  # public: no data in it
     assert shop.guard.require_run(run_id).status == "pending_review"
 
 
-def test_login_sets_a_strict_httponly_session(shop: Shop, client: TestClient) -> None:
+def test_login_opens_a_strict_httponly_server_side_session(
+    shop: Shop, team: Team, client: TestClient
+) -> None:
     run_id = shop.halted()
     wrong = client.post("/login", data={"token": "nope", "next": "/"}, follow_redirects=False)
-    assert wrong.status_code == 401 and "not the console" in wrong.text
+    assert wrong.status_code == 401 and "not a token this console accepts" in wrong.text
     assert SESSION_COOKIE not in client.cookies
     good = client.post(
-        "/login", data={"token": TOKEN, "next": f"/runs/{run_id}"}, follow_redirects=False
+        "/login",
+        data={"token": team.tokens["Ann"], "next": f"/runs/{run_id}"},
+        follow_redirects=False,
     )
     assert good.status_code == 303 and good.headers["location"] == f"/runs/{run_id}"
-    cookie = good.headers["set-cookie"].lower()
-    assert "httponly" in cookie and "samesite=strict" in cookie
-    assert TOKEN.lower() not in cookie  # the cookie is a signed session, not the token
-    assert client.get(f"/runs/{run_id}").status_code == 200
+    cookie = good.headers["set-cookie"]
+    assert "httponly" in cookie.lower() and "samesite=strict" in cookie.lower()
+    # the cookie is a random session id: not the token, not its hash, not the name
+    value = client.cookies[SESSION_COOKIE]
+    for secret in (team.tokens["Ann"], team.file.load()[0].digest.removeprefix("sha256:"), "Ann"):
+        assert secret not in value
+    page = client.get(f"/runs/{run_id}")
+    assert page.status_code == 200 and re.search(r'id="who">Ann<', page.text)
     # a redirect after login never leaves the site
-    away = client.post("/login", data={"token": TOKEN, "next": "//evil.example/x"})
+    away = client.post("/login", data={"token": team.tokens["Ann"], "next": "//evil.example/x"})
     assert away.url.path == "/" and away.url.host == "127.0.0.1"
     # log out: the cookie is dropped
     page = client.get("/")
     out = client.post("/logout", data={"csrf": csrf_of(page.text)}, follow_redirects=False)
     assert out.status_code == 303 and SESSION_COOKIE not in client.cookies
     assert client.get("/").status_code == 401
+    # the shared token still logs in, as the fixed identity
+    log_in(client, TOKEN)
+    assert re.search(rf'id="who">{SHARED}<', client.get("/").text)
 
 
-def test_sessions_are_signed_and_expire(shop: Shop, client: TestClient) -> None:
-    keys = Keys(TOKEN)
-    fresh = keys.new_session()
-    issued, nonce, mac = fresh.split(".")
-    for cookie, code in [
-        (fresh, 200),
-        (f"{issued}.{nonce}.{'0' * len(mac)}", 401),  # forged
-        (f"{int(issued) + 5}.{nonce}.{mac}", 401),  # edited
-        (keys.new_session(now=time.time() - SESSION_SECONDS - 10), 401),  # expired
-        (Keys("another-token-0123456789").new_session(), 401),  # the token changed
-    ]:
-        client.cookies.clear()
-        client.cookies.set(SESSION_COOKIE, cookie)
-        assert client.get("/").status_code == code, cookie
+def test_logout_revokes_the_session_on_the_server(
+    shop: Shop, team: Team, clock: Clock, client: TestClient
+) -> None:
+    run_id = shop.halted()
+    app = client.app
+    copied = log_in(client, team.tokens["Ann"])
+    with TestClient(app, base_url="http://127.0.0.1:8765") as laptop:
+        other = log_in(laptop, team.tokens["Ann"])  # Ann's second session, elsewhere
+        csrf = csrf_of(client.get(f"/runs/{run_id}").text)
+        out = client.post("/logout", data={"csrf": csrf}, follow_redirects=False)
+        assert out.status_code == 303
+        with TestClient(app, base_url="http://127.0.0.1:8765") as thief:
+            use_cookie(thief, copied)  # a copy taken before the logout
+            answer = thief.get("/")
+            assert answer.status_code == 401 and "session has ended" in answer.text
+            use_cookie(thief, copied)
+            posted = thief.post(
+                "/decide",
+                data={"csrf": csrf, "decision": "abort", "run_id": run_id, "note": "x"},
+            )
+            assert posted.status_code == 401
+        # logging out ends that session only
+        assert laptop.get("/").status_code == 200
+        assert laptop.cookies[SESSION_COOKIE] == other
+    assert shop.guard.require_run(run_id).status == "pending_review"
+
+
+def test_sessions_expire_and_live_in_this_process(
+    shop: Shop, team: Team, clock: Clock, client: TestClient
+) -> None:
+    cookie = log_in(client, team.tokens["Bob"])
+    clock.advance(SESSION_SECONDS - 10)
+    assert client.get("/").status_code == 200
+    clock.advance(11)  # 12 hours after the login
+    assert client.get("/").status_code == 401
+    # a session of another console (another process, or before a restart) means nothing here
+    with TestClient(console(shop, team, clock)) as other:
+        theirs = log_in(other, team.tokens["Bob"])
+    for value in (theirs, cookie, "0" * 43, ""):
+        use_cookie(client, value)
+        assert client.get("/").status_code == 401, value
     with pytest.raises(ValueError, match="at least 16"):
         create_app(shop.guard, "short")
+    with pytest.raises(ValueError, match="who is deciding"):
+        create_app(shop.guard)
+    with pytest.raises(ValueError, match="no reviewers file"):
+        create_app(shop.guard, reviewers=team.file.path.with_name("nobody.json"))
+
+
+def test_a_removed_reviewer_is_refused(shop: Shop, team: Team, client: TestClient) -> None:
+    run_id = shop.halted()
+    bob = log_in(client, team.tokens["Bob"])
+    assert client.get("/").status_code == 200
+    assert client.get("/", headers=team.bearer("Bob")).status_code == 200
+    runner = CliRunner()
+    result = runner.invoke(cli_app, ["reviewers", "remove", "Bob", "--file", str(team.file.path)])
+    assert result.exit_code == 0, result.output
+    # the running console notices at once: the token and the session it opened stop working
+    assert client.get("/").status_code == 401
+    assert client.get("/", headers=team.bearer("Bob")).status_code == 401
+    assert client.post("/login", data={"token": team.tokens["Bob"]}).status_code == 401
+    assert client.get("/", headers=team.bearer("Ann")).status_code == 200
+    # added again, Bob has a new token; the old one and the old session stay dead
+    result = runner.invoke(cli_app, ["reviewers", "add", "Bob", "--file", str(team.file.path)])
+    assert result.exit_code == 0, result.output
+    new_token = result.stdout.strip()
+    use_cookie(client, bob)
+    assert client.get("/").status_code == 401
+    assert client.get("/", headers=team.bearer("Bob")).status_code == 401
+    assert client.get("/", headers={"Authorization": f"Bearer {new_token}"}).status_code == 200
+    # a new token for Ann (--replace) ends her old token and sessions the same way
+    ann = log_in(client, team.tokens["Ann"])
+    result = runner.invoke(
+        cli_app, ["reviewers", "add", "Ann", "--replace", "--file", str(team.file.path)]
+    )
+    assert result.exit_code == 0, result.output
+    use_cookie(client, ann)
+    assert client.get("/").status_code == 401
+    assert client.get("/", headers=team.bearer("Ann")).status_code == 401
+    kind, _ = decide(
+        client,
+        run_id,
+        {"Authorization": f"Bearer {result.stdout.strip()}"},
+        decision="abort",
+        run_id=run_id,
+        note="n",
+    )
+    assert kind == "ok" and shop.guard.require_run(run_id).decided_by == "Ann"
+
+
+def test_a_reviewers_file_that_cannot_be_trusted_lets_nobody_in(
+    team: Team, client: TestClient
+) -> None:
+    path = team.file.path
+    good = path.read_text()
+    assert client.get("/", headers=team.bearer("Ann")).status_code == 200
+    path.write_text("{not json")
+    assert client.get("/", headers=team.bearer("Ann")).status_code == 401
+    path.write_text(good)
+    assert client.get("/", headers=team.bearer("Ann")).status_code == 200
+    os.chmod(path, 0o666)  # anyone could add themselves: nobody gets in by it
+    assert client.get("/", headers=team.bearer("Ann")).status_code == 401
+    os.chmod(path, 0o600)
+    assert client.get("/", headers=team.bearer("Ann")).status_code == 200
+    path.unlink()
+    assert client.get("/", headers=team.bearer("Ann")).status_code == 401
+    assert client.get("/", headers=BEARER).status_code == 200  # the shared token still works
+
+
+def test_reviewers_commands(tmp_path: Path) -> None:
+    path = tmp_path / "conf" / "reviewers.json"
+    runner = CliRunner()
+
+    def run(*args: str) -> Any:
+        return runner.invoke(cli_app, ["reviewers", *args, "--file", str(path)])
+
+    added = run("add", "Ann On-Call")
+    assert added.exit_code == 0, added.output
+    token = added.stdout.strip()
+    assert token.startswith("grv_") and len(token) >= 40 and "\n" not in token
+    assert "shown only this once" in added.stderr
+    # only the hash is stored; the file and its folder are private
+    text = path.read_text()
+    assert token not in text and token[4:] not in text
+    data = json.loads(text)
+    assert [r["name"] for r in data["reviewers"]] == ["Ann On-Call"]
+    assert data["reviewers"][0]["digest"].startswith("sha256:")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert ReviewerFile(path).find(token) is not None
+    assert ReviewerFile(path).find(token + "x") is None
+
+    assert run("add", "Bob").exit_code == 0
+    assert run("add", "Bob").exit_code == 3  # a second token needs --replace
+    listed = run("list")
+    assert listed.exit_code == 0 and "Ann On-Call" in listed.stdout and "Bob" in listed.stdout
+    assert token not in listed.stdout
+    as_json = runner.invoke(cli_app, ["reviewers", "list", "--json", "--file", str(path)])
+    assert [r["name"] for r in json.loads(as_json.stdout)] == ["Ann On-Call", "Bob"]
+    for bad in ("", " Ann", "Ann\n", "a\x1bb", "x" * 101, SHARED):
+        assert run("add", bad).exit_code == 2, bad
+    assert run("remove", "Carol").exit_code == 1
+    assert run("remove", "Bob").exit_code == 0
+    assert [r.name for r in ReviewerFile(path).load()] == ["Ann On-Call"]
+    # GUARDRAIL_REVIEWERS names the file too
+    listed = runner.invoke(cli_app, ["reviewers", "list"], env={"GUARDRAIL_REVIEWERS": str(path)})
+    assert "Ann On-Call" in listed.stdout
+
+
+def test_reviewers_added_at_once_are_all_kept(tmp_path: Path) -> None:
+    """Each change is a locked read-modify-write and an atomic rename: none is lost, and a
+    reader never sees half a file."""
+    path = tmp_path / "reviewers.json"
+    names = [f"reviewer-{n}" for n in range(16)]
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            seen.append(len(ReviewerFile(path).load()))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    workers = [threading.Thread(target=ReviewerFile(path).add, args=(name,)) for name in names]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    stop.set()
+    reader.join()
+    assert sorted(r.name for r in ReviewerFile(path).load()) == sorted(names)
+    assert seen == sorted(seen)  # only ever whole files, growing
+
+
+# -- throttled logins -----------------------------------------------------------------------------
+
+
+def test_failed_logins_are_throttled_per_address_and_the_throttle_lifts(
+    shop: Shop, team: Team, clock: Clock
+) -> None:
+    app = console(shop, team, clock, throttle=None)  # the default limits, on the test's clock
+    ann = team.tokens["Ann"]
+
+    def attempt(c: TestClient, token: str) -> Any:
+        return c.post("/login", data={"token": token, "next": "/"}, follow_redirects=False)
+
+    with (
+        TestClient(app, client=("203.0.113.7", 4000)) as guesser,
+        TestClient(app, client=("198.51.100.2", 4000)) as colleague,
+    ):
+        for n in range(5):
+            assert attempt(guesser, f"guess-{n}").status_code == 401
+        # locked out: even the right token is not looked at (no oracle), 429 with Retry-After
+        for token in ("guess-5", ann):
+            answer = attempt(guesser, token)
+            assert answer.status_code == 429 and answer.headers["retry-after"] == "1"
+            assert "Too many wrong tokens" in answer.text
+            assert SESSION_COOKIE not in guesser.cookies
+        # bearer guesses are the same guesses
+        assert guesser.get("/", headers=team.bearer("Ann")).status_code == 429
+        # another address is not held up
+        assert attempt(colleague, team.tokens["Bob"]).status_code == 303
+        # the lock lifts; each further failure doubles it
+        clock.advance(1)
+        assert attempt(guesser, "guess-6").status_code == 401
+        assert attempt(guesser, ann).headers["retry-after"] == "2"
+        clock.advance(2)
+        assert attempt(guesser, "guess-7").status_code == 401
+        assert attempt(guesser, ann).headers["retry-after"] == "4"
+        clock.advance(4)
+        assert attempt(guesser, ann).status_code == 303  # and a success clears the count
+        assert guesser.get("/").status_code == 200
+        guesser.cookies.clear()
+        for n in range(4):
+            assert attempt(guesser, f"again-{n}").status_code == 401
+        assert attempt(guesser, ann).status_code == 303
+        # wrong bearer tokens count against the address too
+        guesser.cookies.clear()
+        for n in range(5):
+            wrong = {"Authorization": f"Bearer wrong-bearer-{n:016d}"}
+            assert guesser.get("/", headers=wrong).status_code == 401
+        answer = guesser.get("/", headers=team.bearer("Ann"))
+        assert answer.status_code == 429 and answer.headers["retry-after"] == "1"
+        # failures are forgotten after an hour without one
+        clock.advance(3601)
+        assert guesser.get("/", headers=team.bearer("Ann")).status_code == 200
+    # a session already open is not a guess: throttling never logs anybody out
+    with TestClient(app, client=("203.0.113.7", 4001)) as same_address:
+        log_in(same_address, team.tokens["Dee"])
+        for n in range(8):
+            attempt_answer = same_address.get("/", headers={"Authorization": f"Bearer no-{n}"})
+            assert attempt_answer.status_code in (401, 429)
+        assert same_address.get("/").status_code == 200
+
+
+def test_failed_logins_are_throttled_overall(shop: Shop, team: Team, clock: Clock) -> None:
+    """Guesses spread over many addresses run into the global bucket."""
+    app = console(shop, team, clock, throttle=Throttle(clock=clock, burst=3, per_minute=6))
+    for n in range(3):
+        with TestClient(app, client=(f"192.0.2.{n}", 4000)) as c:
+            assert c.post("/login", data={"token": f"guess-{n}"}).status_code == 401
+    with TestClient(app, client=("192.0.2.200", 4000)) as c:
+        answer = c.post("/login", data={"token": team.tokens["Eve"]}, follow_redirects=False)
+        assert answer.status_code == 429 and answer.headers["retry-after"] == "10"
+        clock.advance(10)  # the bucket refills at 6 a minute
+        answer = c.post("/login", data={"token": team.tokens["Eve"]}, follow_redirects=False)
+        assert answer.status_code == 303
+
+
+def test_the_throttle_counts_an_ipv6_network_as_one_client() -> None:
+    from starlette.requests import HTTPConnection
+
+    def key(host: str) -> str:
+        return client_key(HTTPConnection({"type": "http", "client": (host, 1), "headers": []}))
+
+    assert key("2001:db8:1:2::1") == key("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert key("2001:db8:1:3::1") != key("2001:db8:1:2::1")
+    assert key("::ffff:192.0.2.1") == key("192.0.2.1") == "192.0.2.1"
+    assert key("testclient") == "testclient"
+
+    clock = Clock()
+    throttle = Throttle(clock=clock, free=2, base=10, cap=15, max_addresses=3)
+    for _ in range(4):
+        throttle.failed("a")
+    assert throttle.wait("a") == 15  # capped
+    for address in ("b", "c", "d"):
+        throttle.failed(address)
+    assert throttle.wait("a") == 0  # memory is bounded: the oldest address was dropped
+
+
+# -- a trusted proxy header ------------------------------------------------------------------------
+
+
+def test_the_trusted_header_is_honoured_only_when_configured(
+    shop: Shop, team: Team, clock: Clock, client: TestClient
+) -> None:
+    run_id = shop.halted()
+    # not configured: the header changes nothing, not even alongside a valid token
+    forged = {"X-Forwarded-User": "the-CFO"}
+    assert client.get("/", headers=forged).status_code == 401
+    kind, _ = decide(
+        client, run_id, {**BEARER, **forged}, decision="resume", run_id=run_id, note="n"
+    )
+    assert kind == "ok" and shop.guard.require_run(run_id).decided_by == SHARED
+
+    app = create_app(shop.guard, trust_header="X-Forwarded-User", clock=clock)
+    with TestClient(app, base_url="http://127.0.0.1:8765") as proxied:
+        other = shop.halted()
+        zoe = {"X-Forwarded-User": "Zoë Admin".encode()}  # proxies send UTF-8
+        page = proxied.get(f"/runs/{other}", headers=zoe)
+        assert page.status_code == 200 and "signed in as" in page.text
+        assert "Zoë Admin" in page.text and "log out" not in page.text  # the proxy's session
+        kind, _ = decide(
+            proxied,
+            other,
+            zoe,
+            decision="abort",
+            run_id=other,
+            reviewer="the-CFO",
+            note="by proxy",
+        )
+        assert kind == "ok" and shop.guard.require_run(other).decided_by == "Zoë Admin"
+        # missing, empty, sent twice, joined, odd or reserved: nobody gets in
+        answer = proxied.get("/")
+        assert answer.status_code == 401 and 'name="token"' not in answer.text
+        for headers in (
+            {"X-Forwarded-User": ""},
+            [("X-Forwarded-User", "mallory"), ("X-Forwarded-User", "Ann")],
+            {"X-Forwarded-User": "mallory, Ann"},
+            {"X-Forwarded-User": "Ann\x1b[2J"},
+            {"X-Forwarded-User": SHARED},
+            {"X-Forwarded-User": "x" * 101},
+            BEARER,  # no shared token in this console
+        ):
+            assert proxied.get("/", headers=headers).status_code == 401, headers
+        # CSRF is still needed: the proxy's login is ambient, like a cookie
+        answer = proxied.post(
+            "/decide",
+            data={"decision": "resume", "run_id": run_id, "note": "x"},
+            headers={"X-Forwarded-User": "Ann"},
+        )
+        assert answer.status_code == 403
+        csrf = csrf_of(proxied.get(f"/runs/{run_id}", headers={"X-Forwarded-User": "Ann"}).text)
+        answer = proxied.post(
+            "/decide",
+            data={"decision": "abort", "run_id": run_id, "note": "x", "csrf": csrf},
+            headers={"X-Forwarded-User": "Bob"},  # Ann's CSRF token is not Bob's
+        )
+        assert answer.status_code == 403
+    # with the header and tokens both configured, the header names who decides
+    both = console(shop, team, clock, trust_header="X-Remote-User")
+    with TestClient(both) as c:
+        assert re.search(r'id="who">Dee<', c.get("/", headers={"X-Remote-User": "Dee"}).text)
+        page = c.get("/", headers={**team.bearer("Ann"), "X-Remote-User": "Dee"})
+        assert re.search(r'id="who">Dee<', page.text)
+        assert re.search(r'id="who">Ann<', c.get("/", headers=team.bearer("Ann")).text)
+    for bad in ("Authorization", "Cookie", "X Forwarded User", ""):
+        with pytest.raises(ValueError):
+            create_app(shop.guard, trust_header=bad)
 
 
 def test_security_headers(shop: Shop, client: TestClient) -> None:
@@ -223,19 +641,23 @@ def test_big_bodies_are_refused(client: TestClient) -> None:
 
 
 def test_decisions_without_the_csrf_token_or_from_another_site_are_refused(
-    shop: Shop, client: TestClient
+    shop: Shop, team: Team, client: TestClient
 ) -> None:
     run_id = shop.halted()
     undone = list(shop.undone)
-    page = client.get(f"/runs/{run_id}", headers=BEARER).text
+    ann = team.bearer("Ann")
+    page = client.get(f"/runs/{run_id}", headers=ann).text
     good = csrf_of(page)
-    form = {"decision": "abort", "run_id": run_id, "reviewer": "mallory", "note": "x"}
-    other_session = Keys(TOKEN).csrf(Principal("another-nonce", "cookie"))
+    form = {"decision": "abort", "run_id": run_id, "note": "x"}
+    authority = client.app.state.authority  # type: ignore[attr-defined]
+    other_session = authority.csrf(Principal("Ann", "cookie", "another-session"))
+    bobs = csrf_of(client.get(f"/runs/{run_id}", headers=team.bearer("Bob")).text)
     for csrf, headers in [
         (None, {}),
         ("", {}),
         ("0" * 64, {}),
         (other_session, {}),  # a token of another session
+        (bobs, {}),  # another reviewer's
         (good, {"Origin": "https://evil.example"}),
         (good, {"Origin": "http://127.0.0.1:9999"}),  # same site, another origin
         (good, {"Referer": "https://evil.example/page"}),
@@ -244,7 +666,7 @@ def test_decisions_without_the_csrf_token_or_from_another_site_are_refused(
     ]:
         data = dict(form) if csrf is None else {**form, "csrf": csrf}
         answer = client.post(
-            "/decide", data=data, headers={**BEARER, **headers}, follow_redirects=False
+            "/decide", data=data, headers={**ann, **headers}, follow_redirects=False
         )
         assert answer.status_code == 403, (csrf, headers)
     assert shop.guard.require_run(run_id).status == "pending_review"
@@ -258,18 +680,18 @@ def test_decisions_without_the_csrf_token_or_from_another_site_are_refused(
         answer = client.post(
             "/decide",
             data={**form, "decision": "resume", "csrf": good},
-            headers={**BEARER, **headers},
+            headers={**ann, **headers},
             follow_redirects=False,
         )
         assert answer.status_code == 303
-    assert shop.guard.require_run(run_id).decided_by == "mallory"
+    assert shop.guard.require_run(run_id).decided_by == "Ann"
 
 
-def test_logout_and_login_need_the_same_site(client: TestClient) -> None:
+def test_logout_and_login_need_the_same_site(team: Team, client: TestClient) -> None:
     assert client.post("/logout", headers=BEARER, data={}).status_code == 403
     answer = client.post(
         "/login",
-        data={"token": TOKEN},
+        data={"token": team.tokens["Ann"]},
         headers={"Origin": "https://evil.example"},
         follow_redirects=False,
     )
@@ -279,20 +701,23 @@ def test_logout_and_login_need_the_same_site(client: TestClient) -> None:
 # -- decisions ----------------------------------------------------------------------------------
 
 
-def test_every_decision_records_the_reviewer(shop: Shop, client: TestClient) -> None:
+def test_every_decision_records_the_reviewer_who_made_it(
+    shop: Shop, team: Team, client: TestClient
+) -> None:
     guard = shop.guard
+    ann, bob, dee, eve = (team.bearer(n) for n in ("Ann", "Bob", "Dee", "Eve"))
     halted = shop.halted()
     (email,) = guard.store.review_items(run_id=halted, status="open")
     kind, text = decide(
         client,
         halted,
+        ann,
         decision="resolve",
         item_id=email.id,
         resolution="done_manually",
-        reviewer="Ann",
         note="sent the correction",
     )
-    assert kind == "ok" and "Resolved" in text
+    assert kind == "ok" and "Resolved" in text and "(by Ann)" in text
     item = guard.store.review_item(email.id)
     assert item is not None
     assert (item.resolution, item.resolved_by, item.note) == (
@@ -304,94 +729,113 @@ def test_every_decision_records_the_reviewer(shop: Shop, client: TestClient) -> 
     kind, text = decide(
         client,
         halted,
+        ann,
         decision="resolve",
         item_id=email.id,
         resolution="done_manually",
-        reviewer="Ann",
         note="again",
     )
     assert kind == "warn" and text.startswith("Already")
     kind, text = decide(
-        client,
-        halted,
-        decision="resolve",
-        item_id=email.id,
-        resolution="skipped",
-        reviewer="Bob",
-        note="no",
+        client, halted, bob, decision="resolve", item_id=email.id, resolution="skipped", note="no"
     )
     assert kind == "error" and "already resolved as done_manually by Ann" in text
 
-    kind, text = decide(
-        client, halted, decision="resume", run_id=halted, reviewer="Ann", note="carrier is back"
-    )
+    kind, text = decide(client, halted, ann, decision="resume", run_id=halted, note="carrier back")
     run = guard.require_run(halted)
     assert kind == "ok" and (run.status, run.decided_by, run.decision_note) == (
         "running",
         "Ann",
-        "carrier is back",
+        "carrier back",
     )
 
     aborted = shop.halted()
-    kind, text = decide(
-        client, aborted, decision="abort", run_id=aborted, reviewer="Bob", note="customer left"
-    )
+    kind, text = decide(client, aborted, bob, decision="abort", run_id=aborted, note="left")
     run = guard.require_run(aborted)
     assert kind == "ok" and "Aborted" in text and "1 review item(s) still need" in text
-    assert (run.status, run.decided_by, run.decision_note) == ("aborted", "Bob", "customer left")
-    kind, text = decide(
-        client, aborted, decision="abort", run_id=aborted, reviewer="Cy", note="me too"
-    )
+    assert (run.status, run.decided_by, run.decision_note) == ("aborted", "Bob", "left")
+    kind, text = decide(client, aborted, dee, decision="abort", run_id=aborted, note="me too")
     assert kind == "warn" and "Already aborted by Bob" in text
-    kind, text = decide(
-        client, aborted, decision="resume", run_id=aborted, reviewer="Cy", note="oops"
-    )
+    kind, text = decide(client, aborted, dee, decision="resume", run_id=aborted, note="oops")
     assert kind == "error" and "cannot be resumed" in text
     assert guard.require_run(aborted).decided_by == "Bob"
 
     waiting, approval = shop.awaiting()
-    kind, text = decide(
-        client, waiting, decision="resume", run_id=waiting, reviewer="Ann", note="go"
-    )
+    kind, text = decide(client, waiting, ann, decision="resume", run_id=waiting, note="go")
     assert kind == "error" and "approve or reject" in text
-    kind, text = decide(
-        client, waiting, decision="approve", item_id=approval, reviewer="Dee", note="known"
-    )
+    kind, text = decide(client, waiting, dee, decision="approve", item_id=approval, note="known")
     assert kind == "ok" and "Approved" in text
     item = guard.store.review_item(approval)
     assert item is not None and (item.resolution, item.resolved_by) == ("approved", "Dee")
 
     rejected_run, rejected = shop.awaiting(amount=9000)
     kind, text = decide(
-        client, rejected_run, decision="reject", item_id=rejected, reviewer="Eve", note="fraud"
+        client, rejected_run, eve, decision="reject", item_id=rejected, note="fraud"
     )
     item = guard.store.review_item(rejected)
     assert kind == "ok" and item is not None
     assert (item.resolution, item.resolved_by, item.note) == ("rejected", "Eve", "fraud")
     # the run page shows who decided what
-    page = client.get(f"/runs/{rejected_run}", headers=BEARER).text
+    page = client.get(f"/runs/{rejected_run}", headers=ann).text
     assert "rejected" in page and "Eve" in page and "fraud" in page
 
 
-def test_a_decision_needs_a_reviewer_and_a_note(shop: Shop, client: TestClient) -> None:
+def test_a_typed_name_cannot_change_who_decided(shop: Shop, team: Team, client: TestClient) -> None:
+    """The adversarial review's finding: a typed reviewer name was recorded as given."""
+    first, second, third = shop.halted(), shop.halted(), shop.halted()
+    log_in(client, team.tokens["Ann"])
+    page = client.get(f"/runs/{first}").text
+    assert 'name="reviewer"' not in page  # nothing to type a name into
+    assert re.search(r'Recorded as <strong class="identity">Ann<', page)
+    # a hand-made form with a name field: the name is ignored
+    for who, run_id, expected in (
+        ({}, first, "Ann"),  # Ann's session cookie
+        (team.bearer("Bob"), second, "Bob"),
+        (BEARER, third, SHARED),  # the shared token is nobody in particular
+    ):
+        kind, text = decide(
+            client,
+            run_id,
+            who,
+            decision="abort",
+            run_id=run_id,
+            reviewer="the-CFO",
+            by="the-CFO",
+            note="approved by the CFO",
+        )
+        assert kind == "ok" and f"(by {expected})" in text and "the-CFO" not in text
+        run = shop.guard.require_run(run_id)
+        assert (run.decided_by, run.decision_note) == (expected, "approved by the CFO")
+    waiting, approval = shop.awaiting()
+    page = client.get(f"/runs/{waiting}", headers=BEARER).text
+    assert "the shared token: log in with your own reviewer token" in page
+    kind, _ = decide(
+        client, waiting, BEARER, decision="approve", item_id=approval, reviewer="Ann", note="ok"
+    )
+    item = shop.guard.store.review_item(approval)
+    assert kind == "ok" and item is not None and item.resolved_by == SHARED
+
+
+def test_a_decision_needs_a_note(shop: Shop, team: Team, client: TestClient) -> None:
     run_id = shop.halted()
-    csrf = csrf_of(client.get(f"/runs/{run_id}", headers=BEARER).text)
+    ann = team.bearer("Ann")
+    csrf = csrf_of(client.get(f"/runs/{run_id}", headers=ann).text)
     base = {"csrf": csrf, "decision": "abort", "run_id": run_id}
     for extra in (
         {},
         {"reviewer": "Ann"},
-        {"note": "why"},
-        {"reviewer": "   ", "note": "why"},
-        {"reviewer": "Ann", "note": "x" * 2001},
-        {"reviewer": "Ann", "note": "why", "decision": "delete"},
-        {"reviewer": "Ann", "note": "why", "decision": "resolve", "item_id": "x"},
+        {"note": "   "},
+        {"note": "x" * 2001},
+        {"note": "why", "decision": "delete"},
+        {"note": "why", "decision": "resolve", "item_id": "x"},
+        {"note": "why", "run_id": ""},
     ):
-        answer = client.post("/decide", data={**base, **extra}, headers=BEARER)
+        answer = client.post("/decide", data={**base, **extra}, headers=ann)
         assert answer.status_code == 400, extra
     answer = client.post(
         "/decide",
-        data={**base, "decision": "approve", "item_id": "nope", "reviewer": "A", "note": "n"},
-        headers=BEARER,
+        data={**base, "decision": "approve", "item_id": "nope", "note": "n"},
+        headers=ann,
     )
     assert answer.status_code == 404
     assert shop.guard.require_run(run_id).status == "pending_review"
@@ -497,20 +941,18 @@ def test_odd_run_ids_and_long_timelines(
     assert "?part=1#timeline" in html and "?part=3#timeline" in html
     html = client.get("/runs/thread%2F42%20%3Cb%3E?part=1", headers=BEARER).text
     assert re.findall(r'<tr id="action-(\d+)"', html) == ["1", "2"]
-    kind, _ = decide(
-        client, "thread%2F42%20%3Cb%3E", decision="abort", run_id=run_id, reviewer="A", note="n"
-    )
+    kind, _ = decide(client, "thread%2F42%20%3Cb%3E", decision="abort", run_id=run_id, note="n")
     assert kind == "ok" and shop.guard.require_run(run_id).status == "aborted"
 
 
-def test_a_console_on_a_store_url_owns_its_guard(shop: Shop, sqlite_url: str) -> None:
+def test_a_console_on_a_store_url_owns_its_guard(shop: Shop, team: Team, sqlite_url: str) -> None:
     from guardrail import StoreError
 
     run_id = shop.halted()
-    app = create_app(sqlite_url, TOKEN)
+    app = create_app(sqlite_url, reviewers=team.file.path)
     with TestClient(app) as c:
-        assert run_id in c.get("/", headers=BEARER).text
-        kind, _ = decide(c, run_id, decision="abort", run_id=run_id, reviewer="Ann", note="n")
+        assert run_id in c.get("/", headers=team.bearer("Ann")).text
+        kind, _ = decide(c, run_id, team.bearer("Ann"), decision="abort", run_id=run_id, note="n")
         assert kind == "ok"
     assert shop.guard.require_run(run_id).decided_by == "Ann"
     with pytest.raises(StoreError, match="closed"):
@@ -520,21 +962,26 @@ def test_a_console_on_a_store_url_owns_its_guard(shop: Shop, sqlite_url: str) ->
 # -- guardrail serve ----------------------------------------------------------------------------
 
 
-def test_serve_refuses_without_a_token_or_on_a_public_address(
-    shop: Shop, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+def test_serve_needs_a_way_to_know_who_decides_and_a_private_address(
+    shop: Shop, team: Team, sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import uvicorn
 
     started: list[dict[str, Any]] = []
+    checks: list[Any] = []
 
     def fake_run(app: Any, **options: Any) -> None:
         with TestClient(app) as c:
             assert c.get("/").status_code == 401
-            assert c.get("/?status=all", headers=BEARER).status_code == 200
+            for check in checks:
+                check(c)
         started.append(options)
 
     monkeypatch.setattr(uvicorn, "run", fake_run)
-    monkeypatch.delenv("GUARDRAIL_TOKEN", raising=False)
+    for name in ("GUARDRAIL_TOKEN", "GUARDRAIL_REVIEWERS"):
+        monkeypatch.delenv(name, raising=False)
+    config = tmp_path / "config"
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(config))  # no default reviewers file yet
     runner = CliRunner()
     shop.completed()
     for args in (
@@ -542,20 +989,60 @@ def test_serve_refuses_without_a_token_or_on_a_public_address(
         ["--token", "short"],
         ["--token", TOKEN, "--host", "0.0.0.0"],
         ["--token", TOKEN, "--host", "192.168.1.5"],
+        ["--reviewers", str(tmp_path / "nobody.json")],
+        ["--trust-header", "Cookie"],
     ):
         result = runner.invoke(cli_app, ["serve", "--store", sqlite_url, *args])
         assert result.exit_code == 2, (args, result.output)
         assert started == []
+
+    def shared(c: TestClient) -> None:
+        assert c.get("/?status=all", headers=BEARER).status_code == 200
+
+    checks[:] = [shared]
     result = runner.invoke(
         cli_app, ["serve", "--store", sqlite_url], env={"GUARDRAIL_TOKEN": TOKEN}
     )
     assert result.exit_code == 0, result.output
     assert started[-1]["host"] == "127.0.0.1" and started[-1]["port"] == 8765
+    assert "shared-token" in result.stderr
     result = runner.invoke(
         cli_app,
         ["serve", "--store", sqlite_url, "--token", TOKEN, "--host", "0.0.0.0", "--allow-remote"],
     )
     assert result.exit_code == 0 and started[-1]["host"] == "0.0.0.0"
+
+    def reviewers_only(c: TestClient) -> None:
+        page = c.get("/", headers=team.bearer("Ann"))
+        assert page.status_code == 200 and re.search(r'id="who">Ann<', page.text)
+        assert c.get("/", headers=BEARER).status_code == 401  # no shared token configured
+
+    checks[:] = [reviewers_only]
+    result = runner.invoke(
+        cli_app, ["serve", "--store", sqlite_url, "--reviewers", str(team.file.path)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "4 reviewer token(s)" in result.stderr
+    # the default file, when there is one
+    default = config / "guardrail" / "reviewers.json"
+    default.parent.mkdir(parents=True)
+    default.write_bytes(team.file.path.read_bytes())
+    default.chmod(0o600)
+    result = runner.invoke(cli_app, ["serve", "--store", sqlite_url])
+    assert result.exit_code == 0, result.output
+    assert str(default) in result.stderr
+
+    def header(c: TestClient) -> None:
+        page = c.get("/", headers={"X-Forwarded-User": "<b>proxy-user</b>"})
+        assert page.status_code == 200 and "&lt;b&gt;proxy-user&lt;/b&gt;" in page.text
+
+    checks[:] = [header]
+    default.unlink()
+    result = runner.invoke(
+        cli_app, ["serve", "--store", sqlite_url, "--trust-header", "X-Forwarded-User"]
+    )
+    assert result.exit_code == 0, result.output
+    assert len(started) == 5
 
 
 # -- in a real browser --------------------------------------------------------------------------
@@ -588,8 +1075,9 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture
-def served(shop: Shop) -> Iterator[str]:
-    """The console for the shop's guard, served by uvicorn on a free loopback port."""
+def served(shop: Shop, team: Team, clock: Clock) -> Iterator[str]:
+    """The console for the shop's guard (the shared token and the team's tokens), served by
+    uvicorn on a free loopback port; sessions and the throttle run on the test's clock."""
     import uvicorn
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -597,7 +1085,11 @@ def served(shop: Shop) -> Iterator[str]:
     sock.listen(64)  # connections wait in the backlog until the server accepts them
     port = sock.getsockname()[1]
     server = uvicorn.Server(
-        uvicorn.Config(create_app(shop.guard, TOKEN), log_level="warning", lifespan="on")
+        uvicorn.Config(
+            create_app(shop.guard, TOKEN, reviewers=team.file, clock=clock),
+            log_level="warning",
+            lifespan="on",
+        )
     )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -611,43 +1103,85 @@ def served(shop: Shop) -> Iterator[str]:
     sock.close()
 
 
+def browser_log_in(page: Any, token: str) -> None:
+    page.fill("#token", token)
+    page.click("button:has-text('Log in')")
+
+
 @browser_only
-def test_browser_halt_review_and_abort(shop: Shop, served: str, browser: Any) -> None:
+def test_browser_halt_review_and_abort(shop: Shop, team: Team, served: str, browser: Any) -> None:
     run_id = shop.halted(item="book")
     context = browser.new_context()
     page = context.new_page()
     try:
         answer = page.goto(f"{served}/")
         assert answer is not None and answer.status == 401
-        page.fill("#token", TOKEN)
-        page.click("button:has-text('Log in')")
+        browser_log_in(page, team.tokens["Ann"])
+        assert page.text_content("#who") == "Ann"
         assert page.text_content("#count-pending-review") == "1"
         page.click(f"a:has-text('{run_id}')")
         assert page.text_content("#run-status") == "pending_review"
         # the order was undone when the run halted: an abort has only the email left
         assert "review action 2 (send_email)" in (page.text_content("#plan") or "")
         assert page.is_visible("text=Send a correction")
-        page.fill("#reviewer-abort", "Ann On-Call")
+        # nobody types a name: the form says who the decision is recorded as
+        assert page.locator("input[name=reviewer]").count() == 0
+        assert page.text_content("#form-abort .identity") == "Ann"
         page.fill("#note-abort", "customer cancelled on the phone")
         page.click("button:has-text('Abort run')")
         page.wait_for_selector("#flash")
         assert "Aborted run" in (page.text_content("#flash") or "")
         assert page.text_content("#run-status") == "aborted"
-        assert "Ann On-Call" in (page.text_content("#decided") or "")
-        # the name is remembered for the next decision
-        assert (
-            page.input_value(f"#reviewer-{shop.guard.store.review_items(run_id=run_id)[0].id}")
-            == "Ann On-Call"
-        )
+        assert "Ann" in (page.text_content("#decided") or "")
     finally:
         context.close()
     run = shop.guard.require_run(run_id)
     assert (run.status, run.decided_by, run.decision_note) == (
         "aborted",
-        "Ann On-Call",
+        "Ann",
         "customer cancelled on the phone",
     )
     assert shop.guard.verify(run_id).ok
+
+
+@browser_only
+def test_browser_a_copied_cookie_dies_with_logout_and_with_the_reviewer(
+    shop: Shop, team: Team, served: str, browser: Any
+) -> None:
+    run_id = shop.halted()
+    mine, thief = browser.new_context(), browser.new_context()
+    try:
+        page = mine.new_page()
+        page.goto(f"{served}/")
+        browser_log_in(page, team.tokens["Bob"])
+        assert page.text_content("#who") == "Bob"
+        stolen = mine.cookies()
+        assert [c["name"] for c in stolen] == [SESSION_COOKIE]
+        assert stolen[0]["httpOnly"] and stolen[0]["sameSite"] == "Strict"
+        thief.add_cookies(stolen)
+        other = thief.new_page()
+        answer = other.goto(f"{served}/runs/{run_id}")
+        assert answer is not None and answer.status == 200  # the copy works while Bob is in
+        page.click("button:has-text('log out')")
+        page.wait_for_selector("#token")
+        assert mine.cookies() == []
+        # the copy is refused now, also when it posts a form it loaded before the logout
+        other.fill("#note-abort", "with a stolen cookie")
+        other.click("button:has-text('Abort run')")
+        assert "session has ended" in other.content()
+        answer = other.goto(f"{served}/")
+        assert answer is not None and answer.status == 401
+        # the same with a reviewer removed while logged in
+        browser_log_in(page, team.tokens["Dee"])
+        assert page.text_content("#who") == "Dee"
+        assert team.file.remove("Dee")
+        answer = page.goto(f"{served}/")
+        assert answer is not None and answer.status == 401
+        assert "session has ended" in (page.text_content("p.error") or "")
+    finally:
+        mine.close()
+        thief.close()
+    assert shop.guard.require_run(run_id).status == "pending_review"
 
 
 @browser_only
@@ -675,7 +1209,9 @@ def test_browser_runs_no_script_from_tool_arguments(shop: Shop, served: str, bro
 
 
 @browser_only
-def test_browser_without_the_token_is_refused(shop: Shop, served: str, browser: Any) -> None:
+def test_browser_without_a_token_is_refused_and_guessing_is_throttled(
+    shop: Shop, team: Team, served: str, browser: Any
+) -> None:
     run_id = shop.halted(item="secret-widget")
     context = browser.new_context()
     page = context.new_page()
@@ -683,16 +1219,15 @@ def test_browser_without_the_token_is_refused(shop: Shop, served: str, browser: 
         answer = page.goto(f"{served}/runs/{run_id}")
         assert answer is not None and answer.status == 401
         assert "secret-widget" not in page.content() and "create_order" not in page.content()
-        page.fill("#token", "not-the-token-at-all")
-        page.click("button:has-text('Log in')")
-        assert "not the console" in (page.text_content("p.error") or "")
+        browser_log_in(page, "not-the-token-at-all")
+        assert "not a token this console accepts" in (page.text_content("p.error") or "")
         assert context.cookies() == []
         api = context.request.get(f"{served}/?status=all")
         assert api.status == 401 and run_id not in api.text()
         # a same-site page on another port cannot post a decision, even with a session and a
         # stolen CSRF token: the browser says where the form came from
-        page.fill("#token", TOKEN)
-        page.click("button:has-text('Log in')")  # back to the run it asked for
+        page.goto(f"{served}/runs/{run_id}")
+        browser_log_in(page, team.tokens["Eve"])  # back to the run it asked for
         assert page.text_content("#run-id") == run_id
         csrf = page.get_attribute("input[name=csrf]", "value")
         evil = "http://127.0.0.1:1/"
@@ -710,6 +1245,17 @@ def test_browser_without_the_token_is_refused(shop: Shop, served: str, browser: 
         with page.expect_navigation():
             page.click("button")
         assert "another site" in page.content()
+        # a stranger guessing tokens is held up after a few tries
+        stranger = browser.new_context().new_page()
+        stranger.goto(f"{served}/")
+        for n in range(5):  # (Eve's login cleared this address's earlier failure)
+            browser_log_in(stranger, f"guess-number-{n}")
+            assert "not a token" in (stranger.text_content("p.error") or "")
+        with stranger.expect_response(f"{served}/login") as response:
+            browser_log_in(stranger, team.tokens["Ann"])
+        assert response.value.status == 429 and response.value.headers["retry-after"] == "1"
+        assert "Too many wrong tokens" in (stranger.text_content("p.error") or "")
+        stranger.context.close()
     finally:
         context.close()
     assert shop.guard.require_run(run_id).status == "pending_review"

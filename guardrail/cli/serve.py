@@ -1,4 +1,5 @@
-"""``guardrail serve``: the web review console on a local port, behind a token.
+"""``guardrail serve``: the web review console on a local port, behind reviewers' tokens, a
+shared token, or an authenticating proxy's header.
 
 uvicorn is imported only when the command runs.
 """
@@ -6,6 +7,7 @@ uvicorn is imported only when the command runs.
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -37,8 +39,27 @@ def serve(
         typer.Option(
             envvar="GUARDRAIL_TOKEN",
             show_envvar=True,
-            help="The token that protects the console (at least 16 characters). "
-            "Prefer the GUARDRAIL_TOKEN variable: a --token shows in the process list.",
+            help="A shared token for the console (at least 16 characters); decisions made with "
+            "it are recorded as 'shared-token', not as a person. Prefer the GUARDRAIL_TOKEN "
+            "variable: a --token shows in the process list.",
+        ),
+    ] = None,
+    reviewers: Annotated[
+        str | None,
+        typer.Option(
+            envvar="GUARDRAIL_REVIEWERS",
+            show_envvar=True,
+            help="The reviewers file (guardrail reviewers add NAME): each reviewer logs in with "
+            "a token of their own and decides under their name. Default "
+            "~/.config/guardrail/reviewers.json, used when it exists.",
+        ),
+    ] = None,
+    trust_header: Annotated[
+        str | None,
+        typer.Option(
+            help="Take the reviewer's name from this request header (e.g. X-Forwarded-User), "
+            "set by an authenticating proxy in front of the console. Only when every request "
+            "comes through that proxy and it strips the header from clients' requests.",
         ),
     ] = None,
     allow_remote: Annotated[
@@ -64,23 +85,42 @@ def serve(
     ssl_keyfile: Annotated[str | None, typer.Option(help="The certificate's key.")] = None,
 ) -> None:
     """Serve the web review console: the runs waiting for a person, their timelines, and the
-    decisions (resume, abort, resolve, approve, reject), each recording the reviewer's name.
+    decisions (resume, abort, resolve, approve, reject), each recording who logged in.
 
     Aborts run the undos in this process: policy files with dotted-path undos and policy packs
-    work here; for undos that live in your code, serve guardrail.web.create_app(guard, token)
+    work here; for undos that live in your code, serve guardrail.web.create_app(guard, ...)
     from that code instead.
     """
-    if not token:
+    from guardrail.web.reviewers import ReviewerFile, ReviewerFileError, default_path
+    from guardrail.web.security import check_header_name, check_token
+
+    reviewer_file: ReviewerFile | None = None
+    count = 0
+    path = Path(reviewers) if reviewers else default_path()
+    if reviewers or path.exists():
+        reviewer_file = ReviewerFile(path)
+        if not reviewer_file.path.exists():
+            fail(
+                f"no reviewers file at {path}; make one with guardrail reviewers add NAME "
+                f"--file {path}",
+                USAGE,
+            )
+        try:
+            count = len(reviewer_file.load())
+        except ReviewerFileError as exc:
+            fail(str(exc), USAGE)
+    if not token and reviewer_file is None and not trust_header:
         fail(
-            "the console needs a token: set GUARDRAIL_TOKEN (e.g. to the output of python -c "
-            "'import secrets; print(secrets.token_urlsafe(32))') or pass --token",
+            "the console needs to know who is deciding: add reviewers (guardrail reviewers add "
+            "NAME), or set GUARDRAIL_TOKEN to a shared token (e.g. the output of python -c "
+            "'import secrets; print(secrets.token_urlsafe(32))'), or pass --trust-header",
             USAGE,
         )
-    assert token is not None
-    from guardrail.web.security import check_token
-
     try:
-        check_token(token)
+        if token:
+            check_token(token)
+        if trust_header:
+            check_header_name(trust_header)
     except ValueError as exc:
         fail(str(exc), USAGE)
     if not is_loopback(host) and not allow_remote:
@@ -107,14 +147,29 @@ def serve(
             guard.load_policies(name, **options)
         for file in policy or []:
             guard.load_policies(file)
-        app = create_app(guard, token)
+        app = create_app(
+            guard, token or None, reviewers=reviewer_file, trust_header=trust_header or None
+        )
         scheme = "https" if ssl_certfile else "http"
         shown = f"[{host}]" if ":" in host else host
+        ways = []
+        if reviewer_file is not None:
+            ways.append(f"{count} reviewer token(s) from {reviewer_file.path}")
+        if token:
+            ways.append("the shared token (decisions recorded as 'shared-token')")
+        if trust_header:
+            ways.append(f"the {trust_header} header from the proxy in front")
         typer.echo(
-            f"guardrail console on {scheme}://{shown}:{port}/ for {guard.store.url} "
-            "(log in with the token; Ctrl+C stops it)",
+            f"guardrail console on {scheme}://{shown}:{port}/ for {guard.store.url}; "
+            f"who decides comes from {' and '.join(ways)} (Ctrl+C stops it)",
             err=True,
         )
+        if trust_header and not is_loopback(host):
+            typer.echo(
+                f"warning: --trust-header on {host}: anyone who reaches this port without the "
+                f"proxy can send {trust_header} and decide as anybody",
+                err=True,
+            )
         uvicorn.run(
             app,
             host=host,

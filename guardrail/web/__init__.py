@@ -1,11 +1,12 @@
 """The web review console (``guardrail serve``): the inbox of runs waiting for a person, each
 run's timeline, and the decisions (resume, abort, resolve, approve, reject) in a browser.
 
-Behind a token, with the reviewer's name recorded on every decision::
+Each decision records who logged in: a reviewer's own token (``guardrail reviewers add NAME``),
+the shared token (as ``shared-token``), or a trusted proxy header, never a name typed in a form::
 
     from guardrail.web import create_app
 
-    app = create_app(guard, token=os.environ["GUARDRAIL_TOKEN"])  # a Starlette app
+    app = create_app(guard, reviewers="/etc/guardrail/reviewers.json")  # a Starlette app
 """
 
 from guardrail.web.app import create_app

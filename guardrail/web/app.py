@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, unquote, urlencode
+from urllib.parse import quote, urlencode
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from starlette.applications import Starlette
@@ -36,14 +37,19 @@ from guardrail.lifecycle import PlannedStep
 from guardrail.recovery import owner_alive
 from guardrail.store import Action, Compensation, ReviewItem, RunRecord
 from guardrail.transitions import LIVE, RunStatus
+from guardrail.web.reviewers import SHARED_IDENTITY, ReviewerFile, ReviewerFileError
 from guardrail.web.security import (
     SESSION_COOKIE,
     SESSION_SECONDS,
+    Authority,
     BodyLimit,
-    Keys,
+    Clock,
     Principal,
-    RequireToken,
+    RequireLogin,
     SecurityHeaders,
+    Throttle,
+    Throttled,
+    client_key,
     same_site,
 )
 
@@ -51,29 +57,66 @@ WAITING = ("pending_review", "awaiting_approval")
 RUN_STATUSES = tuple(s.value for s in RunStatus)
 DECISIONS = ("resume", "abort", "resolve", "approve", "reject")
 RESOLUTIONS = ("done_manually", "retried", "skipped")
-REVIEWER_COOKIE = "guardrail_reviewer"
-MAX_REVIEWER, MAX_NOTE = 100, 2000
+MAX_NOTE = 2000
 MAX_SHOWN_RUNS = 500
 MAX_SHOWN_JSON = 20_000
 ACTIONS_PER_PART = 500
 
 
-def create_app(guard: Guard | str, token: str, *, title: str = "guardrail") -> Starlette:
-    """The review console for ``guard`` (or a store URL), protected by ``token``.
+def create_app(
+    guard: Guard | str,
+    token: str | None = None,
+    *,
+    reviewers: str | os.PathLike[str] | ReviewerFile | None = None,
+    trust_header: str | None = None,
+    title: str = "guardrail",
+    throttle: Throttle | None = None,
+    clock: Clock = time.monotonic,
+) -> Starlette:
+    """The review console for ``guard`` (or a store URL).
 
     Example::
 
-        app = create_app("sqlite:///guardrail.db", token=os.environ["GUARDRAIL_TOKEN"])
+        app = create_app("sqlite:///guardrail.db", reviewers="/etc/guardrail/reviewers.json")
         uvicorn.run(app, host="127.0.0.1", port=8765)
 
+    Who may log in, and the name each decision records (never a name typed into a form):
+
+    - ``reviewers``: a reviewers file (``guardrail reviewers add NAME``); each reviewer logs in
+      with their own token and decides under their own name;
+    - ``token``: a shared token (at least 16 characters); decisions made with it record the
+      fixed identity ``shared-token``;
+    - ``trust_header``: e.g. ``"X-Forwarded-User"``, for a console reachable only through an
+      authenticating proxy that sets the header and strips it from clients' requests.
+
+    At least one is needed; they can be combined. Sessions live in this process (one worker).
+    ``throttle`` sets the limits on wrong tokens; ``clock`` (monotonic seconds) drives session
+    expiry and the default throttle.
+
     Given a URL, the console opens a non-strict guard on it (closed at shutdown); give it your
-    own ``Guard`` instead when aborts should run your tools' undos in this process. The token
-    must be at least 16 characters.
+    own ``Guard`` instead when aborts should run your tools' undos in this process.
     """
-    keys = Keys(token)
+    if isinstance(reviewers, str | os.PathLike):
+        reviewers = ReviewerFile(reviewers)
+    if reviewers is not None:
+        if not reviewers.path.exists():
+            raise ValueError(
+                f"no reviewers file at {reviewers.path}; make one with guardrail reviewers add NAME"
+            )
+        try:
+            reviewers.load()
+        except ReviewerFileError as exc:
+            raise ValueError(str(exc)) from None
+    authority = Authority(
+        token=token,
+        reviewers=reviewers,
+        trust_header=trust_header,
+        throttle=throttle or Throttle(clock=clock),
+        clock=clock,
+    )
     owned = not isinstance(guard, Guard)
     the_guard = Guard(store=guard, strict=False) if isinstance(guard, str) else guard
-    console = Console(the_guard, keys, title)
+    console = Console(the_guard, authority, title)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -96,12 +139,18 @@ def create_app(guard: Guard | str, token: str, *, title: str = "guardrail") -> S
         middleware=[
             Middleware(SecurityHeaders),
             Middleware(BodyLimit),
-            Middleware(RequireToken, keys=keys, refuse=console.refuse),
+            Middleware(
+                RequireLogin,
+                authority=authority,
+                refuse=console.refuse,
+                throttled=console.throttled,
+            ),
         ],
         exception_handlers={HTTPException: console.http_error},
         lifespan=lifespan,
     )
     app.state.guard = the_guard
+    app.state.authority = authority
     return app
 
 
@@ -285,11 +334,12 @@ def load_run(guard: Guard, run_id: str, part: int | None = None) -> RunPage:
 
 
 class Console:
-    """The views. One instance per application, holding the guard, the keys and the templates."""
+    """The views. One instance per application, holding the guard, the authority and the
+    templates."""
 
-    def __init__(self, guard: Guard, keys: Keys, title: str) -> None:
+    def __init__(self, guard: Guard, authority: Authority, title: str) -> None:
         self.guard = guard
-        self.keys = keys
+        self.authority = authority
         self.title = title
         self.templates = Environment(
             loader=PackageLoader("guardrail.web", "templates"),
@@ -299,7 +349,16 @@ class Console:
             lstrip_blocks=True,
         )
         self.templates.filters.update(when=when, ago=ago, run_url=run_url)
-        self.templates.globals.update(statuses=RUN_STATUSES, resolutions=RESOLUTIONS)
+        self.templates.globals.update(
+            statuses=RUN_STATUSES,
+            resolutions=RESOLUTIONS,
+            shared_identity=SHARED_IDENTITY,
+            logins={
+                "reviewers": authority.reviewers is not None,
+                "shared": authority.shared,
+                "header": authority.trust_header,
+            },
+        )
 
     # -- rendering -----------------------------------------------------------------------------
 
@@ -316,7 +375,7 @@ class Console:
             title=self.title,
             store=self.guard.store.url,
             principal=principal,
-            csrf=self.keys.csrf(principal) if principal is not None else "",
+            csrf=self.authority.csrf(principal) if principal is not None else "",
             flash=self.flash(conn),
             **context,
         )
@@ -325,20 +384,38 @@ class Console:
     def flash(self, conn: HTTPConnection) -> dict[str, str] | None:
         q = conn.query_params
         kind, message, sig = q.get("kind", ""), q.get("flash", ""), q.get("sig", "")
-        if kind in ("ok", "warn", "error") and self.keys.flash_matches(kind, message, sig):
+        if kind in ("ok", "warn", "error") and self.authority.flash_matches(kind, message, sig):
             return {"kind": kind, "message": message}
         return None
 
     def refuse(self, conn: HTTPConnection) -> Response:
-        """What a request without the token gets: 401 and the login form, nothing else."""
+        """What a request without a valid token or session gets: 401 and the login form,
+        nothing else. A session cookie that no longer works (logged out, expired, its reviewer
+        removed) is dropped."""
         wanted = conn.url.path + (f"?{conn.url.query}" if conn.url.query else "")
-        return self.page(
+        cookie = conn.cookies.get(SESSION_COOKIE)
+        ended = bool(cookie) and self.authority.from_cookie(cookie or "") is None
+        response = self.page(
             conn,
             "login.html",
             status_code=401,
             headers={"WWW-Authenticate": 'Bearer realm="guardrail"'},
             next=safe_next(wanted) if conn.scope.get("method") == "GET" else "/",
-            error=None,
+            error="Your session has ended; log in again." if ended else None,
+        )
+        if ended:
+            response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="strict")
+        return response
+
+    def throttled(self, conn: HTTPConnection, verdict: Throttled) -> Response:
+        """What a client gets while too many wrong tokens were tried: 429, ``Retry-After``."""
+        return self.page(
+            conn,
+            "login.html",
+            status_code=429,
+            headers={"Retry-After": str(verdict.retry_after)},
+            next="/",
+            error=f"Too many wrong tokens; try again in {verdict.retry_after} s.",
         )
 
     async def http_error(self, request: Request, exc: Exception) -> Response:
@@ -377,15 +454,12 @@ class Console:
             )
         except RunNotFound:
             raise HTTPException(404, f"no run {run_id!r} in this store") from None
-        reviewer = unquote(request.cookies.get(REVIEWER_COOKIE, ""))[:MAX_REVIEWER]
         return self.page(
             request,
             "run.html",
             page=data,
             run=data.log.run,
             waiting=data.log.run.status in WAITING,
-            reviewer=reviewer,
-            max_reviewer=MAX_REVIEWER,
             max_note=MAX_NOTE,
         )
 
@@ -401,7 +475,7 @@ class Console:
         if (
             principal is None
             or not isinstance(csrf, str)
-            or not self.keys.csrf_matches(principal, csrf)
+            or not self.authority.csrf_matches(principal, csrf)
         ):
             raise HTTPException(
                 403, "the form's CSRF token is missing or wrong; reload the page and try again"
@@ -410,20 +484,18 @@ class Console:
 
     async def decide(self, request: Request) -> Response:
         form = await self.checked_form(request)
+        principal: Principal = request.state.principal
+        # who decides is who logged in; a "reviewer" field (older forms, scripts) is ignored
+        reviewer = principal.identity
         fields = {k: v.strip() for k, v in form.items() if isinstance(v, str)}
         decision = fields.get("decision", "")
-        reviewer = fields.get("reviewer", "")
         note = fields.get("note", "")
         if decision not in DECISIONS:
             raise HTTPException(400, f"unknown decision {decision!r}")
-        if not reviewer or not note:
-            raise HTTPException(
-                400, "a decision needs the reviewer's name and a note; go back and fill both in"
-            )
-        if len(reviewer) > MAX_REVIEWER or len(note) > MAX_NOTE:
-            raise HTTPException(
-                400, f"the name is limited to {MAX_REVIEWER} and the note to {MAX_NOTE} characters"
-            )
+        if not note:
+            raise HTTPException(400, "a decision needs a note; go back and say why")
+        if len(note) > MAX_NOTE:
+            raise HTTPException(400, f"the note is limited to {MAX_NOTE} characters")
         target = fields.get("item_id" if decision in ("resolve", "approve", "reject") else "run_id")
         if not target:
             raise HTTPException(400, f"the {decision} form names no run or item")
@@ -437,18 +509,9 @@ class Console:
         except RunNotFound as exc:
             raise HTTPException(404, str(exc)) from None
         query = urlencode(
-            {"kind": kind, "flash": message, "sig": self.keys.sign_flash(kind, message)}
+            {"kind": kind, "flash": message, "sig": self.authority.sign_flash(kind, message)}
         )
-        response = RedirectResponse(f"{run_url(run_id)}?{query}", status_code=303)
-        response.set_cookie(
-            REVIEWER_COOKIE,
-            quote(reviewer, safe=""),
-            max_age=30 * 86400,
-            httponly=True,
-            samesite="strict",
-            secure=request.url.scheme == "https",
-        )
-        return response
+        return RedirectResponse(f"{run_url(run_id)}?{query}", status_code=303)
 
     # -- login -----------------------------------------------------------------------------------
 
@@ -464,18 +527,25 @@ class Console:
         form = await request.form(max_files=0, max_fields=5, max_part_size=8_000)
         token, wanted = form.get("token"), form.get("next")
         wanted = safe_next(wanted if isinstance(wanted, str) else "/")
-        if not isinstance(token, str) or not self.keys.token_matches(token.strip()):
+        outcome = self.authority.login(token if isinstance(token, str) else "", client_key(request))
+        if isinstance(outcome, Throttled):
+            return self.throttled(request, outcome)
+        if outcome is None:
             return self.page(
                 request,
                 "login.html",
                 status_code=401,
                 next=wanted,
-                error="That is not the console's token.",
+                error="That is not a token this console accepts.",
             )
+        previous: Principal | None = request.state.principal
+        if previous is not None:  # one session per browser: the one it had ends
+            self.authority.logout(previous)
+        _, cookie = outcome
         response = RedirectResponse(wanted, status_code=303)
         response.set_cookie(
             SESSION_COOKIE,
-            self.keys.new_session(),
+            cookie,
             max_age=SESSION_SECONDS,
             httponly=True,
             samesite="strict",
@@ -484,7 +554,9 @@ class Console:
         return response
 
     async def logout(self, request: Request) -> Response:
+        """End the session here and on the server: the cookie, even copied, stops working."""
         await self.checked_form(request)
+        self.authority.logout(request.state.principal)
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="strict")
         return response
