@@ -9,6 +9,10 @@ An expression sees ``args`` (the call's arguments), ``tool`` (its name) and ``ru
     args.amount > 1000
     size(args.remove) * 2 > size(args.bundle.items)
     run.metadata.env == "prod" && tool.startsWith("delete_")
+    args.items.exists(i, i.qty > 100) || args.tags.all(t, t != "vip")
+
+The macros ``all``, ``exists``, ``exists_one``, ``map`` and ``filter`` bind a variable inside
+their parentheses; any other name is refused when the expression is compiled.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 import cel
 
 VARIABLES = frozenset({"args", "tool", "run"})
+MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})
 MAX_LENGTH = 4_000
 
 
@@ -43,11 +48,19 @@ class Condition:
             self.program = cel.compile(source)
         except Exception as exc:  # the library raises ValueError, but be sure nothing leaks
             raise ConditionError(f"not valid CEL: {_parse_error(exc, source)}") from None
-        unknown = sorted(set(self.program.variables()) - VARIABLES)
+        bound, free = loop_variables(source)
+        unknown = sorted(set(self.program.variables()) - VARIABLES - (bound - free))
         if unknown:
+            outside = sorted(set(unknown) & bound)
+            hint = (
+                f" ({', '.join(outside)}: a macro's variable exists only inside its parentheses)"
+                if outside
+                else ""
+            )
             raise ConditionError(
                 f"unknown name(s) {', '.join(unknown)} in {source!r}; an expression can use "
-                "args, tool and run"
+                "args, tool and run, and inside a macro (all, exists, exists_one, map, filter) "
+                f"the variable it binds, as in args.items.all(i, i.qty < 10){hint}"
             )
         self.source = source
 
@@ -72,6 +85,80 @@ class Condition:
 
     def __repr__(self) -> str:
         return f"Condition({self.source!r})"
+
+
+_TOKEN = re.compile(
+    r"""
+    (?P<space>\s+|//[^\n]*)
+    |(?P<string>
+        [bB]?[rR][bB]?(?:\"\"\"[\s\S]*?\"\"\"|'''[\s\S]*?'''|"[^"\n]*"|'[^'\n]*')
+        |[bB]?(?:\"\"\"(?:\\[\s\S]|[^\\])*?\"\"\"|'''(?:\\[\s\S]|[^\\])*?'''
+            |"(?:\\.|[^"\\\n])*"|'(?:\\.|[^'\\\n])*')
+    )
+    |(?P<number>0[xX][0-9a-fA-F]+[uU]?|(?:\d+\.\d*|\.\d+|\d+)(?:[eE][+-]?\d+)?[uU]?)
+    |(?P<name>[A-Za-z_][A-Za-z0-9_]*)
+    |(?P<punct>.)
+    """,
+    re.VERBOSE | re.DOTALL,
+)
+_OPERAND_END = frozenset({"name", "number", "string", ")", "]", "}"})
+_KEYWORDS = frozenset({"true", "false", "null", "in"})
+
+
+def loop_variables(source: str) -> tuple[set[str], set[str]]:
+    """The names the expression's macros bind (the ``i`` of ``args.items.all(i, i.qty < 10)``),
+    and the names it uses outside any macro binding them.
+
+    The CEL library reports a macro's variable as one more variable of the expression; this
+    tells the two apart, so that a variable is accepted only where a macro binds it. Used only to
+    accept names: a name this scan misreads stays refused, or fails closed at run time.
+    """
+    tokens: list[tuple[str, str]] = []
+    for found in _TOKEN.finditer(source):
+        kind = found.lastgroup or "punct"
+        if kind != "space":
+            tokens.append((kind, found.group()))
+    bound: set[str] = set()
+    free: set[str] = set()
+    scopes: list[tuple[str, int]] = []  # (variable, depth of the macro's parenthesis)
+    binders: set[int] = set()  # token indexes of the variables being bound
+    depth = 0
+
+    def member(dot: int) -> bool:  # a field or method (a.b), not a root-scoped name (.b)
+        if dot == 0:
+            return False
+        kind, text = tokens[dot - 1]
+        return kind in _OPERAND_END or text in _OPERAND_END
+
+    for i, (kind, text) in enumerate(tokens):
+        if kind == "punct" and text in "([{":
+            depth += 1
+            if (
+                text == "("
+                and i >= 2
+                and tokens[i - 1][0] == "name"
+                and tokens[i - 1][1] in MACROS
+                and tokens[i - 2] == ("punct", ".")
+                and member(i - 2)
+                and i + 2 < len(tokens)
+                and tokens[i + 1][0] == "name"
+                and tokens[i + 2] == ("punct", ",")
+            ):
+                scopes.append((tokens[i + 1][1], depth))
+                binders.add(i + 1)
+                bound.add(tokens[i + 1][1])
+        elif kind == "punct" and text in ")]}":
+            while scopes and scopes[-1][1] >= depth:
+                scopes.pop()
+            depth -= 1
+        elif kind == "name" and i not in binders and text not in _KEYWORDS:
+            if i > 0 and tokens[i - 1] == ("punct", "."):
+                continue  # a field, a method, or a root-scoped name (.args): never a variable
+            if i + 1 < len(tokens) and tokens[i + 1] == ("punct", "("):
+                continue  # a function: size(...), has(...)
+            if not any(name == text for name, _ in scopes):
+                free.add(text)
+    return bound, free
 
 
 def _parse_error(exc: BaseException, source: str) -> str:

@@ -9,20 +9,28 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from guardrail.policy import Policy, UndoTool
 from guardrail.policy_file import problems
 from guardrail.policy_source import Problem, line_of, read_source
 
 
-def check(path: str | Path, tools: Iterable[str] | None = None) -> list[Problem]:
+def check(
+    path: str | Path,
+    tools: Iterable[str] | None = None,
+    *,
+    allow: Iterable[str] = (),
+    functions: Iterable[Callable[..., Any]] = (),
+) -> list[Problem]:
     """Everything ``guardrail policy check`` reports about a file, optionally against a toolkit.
 
-    Errors: the file's own problems; a tool that changes the world with neither undo nor review;
+    Errors: the file's own problems (among them a dotted path outside the ``allow`` prefixes and
+    the registered ``functions``); a tool that changes the world with neither undo nor review;
     an undo naming a tool that exists neither in the file nor in the toolkit; a toolkit tool with
     no policy. Warning: a policy for a tool the toolkit does not have.
     """
-    policies, found = problems(path)
+    policies, found = problems(path, allow=allow, functions=functions)
     if any(p.code == "syntax" for p in found):
         return found
     source = read_source(path)

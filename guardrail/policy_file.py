@@ -16,14 +16,24 @@
 Every problem is reported with the file, the line (YAML; TOML where it can be found), the tool
 and the field, and what was expected. :func:`load` raises the first as a PolicyError;
 :func:`problems` lists them all (``guardrail policy check``).
+
+A policy file is data, and whoever can edit it must not be able to run code: a dotted path
+(``undo.call``, ``snapshot``, ``probe``, and exception types in ``retry.on``) resolves only to a
+function registered with the guard (``guard.register``, ``@guard.tool``) or to an object defined
+in a module the application allows (``allow=["myapp.payments"]``, also from the environment
+variable ``GUARDRAIL_POLICY_ALLOW``). Anything else is refused when the file is loaded, before any
+module is imported. See :class:`Allowed`.
 """
 
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import importlib
+import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+import types
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -33,6 +43,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -50,11 +61,15 @@ from guardrail.policy import (
     make_policy,
 )
 from guardrail.policy_source import (
+    MAX_DEPTH,
+    MAX_DIGITS,
     Problem,
     Source,
+    TooLarge,
     Unreadable,
     line_of,
     read_source,
+    too_large,
 )
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:\-]{0,199}$")
@@ -109,19 +124,21 @@ class RetrySpec(_Strict):
     wait_initial: float = Field(default=0.05, ge=0, le=3600)
     wait_max: float = Field(default=2.0, ge=0, le=3600)
 
-    def build(self) -> Retry:
+    def build(self, allowed: Allowed) -> Retry:
         return Retry(
             attempts=self.attempts,
-            on=tuple(exception_type(n) for n in self.on),
+            on=tuple(exception_type(n, allowed) for n in self.on),
             wait_initial=self.wait_initial,
             wait_max=self.wait_max,
         )
 
     @field_validator("on")
     @classmethod
-    def _exceptions(cls, names: list[str]) -> list[str]:
+    def _exceptions(cls, names: list[str], info: ValidationInfo) -> list[str]:
+        context = info.context if isinstance(info.context, Mapping) else {}
+        allowed = context.get("allowed")
         for name in names:
-            exception_type(name)
+            exception_type(name, allowed if isinstance(allowed, Allowed) else Allowed())
         return names
 
 
@@ -163,6 +180,73 @@ class PolicyFile(_Strict):
     tools: dict[Annotated[str, AfterValidator(_check_name)], ToolSpec]
 
 
+ENV_ALLOW = "GUARDRAIL_POLICY_ALLOW"
+# Nothing is allowed unless the application says so. The policy packs of guardrail.policies are
+# code loaded by name (guard.load_policies("mcp-filesystem")), not dotted paths in a file, so they
+# need no entry here.
+DEFAULT_ALLOW: tuple[str, ...] = ()
+_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Allowed:
+    """What the dotted paths of a policy file may resolve to.
+
+    ``modules``: module prefixes, matched on module boundaries (``myapp`` allows ``myapp`` and
+    ``myapp.payments``, not ``myapp_evil``). ``functions``: functions registered with the guard,
+    by ``module.qualname``. A path naming a registered function resolves to it without any
+    import; any other path must lie in an allowed module, which is checked before importing it,
+    and must resolve to an object defined there (its ``__module__``), so that ``myapp.system``,
+    where ``myapp`` did ``from os import system``, is refused.
+    """
+
+    modules: tuple[str, ...] = ()
+    functions: Mapping[str, Callable[..., Any]] = dataclasses.field(default_factory=dict)
+
+    def covers(self, module: str) -> bool:
+        return any(module == m or module.startswith(m + ".") for m in self.modules)
+
+    def shown(self) -> str:
+        if not self.modules:
+            return "no module is allowed"
+        return "allowed: " + ", ".join(self.modules)[:300]
+
+
+def check_allow(prefixes: Iterable[str], *, source: str = "allow") -> tuple[str, ...]:
+    """Module prefixes as given to ``allow=`` (a single string counts as one prefix)."""
+    if isinstance(prefixes, str):
+        prefixes = [prefixes]
+    checked = []
+    for prefix in prefixes:
+        if not isinstance(prefix, str) or not _MODULE.match(prefix.strip()):
+            raise PolicyError(
+                f"{source}: {str(prefix)[:80]!r} is not a module prefix; expected a dotted module "
+                "name such as 'myapp.payments'",
+                field="allow",
+            )
+        checked.append(prefix.strip())
+    return tuple(checked)
+
+
+def allowed(allow: Iterable[str] = (), functions: Iterable[Callable[..., Any]] = ()) -> Allowed:
+    """The :class:`Allowed` of a load: :data:`DEFAULT_ALLOW`, the prefixes in the environment
+    variable ``GUARDRAIL_POLICY_ALLOW`` (comma- or space-separated: for the command line),
+    ``allow``, and the registered ``functions``."""
+    env = os.environ.get(ENV_ALLOW, "").strip()
+    modules = (
+        *DEFAULT_ALLOW,
+        *(check_allow(re.split(r"[\s,]+", env), source=ENV_ALLOW) if env else ()),
+        *check_allow(allow),
+    )
+    named: dict[str, Callable[..., Any]] = {}
+    for fn in functions:
+        fn = getattr(fn, "__guardrail_raw__", fn)
+        module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
+        if isinstance(module, str) and isinstance(qualname, str):
+            named.setdefault(f"{module}.{qualname}", fn)
+    return Allowed(tuple(dict.fromkeys(modules)), named)
+
+
 def duration(text: str) -> float:
     """``"90"``, ``"90s"``, ``"15m"``, ``"1h"``, ``"2d"`` in seconds."""
     found = _DURATION.match(text)
@@ -171,9 +255,13 @@ def duration(text: str) -> float:
     return float(found.group(1)) * _UNITS[found.group(2)]
 
 
-def exception_type(name: str) -> type[BaseException]:
-    """A builtin exception by name (``TimeoutError``) or a dotted path (``httpx.ReadTimeout``)."""
-    found = getattr(builtins, name, None) if "." not in name else _import(name, "exception")
+def exception_type(name: str, allowed: Allowed) -> type[BaseException]:
+    """A builtin exception by name (``TimeoutError``) or a dotted path (``httpx.ReadTimeout``)
+    into an allowed module (importing a module runs its code, so only allowed ones are)."""
+    if "." in name:
+        found = _import(name, "exception type", allowed)
+    else:
+        found = getattr(builtins, name, None)
     if not (isinstance(found, type) and issubclass(found, BaseException)):
         raise ValueError(
             f"{name!r} is not an exception type; use a builtin name (TimeoutError) or a dotted "
@@ -182,17 +270,54 @@ def exception_type(name: str) -> type[BaseException]:
     return found
 
 
-def dotted_callable(path: str) -> Callable[..., Any]:
-    found = _import(path, "callable")
+def dotted_callable(path: str, allowed: Allowed) -> Callable[..., Any]:
+    """The function ``path`` names: registered with the guard, or defined in an allowed module."""
+    if _DOTTED.match(path) and path in allowed.functions:
+        return allowed.functions[path]
+    found = _import(path, "callable", allowed)
     if not callable(found):
         raise ValueError(f"{path!r} is a {type(found).__name__}, not a callable")
+    home = _home(found)
+    if home is None or not allowed.covers(home):
+        where = f"in module {home!r}" if home is not None else "in no module"
+        raise ValueError(
+            f"{path!r} is not allowed: it is defined {where}, not in an allowed module ("
+            f"{allowed.shown()}); a policy file may name only functions defined in the allowed "
+            "modules themselves, not what they import"
+        )
     return found  # type: ignore[no-any-return]
 
 
-def _import(path: str, what: str) -> Any:
+def _home(found: Any) -> str | None:
+    """The module that defines a function, class or method (for an instance: its class)."""
+    if isinstance(found, types.FunctionType | types.BuiltinFunctionType | types.MethodType | type):
+        module = getattr(found, "__module__", None)
+    else:  # a callable instance (functools.partial, an object with __call__): its class
+        module = getattr(type(found), "__module__", None)
+    return module if isinstance(module, str) else None
+
+
+def _import(path: str, what: str, allowed: Allowed) -> Any:
     if not _DOTTED.match(path):
         raise ValueError(f"{path!r} is not a dotted path to a {what} (package.module.name)")
     module_name, _, attribute = path.rpartition(".")
+    if not allowed.covers(module_name):  # checked before the import: importing runs code
+        how = (
+            f"Guard(allow=[{module_name!r}]), `guardrail policy check --allow {module_name}` or "
+            f"{ENV_ALLOW}={module_name}"
+        )
+        if what == "exception type":
+            raise ValueError(
+                f"{path!r} is not allowed: a policy file may import only modules the application "
+                f"allows ({allowed.shown()}); use a builtin exception such as TimeoutError, or, "
+                f"if {module_name!r} is trusted code, allow it: {how}"
+            )
+        raise ValueError(
+            f"{path!r} is not allowed: a policy file may name only functions registered with the "
+            f"guard (guard.register, @guard.tool) and ones defined in the modules the "
+            f"application allows ({allowed.shown()}); if {module_name!r} is your own code, safe "
+            f"to run on what an agent sends, allow it: {how}"
+        )
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:
@@ -202,31 +327,72 @@ def _import(path: str, what: str) -> Any:
     return getattr(module, attribute)
 
 
-def _issues(source: Source) -> Iterator[Problem]:
+def _issues(source: Source, allowed: Allowed) -> Iterator[Problem]:
     """Validate the data of a policy file; yields every problem, with its line."""
+    data, numbers = _numbers(source)
+    yield from numbers
+    reported = {(p.tool, p.field) for p in numbers}
     try:
-        PolicyFile.model_validate(source.data)
+        PolicyFile.model_validate(data, context={"allowed": allowed})
     except ValidationError as exc:
         for error in exc.errors():
             loc = tuple(error["loc"])
-            tool = str(loc[1]) if len(loc) > 1 and loc[0] == "tools" else None
-            parts = [str(p) for p in (loc[2:] if tool is not None else loc) if p != "[key]"]
-            field = ".".join(parts)
             message = _explain(error)
-            if tool is not None and loc[-1] == "[key]":  # the tool's name itself
-                where = f"tool {tool[:80]!r}"
-            elif tool is not None:
-                where = f"tool {tool[:80]!r}: {field or 'policy'}"
-            else:
-                where = field or "file"
-            yield Problem(
-                _code(message),
-                f"{where}: {message}",
-                file=source.file,
-                line=line_of(source, loc),
-                tool=tool,
-                field=field or None,
-            )
+            problem = _problem(source, loc, message, _code(message))
+            if (problem.tool, problem.field) not in reported:  # not the number again
+                yield problem
+
+
+def _problem(source: Source, loc: tuple[Any, ...], message: str, code: str) -> Problem:
+    """A problem at ``loc`` in the data (``("tools", name, field...)``), with its line."""
+    tool = str(loc[1]) if len(loc) > 1 and loc[0] == "tools" else None
+    parts = [str(p) for p in (loc[2:] if tool is not None else loc) if p != "[key]"]
+    field = ".".join(parts)
+    if tool is not None and loc[-1] == "[key]":  # the tool's name itself
+        where = f"tool {tool[:80]!r}"
+    elif tool is not None:
+        where = f"tool {tool[:80]!r}: {field or 'policy'}"
+    else:
+        where = field or "file"
+    return Problem(
+        code,
+        f"{where}: {message}",
+        file=source.file,
+        line=line_of(source, loc),
+        tool=tool,
+        field=field or None,
+    )
+
+
+_TOO_LARGE = f"a number more than {MAX_DIGITS} digits long; no policy value is that large"
+
+
+def _numbers(source: Source) -> tuple[Any, list[Problem]]:
+    """Numbers too large for any policy value, each as a problem naming where it is; and the data
+    with each replaced by a :class:`TooLarge` marker (Python cannot even print an integer of over
+    4,300 digits: a ValueError from any message that tried), for the other checks."""
+    found: list[Problem] = []
+
+    def clean(value: Any, loc: tuple[Any, ...]) -> Any:
+        if too_large(value):
+            found.append(_problem(source, loc, _TOO_LARGE, "too_large"))
+            return TooLarge(0)
+        if len(loc) > 2 * MAX_DEPTH:  # deeper than any policy: let validation refuse it
+            return value
+        if isinstance(value, Mapping):
+            copy = {}
+            for key, item in value.items():
+                if too_large(key):
+                    found.append(_problem(source, loc, "a key is " + _TOO_LARGE, "too_large"))
+                else:
+                    copy[key] = clean(item, (*loc, key))
+            return copy
+        if isinstance(value, list | tuple):
+            return [clean(item, (*loc, i)) for i, item in enumerate(value)]
+        return value
+
+    data = clean(source.data, ())
+    return (data if found else source.data), found
 
 
 def _explain(error: Any) -> str:
@@ -265,10 +431,14 @@ def _describe(value: Any) -> str:
         return "a mapping"
     if isinstance(value, list | tuple):
         return "a list"
+    if isinstance(value, TooLarge):
+        return "a number too large"
     return f"a {type(value).__name__} ({str(value)[:40]})"
 
 
 def _code(message: str) -> str:
+    if "is not allowed: " in message:
+        return "not_allowed"
     if "CEL" in message or "expression" in message:
         return "bad_expression"
     if "is not a path" in message:
@@ -279,15 +449,15 @@ def _code(message: str) -> str:
 # -- building policies ---------------------------------------------------------------------
 
 
-def _build(source: Source) -> tuple[list[Policy], list[Problem]]:
-    problems = list(_issues(source))
+def _build(source: Source, allowed: Allowed) -> tuple[list[Policy], list[Problem]]:
+    problems = list(_issues(source, allowed))
     if problems:
         return [], problems
-    spec = PolicyFile.model_validate(source.data)
+    spec = PolicyFile.model_validate(source.data, context={"allowed": allowed})
     policies: list[Policy] = []
     for name, tool in spec.tools.items():
         try:
-            policies.append(_policy(name, tool))
+            policies.append(_policy(name, tool, allowed))
         except (PolicyError, ValueError) as exc:
             field = getattr(exc, "field", None)
             loc = ("tools", name, *(field.split(".") if field else ()))
@@ -320,7 +490,7 @@ class _FieldError(ValueError):
         self.field = field
 
 
-def _policy(name: str, spec: ToolSpec) -> Policy:
+def _policy(name: str, spec: ToolSpec, allowed: Allowed) -> Policy:
     fields: dict[str, Any] = spec.model_dump(
         exclude_defaults=True,
         exclude={"undo", "retry", "undo_retry", "approval", "probe", "snapshot"},
@@ -330,26 +500,26 @@ def _policy(name: str, spec: ToolSpec) -> Policy:
         if spec.undo.tool is not None:
             fields["undo"] = UndoTool(tool=spec.undo.tool, args=spec.undo.args)
         else:
-            fields["undo"] = _hook(spec.undo.call, "undo.call")
+            fields["undo"] = _hook(spec.undo.call, "undo.call", allowed)
     if spec.retry is not None:
-        fields["retry"] = spec.retry.build()
+        fields["retry"] = spec.retry.build(allowed)
     if spec.undo_retry is not None:
-        fields["undo_retry"] = spec.undo_retry.build()
+        fields["undo_retry"] = spec.undo_retry.build(allowed)
     if spec.approval is not None:
         fields["approval"] = Approval(when=spec.approval.when, ttl=spec.approval.ttl)
     if spec.probe is not None:
-        fields["probe"] = _hook(spec.probe, "probe")
+        fields["probe"] = _hook(spec.probe, "probe", allowed)
     if spec.snapshot is not None:
-        fields["snapshot"] = _hook(spec.snapshot, "snapshot")
+        fields["snapshot"] = _hook(spec.snapshot, "snapshot", allowed)
     if "redact" in fields:
         fields["redact"] = tuple(fields["redact"])
     return make_policy(name, **fields)
 
 
-def _hook(path: str | None, field: str) -> Callable[..., Any]:
+def _hook(path: str | None, field: str, allowed: Allowed) -> Callable[..., Any]:
     assert path is not None
     try:
-        return dotted_callable(path)
+        return dotted_callable(path, allowed)
     except ValueError as exc:
         raise _FieldError(field, str(exc)) from None
 
@@ -376,18 +546,37 @@ def _undo_graph(spec: PolicyFile, source: Source) -> Iterator[Problem]:
             )
 
 
-def problems(path: str | Path) -> tuple[list[Policy], list[Problem]]:
-    """Every problem in the file (for ``guardrail policy check``), and the policies that built."""
+def problems(
+    path: str | Path,
+    *,
+    allow: Iterable[str] = (),
+    functions: Iterable[Callable[..., Any]] = (),
+) -> tuple[list[Policy], list[Problem]]:
+    """Every problem in the file (for ``guardrail policy check``), and the policies that built.
+
+    ``allow`` and ``functions``: the module prefixes and the registered functions its dotted
+    paths may name (see :class:`Allowed`).
+    """
+    trusted = allowed(allow, functions)
     try:
         source = read_source(path)
     except Unreadable as exc:
         return [], [exc.problem]
-    return _build(source)
+    return _build(source, trusted)
 
 
-def load(path: str | Path) -> list[Policy]:
-    """The policies in a YAML or TOML file; raises PolicyError on the first problem."""
-    policies, found = problems(path)
+def load(
+    path: str | Path,
+    *,
+    allow: Iterable[str] = (),
+    functions: Iterable[Callable[..., Any]] = (),
+) -> list[Policy]:
+    """The policies in a YAML or TOML file; raises PolicyError on the first problem.
+
+    A dotted path in the file may name only one of ``functions`` (those registered with the
+    guard) or an object defined in a module under one of the ``allow`` prefixes.
+    """
+    policies, found = problems(path, allow=allow, functions=functions)
     errors = [p for p in found if p.severity == "error"]
     if errors:
         error = errors[0].error()
@@ -400,9 +589,16 @@ def load(path: str | Path) -> list[Policy]:
     return policies
 
 
-def parse_mapping(data: Mapping[str, Any], *, file: str = "<policies>") -> list[Policy]:
-    """Policies from an already-parsed mapping (``{"tools": {...}}``), e.g. from a config system."""
-    policies, found = _build(Source(file, "", data, None))
+def parse_mapping(
+    data: Mapping[str, Any],
+    *,
+    file: str = "<policies>",
+    allow: Iterable[str] = (),
+    functions: Iterable[Callable[..., Any]] = (),
+) -> list[Policy]:
+    """Policies from an already-parsed mapping (``{"tools": {...}}``), e.g. from a config system;
+    ``allow`` and ``functions`` as for :func:`load`."""
+    policies, found = _build(Source(file, "", data, None), allowed(allow, functions))
     if found:
         raise found[0].error()
     return policies

@@ -16,15 +16,35 @@ from guardrail.errors import PolicyError
 
 MAX_BYTES = 1_000_000
 MAX_DEPTH = 50  # YAML collections within collections
+MAX_DIGITS = 100  # no policy value is a number this long (Python converts at most 4,300 digits)
 SUFFIXES = (".yaml", ".yml", ".toml")
+
+
+@dataclass(frozen=True, slots=True)
+class TooLarge:
+    """A number in a file too long to be any policy value, kept unconverted.
+
+    Python refuses to convert an integer of over 4,300 digits (a ValueError, not a parse error),
+    and YAML 1.1's base-60 integers (``1:2:3``) take quadratic time to convert: such a number
+    is read as this marker, and the loader reports it with its tool, field and line.
+    """
+
+    digits: int
+
+
+def too_large(value: Any) -> bool:
+    """A number no policy field could take: unconvertible, or over :data:`MAX_DIGITS` digits."""
+    if isinstance(value, TooLarge):
+        return True
+    return isinstance(value, int) and not isinstance(value, bool) and (abs(value) >= 10**MAX_DIGITS)
 
 
 @dataclass(frozen=True, slots=True)
 class Problem:
     """One thing wrong with a policy file, a policy, or a toolkit against its policies."""
 
-    code: str  # syntax | invalid | bad_expression | bad_path | missing_undo_tool | undo_cycle |
-    # no_undo_or_review | no_policy | not_in_toolkit
+    code: str  # syntax | invalid | too_large | not_allowed | bad_expression | bad_path |
+    # missing_undo_tool | undo_cycle | no_undo_or_review | no_policy | not_in_toolkit
     message: str
     file: str | None = None
     line: int | None = None
@@ -58,7 +78,7 @@ def _mapping(loader: _Loader, node: yaml.MappingNode) -> dict[Any, Any]:
     seen: set[Any] = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=True)
-        if not isinstance(key, str | int | float | bool) or key is None:
+        if not isinstance(key, str | int | float | bool) or too_large(key):
             raise yaml.constructor.ConstructorError(
                 None, None, "keys must be plain strings", key_node.start_mark
             )
@@ -70,7 +90,19 @@ def _mapping(loader: _Loader, node: yaml.MappingNode) -> dict[Any, Any]:
     return loader.construct_mapping(node, deep=True)
 
 
+def _int(loader: _Loader, node: yaml.ScalarNode) -> int | TooLarge:
+    digits = sum(c.isalnum() for c in str(node.value))
+    if digits > 4 * MAX_DIGITS:  # too large whatever its base: do not even convert it
+        return TooLarge(digits)
+    try:
+        value: int = yaml.constructor.SafeConstructor.construct_yaml_int(loader, node)
+        return value
+    except ValueError:
+        return TooLarge(digits)
+
+
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+_Loader.add_constructor("tag:yaml.org,2002:int", _int)
 # YAML 1.1 reads on/off/yes/no as booleans ("retry: {on: [...]}" would lose its key): keep only
 # true/false, as YAML 1.2 does.
 _Loader.yaml_implicit_resolvers = {
@@ -181,6 +213,8 @@ def read_source(path: str | Path) -> Source:
             raise Unreadable(
                 Problem("syntax", f"not valid TOML: {exc}", file=file, line=line)
             ) from None
+        except ValueError as exc:  # an integer over Python's 4,300 digits (not a TOMLDecodeError)
+            return Source(file, text, _toml_too_large(file, text, exc), None)
         except RecursionError:  # tomllib recurses into nested arrays and inline tables
             raise Unreadable(
                 Problem("syntax", "not valid TOML: nested too deeply", file=file)
@@ -203,6 +237,37 @@ def read_source(path: str | Path) -> Source:
             Problem("syntax", "not valid YAML: nested too deeply", file=file)
         ) from None
     return Source(file, text, data, node)
+
+
+_LONG_NUMBER = re.compile(rf"(?<![\w.])[+-]?\d[\d_]{{{MAX_DIGITS},}}(?![\w.])")
+_MARK = "__guardrail_number_too_large__"
+
+
+def _toml_too_large(file: str, text: str, exc: ValueError) -> Any:
+    """The data of a TOML text whose long integers tomllib cannot convert, each read as a
+    :class:`TooLarge` (so the loader can name its tool and field); else the file is unreadable.
+    """
+    marked = _LONG_NUMBER.sub(
+        lambda m: f"{{{_MARK} = {sum(c.isdigit() for c in m.group())}}}", text
+    )
+    try:
+        data = tomllib.loads(marked)
+    except (ValueError, RecursionError):
+        found = _LONG_NUMBER.search(text)
+        line = text.count("\n", 0, found.start()) + 1 if found else None
+        raise Unreadable(
+            Problem("syntax", f"not valid TOML: {str(exc)[:200]}", file=file, line=line)
+        ) from None
+    stack: list[Any] = [data]
+    while stack:
+        node = stack.pop()
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, value in list(items):
+            if isinstance(value, dict) and set(value) == {_MARK}:
+                node[key] = TooLarge(value[_MARK])
+            elif isinstance(value, dict | list):
+                stack.append(value)
+    return data
 
 
 def _toml_line(message: str) -> int | None:

@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import importlib
+import json
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
-from guardrail import CallRejected, Conflict, Guard, PolicyError, RunHalted, RunStateError
+from guardrail import (
+    CallRejected,
+    Conflict,
+    Guard,
+    PolicyError,
+    RunHalted,
+    RunStateError,
+    policy_file,
+)
+from guardrail.cli import app
+from guardrail.conditions import Condition, ConditionError
 
 POLICY = """
 tools:
@@ -36,6 +50,10 @@ REFUNDS: list[str] = []
 
 def refund(result: dict[str, Any]) -> None:
     REFUNDS.append(result["charge_id"])
+
+
+def registered_snapshot(amount: int) -> dict[str, int]:
+    return {"amount": amount}
 
 
 def refunds() -> list[str]:
@@ -90,7 +108,7 @@ class Shop:
 def loaded(guard: Guard, tmp_path: Path) -> tuple[Guard, Shop]:
     path = tmp_path / "policies.yaml"
     path.write_text(POLICY)
-    guard.load_policies(path)
+    guard.load_policies(path, allow=["tests.test_policies"])  # for undo: {call: ...refund}
     return guard, Shop(guard)
 
 
@@ -383,3 +401,433 @@ def test_policies_from_a_mapping(guard: Guard) -> None:
     with pytest.raises(PolicyError) as err:
         guard.load_policies({"tools": {"x": {"effect": "sometimes"}}})
     assert (err.value.tool, err.value.field) == ("x", "effect")
+
+
+# -- policy files are data: what their dotted paths may name ----------------------------------
+
+APP = {
+    "gr_trust_app/__init__.py": """
+import os
+import subprocess
+from os import system
+from subprocess import run as run_command
+
+evil = eval
+""",
+    "gr_trust_app/payments.py": """
+import functools
+import os
+from os import system
+
+CALLS = []
+
+
+def refund(result):
+    CALLS.append(("refund", result["charge_id"]))
+
+
+def snapshot(args):
+    return {"balance": 100}
+
+
+def probe(args):
+    return None
+
+
+class PaymentError(Exception):
+    pass
+
+
+class Refunder:
+    def __call__(self, result):
+        CALLS.append(("refunder", result["charge_id"]))
+
+
+refunder = Refunder()
+shell = functools.partial(os.system)
+""",
+    "gr_trust_app_evil/__init__.py": """
+def refund(result):
+    raise AssertionError("a module outside the allowed prefix was used")
+""",
+    "gr_trust_side_effect/__init__.py": """
+import os
+import pathlib
+
+pathlib.Path(os.environ["GR_TRUST_MARK"]).write_text("imported")
+
+
+class Error(Exception):
+    pass
+
+
+def undo(result):
+    pass
+""",
+}
+
+
+@pytest.fixture
+def app_modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Importable modules of an application: ``gr_trust_app`` (with ``payments``), a look-alike
+    ``gr_trust_app_evil``, and ``gr_trust_side_effect``, which writes a file when imported."""
+    root = tmp_path / "app"
+    for name, text in APP.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    mark = tmp_path / "imported.txt"
+    monkeypatch.setenv("GR_TRUST_MARK", str(mark))
+    monkeypatch.delenv(policy_file.ENV_ALLOW, raising=False)
+    monkeypatch.syspath_prepend(str(root))
+    yield mark
+    for module in [m for m in sys.modules if m.startswith("gr_trust_")]:
+        del sys.modules[module]
+
+
+def hooks_file(tmp_path: Path, **hooks: str) -> Path:
+    """A policy file with one reversible tool ``charge`` and the given dotted paths."""
+    undo = hooks.pop("undo", "gr_trust_app.payments.refund")
+    lines = ["tools:", "  charge:", "    effect: reversible", f"    undo: {{call: {undo}}}"]
+    for field, value in hooks.items():
+        if field == "retry_on":
+            lines.append(f"    retry: {{on: [{value}]}}")
+        else:
+            lines.append(f"    {field}: {value}")
+    path = tmp_path / "hooks.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_an_allowed_module_may_be_named_in_every_dotted_field(
+    guard: Guard, tmp_path: Path, app_modules: Path
+) -> None:
+    path = hooks_file(
+        tmp_path,
+        snapshot="gr_trust_app.payments.snapshot",
+        probe="gr_trust_app.payments.probe",
+        retry_on="gr_trust_app.payments.PaymentError",
+    )
+    with pytest.raises(PolicyError):
+        guard.load_policies(path)  # nothing is allowed by default
+    (policy,) = guard.load_policies(path, allow=["gr_trust_app.payments"])
+    payments = importlib.import_module("gr_trust_app.payments")
+    assert policy.undo is payments.refund
+    assert policy.snapshot is payments.snapshot
+    assert policy.probe is payments.probe
+    assert policy.retry is not None and policy.retry.on == (payments.PaymentError,)
+
+    # a parent prefix allows its submodules; a callable instance of a class defined there too
+    allowed = Guard(store=f"sqlite:///{tmp_path / 'g.db'}", allow=["gr_trust_app"])
+    try:
+        (policy,) = allowed.load_policies(
+            hooks_file(tmp_path, undo="gr_trust_app.payments.refunder")
+        )
+        assert policy.undo is payments.refunder
+
+        @allowed.tool
+        def charge(amount: int) -> dict[str, str]:
+            return {"charge_id": f"c-{amount}"}
+
+        @allowed.tool(effect="reversible", undo=lambda: None)
+        def ship() -> None:
+            raise RuntimeError("carrier down")
+
+        with pytest.raises(RunHalted), allowed.run() as run:
+            charge(amount=5)
+            ship()
+        assert payments.CALLS == [("refunder", "c-5")]
+        assert allowed.log(run.id).actions[0].state == "compensated"
+    finally:
+        allowed.close()
+
+
+REFUSED = [
+    pytest.param("os.system", "'os.system' is not allowed", id="os.system"),
+    pytest.param("subprocess.Popen", "'subprocess.Popen' is not allowed", id="subprocess.Popen"),
+    pytest.param("builtins.eval", "'builtins.eval' is not allowed", id="builtins.eval"),
+    pytest.param("builtins.exec", "'builtins.exec' is not allowed", id="builtins.exec"),
+    pytest.param("gr_trust_app_evil.refund", "allowed: gr_trust_app", id="module-boundary"),
+    pytest.param("gr_trust_app.system", "defined in module 'posix'", id="from-os-import-system"),
+    pytest.param(
+        "gr_trust_app.run_command", "defined in module 'subprocess'", id="imported-under-a-new-name"
+    ),
+    pytest.param("gr_trust_app.evil", "defined in module 'builtins'", id="eval-assigned"),
+    pytest.param(
+        "gr_trust_app.payments.system", "defined in module 'posix'", id="imported-in-a-submodule"
+    ),
+    pytest.param("gr_trust_app.payments.shell", "module 'functools'", id="functools.partial"),
+    pytest.param("gr_trust_app.os.system", "cannot import 'gr_trust_app.os'", id="attribute-chain"),
+    pytest.param(
+        "gr_trust_app.payments.os.system",
+        "cannot import 'gr_trust_app.payments.os'",
+        id="attribute-chain-in-a-submodule",
+    ),
+    pytest.param("gr_trust_app.subprocess", "not a callable", id="an-imported-module"),
+]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="os.system is defined in nt there")
+@pytest.mark.parametrize("field", ["undo", "snapshot", "probe"])
+@pytest.mark.parametrize(("target", "words"), REFUSED)
+def test_a_callable_outside_the_allowed_modules_is_refused_at_load(
+    guard: Guard, tmp_path: Path, app_modules: Path, field: str, target: str, words: str
+) -> None:
+    path = hooks_file(tmp_path, **{field: target})
+    line = 4 if field == "undo" else 5
+    with pytest.raises(PolicyError) as refused:
+        guard.load_policies(path, allow=["gr_trust_app"])
+    error = refused.value
+    expected_field = "undo.call" if field == "undo" else field
+    assert (error.file, error.line, error.tool, error.field) == (
+        str(path),
+        line,
+        "charge",
+        expected_field,
+    )
+    message = str(error)
+    assert message.startswith(f"{path}:{line}: tool 'charge': {expected_field}: "), message
+    assert words in message, message
+    assert "gr_trust_app_evil" not in sys.modules  # refused before it was imported
+    assert guard.find_policy("charge") is None
+
+
+def test_a_module_that_is_not_allowed_is_never_imported(
+    guard: Guard, tmp_path: Path, app_modules: Path
+) -> None:
+    for path in (
+        hooks_file(tmp_path, undo="gr_trust_side_effect.undo"),
+        hooks_file(tmp_path, retry_on="gr_trust_side_effect.Error"),
+    ):
+        with pytest.raises(PolicyError, match="is not allowed") as refused:
+            guard.load_policies(path, allow=["gr_trust_app"])
+        assert "GUARDRAIL_POLICY_ALLOW=gr_trust_side_effect" in str(refused.value)
+    assert not app_modules.exists()
+    assert "gr_trust_side_effect" not in sys.modules
+
+
+def test_a_function_registered_with_the_guard_needs_no_allow(guard: Guard, tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "tools:\n  charge:\n    effect: reversible\n"
+        f"    undo: {{call: {refund.__module__}.refund}}\n"
+        f"    snapshot: {refund.__module__}.registered_snapshot\n"
+    )
+    with pytest.raises(PolicyError, match="is not allowed"):
+        guard.load_policies(path)  # registered after the load is too late
+    guard.register(refund)
+    guard.tool(effect="read_only")(registered_snapshot)  # a guarded tool: its raw function
+    (policy,) = guard.load_policies(path)
+    assert policy.undo is refund  # the registered function itself: no import
+    assert policy.snapshot is registered_snapshot
+
+
+def test_allow_prefixes_are_checked(
+    tmp_path: Path, app_modules: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path / 'g.db'}"
+    for bad in (["my app"], [""], ["gr_trust_app."], ["*"], ["gr_trust_app/payments"]):
+        with pytest.raises(PolicyError, match="not a module prefix") as refused:
+            Guard(store=url, allow=bad)
+        assert refused.value.field == "allow"
+    path = hooks_file(tmp_path)
+    with Guard(store=url, allow="gr_trust_app.payments") as guard:  # one string is one prefix
+        assert guard.allow == ("gr_trust_app.payments",)
+        assert len(guard.load_policies(path)) == 1
+        with pytest.raises(PolicyError, match="a policy pack is code"):
+            guard.load_policies("mcp-filesystem", allow=["gr_trust_app"])
+        with pytest.raises(PolicyError, match="not a module prefix"):
+            guard.load_policies(path, allow=["gr trust"])
+    # the environment variable: for the command line (abort, recover, serve, mcp-proxy)
+    monkeypatch.setenv(policy_file.ENV_ALLOW, "other.module, gr_trust_app.payments")
+    assert len(policy_file.load(path)) == 1
+    monkeypatch.setenv(policy_file.ENV_ALLOW, "gr_trust_app.paymentsx")
+    with pytest.raises(PolicyError, match="not allowed"):
+        policy_file.load(path)
+    monkeypatch.setenv(policy_file.ENV_ALLOW, "gr_trust_app;rm")
+    with pytest.raises(PolicyError, match="GUARDRAIL_POLICY_ALLOW"):
+        policy_file.load(path)
+
+
+def test_a_mapping_from_a_config_system_is_held_to_the_same_rules(
+    guard: Guard, app_modules: Path
+) -> None:
+    data = {"tools": {"x": {"effect": "reversible", "undo": {"call": "os.system"}}}}
+    with pytest.raises(PolicyError, match=r"'os\.system' is not allowed") as refused:
+        guard.load_policies(data)
+    assert (refused.value.tool, refused.value.field) == ("x", "undo.call")
+    data["tools"]["x"]["undo"]["call"] = "gr_trust_app.payments.refund"
+    (policy,) = guard.load_policies(data, allow=["gr_trust_app"])
+    assert policy.undo is importlib.import_module("gr_trust_app.payments").refund
+
+
+runner = CliRunner()
+
+
+def test_policy_check_reports_a_callable_that_is_not_allowed(
+    tmp_path: Path, app_modules: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = hooks_file(tmp_path, snapshot="os.system")
+    result = runner.invoke(app, ["policy", "check", str(path), "--json"])
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.output)
+    assert report["ok"] is False
+    found = [(p["code"], p["tool"], p["field"], p["line"]) for p in report["problems"]]
+    assert ("not_allowed", "charge", "undo.call", 4) in found
+
+    result = runner.invoke(
+        app, ["policy", "check", str(path), "--allow", "gr_trust_app.payments", "--json"]
+    )
+    assert result.exit_code == 1, result.output  # the undo is allowed now; the snapshot is not
+    (problem,) = json.loads(result.output)["problems"]
+    assert (problem["code"], problem["field"], problem["line"]) == ("not_allowed", "snapshot", 5)
+    assert "'os.system' is not allowed" in problem["message"]
+
+    result = runner.invoke(app, ["policy", "check", str(path)])  # the table
+    assert result.exit_code == 1
+    assert "not_allowed" in result.output and "Traceback" not in result.output
+
+    clean = hooks_file(tmp_path, snapshot="gr_trust_app.payments.snapshot")
+    result = runner.invoke(app, ["policy", "check", str(clean), "--allow", "gr_trust_app"])
+    assert result.exit_code == 0, result.output
+    monkeypatch.setenv(policy_file.ENV_ALLOW, "gr_trust_app.payments")
+    assert runner.invoke(app, ["policy", "check", str(clean)]).exit_code == 0
+    result = runner.invoke(app, ["policy", "check", str(clean), "--allow", "not a module"])
+    assert result.exit_code == 2, result.output
+    assert not app_modules.exists()
+
+
+# -- numbers too large for Python to print ------------------------------------------------------
+
+
+def test_a_huge_integer_is_a_policy_error_naming_file_line_and_field(
+    guard: Guard, tmp_path: Path
+) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "tools:\n  a:\n    effect: irreversible\n    review: {kind: mark}\n"
+        f"    retry:\n      attempts: {'9' * 5000}\n"
+    )
+    with pytest.raises(PolicyError) as refused:
+        guard.load_policies(path)
+    error = refused.value
+    assert (error.file, error.line, error.tool, error.field) == (
+        str(path),
+        6,
+        "a",
+        "retry.attempts",
+    )
+    assert "more than 100 digits" in str(error)
+    assert len(str(error)) < 500
+
+    path.write_text(  # the other problems of the file are still listed, each once
+        f"tools:\n  a:\n    effect: sometimes\n    retry: {{attempts: {'9' * 5000}}}\n"
+        f"  b: {{effect: read_only, retry: {{wait_max: 0x{'f' * 300}, attempts: 0}}}}\n"
+    )
+    _, found = policy_file.problems(path)
+    assert [(p.code, p.tool, p.field, p.line) for p in found] == [
+        ("too_large", "a", "retry.attempts", 4),
+        ("too_large", "b", "retry.wait_max", 5),
+        ("invalid", "a", "effect", 3),
+        ("invalid", "b", "retry.attempts", 5),
+    ]
+
+    data = {
+        "tools": {"a": {"effect": "irreversible", "review": {"kind": "mark", "owner": 10**5000}}}
+    }
+    with pytest.raises(PolicyError, match="more than 100 digits") as refused:
+        guard.load_policies(data)
+    assert (refused.value.tool, refused.value.field) == ("a", "review.owner")
+
+
+# -- CEL macros ---------------------------------------------------------------------------------
+
+MACROS = [
+    ("args.items.all(i, i.qty < 10)", {"items": [{"qty": 1}, {"qty": 9}]}, True),
+    ("args.items.all(i, i.qty < 10)", {"items": [{"qty": 1}, {"qty": 10}]}, False),
+    ("args.items.all(i, i.qty < 10)", {"items": []}, True),
+    ('args.tags.exists(t, t == "vip")', {"tags": ["new", "vip"]}, True),
+    ('args.tags.exists(t, t == "vip")', {"tags": ["new"]}, False),
+    ('args.tags.exists_one(t, t == "vip")', {"tags": ["vip", "new"]}, True),
+    ('args.tags.exists_one(t, t == "vip")', {"tags": ["vip", "vip"]}, False),
+    ("args.items.map(i, i.qty).exists(q, q > 100)", {"items": [{"qty": 1}, {"qty": 101}]}, True),
+    ("args.items.map(i, i.qty).exists(q, q > 100)", {"items": [{"qty": 1}, {"qty": 100}]}, False),
+    ("args.items.map(i, i.qty > 1, i.qty) == [5]", {"items": [{"qty": 1}, {"qty": 5}]}, True),
+    ("size(args.items.filter(i, i.qty > 5)) * 2 > size(args.items)", {"items": [{"qty": 9}]}, True),
+    ("args.items.filter(i, i.qty > 5).size() == 0", {"items": [{"qty": 9}]}, False),
+    (
+        "args.items.all(i, args.limits.exists(l, l == i.qty))",
+        {"items": [{"qty": 2}], "limits": [2]},
+        True,
+    ),
+    (
+        "args.items.all(i, args.limits.exists(l, l == i.qty))",
+        {"items": [{"qty": 3}], "limits": [2]},
+        False,
+    ),
+    ('args.m.all(k, args.m[k] > 0) && tool == "pay"', {"m": {"a": 1, "b": 2}}, True),
+    ("args.m.exists(k, k == run.metadata.env)", {"m": {"prod": 1}}, True),
+    ("args.a.all(i, i > 0) && args.b.all(i, i < 0)", {"a": [1], "b": [-1]}, True),
+    ("args.a.all(i, i > 0) && args.b.all(i, i < 0)", {"a": [1], "b": [1]}, False),
+    ('"i" != "" && args.a.exists(i, i == "i") // i', {"a": ["i"]}, True),
+]
+
+
+@pytest.mark.parametrize(("expression", "args", "expected"), MACROS)
+def test_cel_macros_compile_and_evaluate(
+    expression: str, args: dict[str, Any], expected: bool
+) -> None:
+    scope = {"args": args, "tool": "pay", "run": {"id": "r", "metadata": {"env": "prod"}}}
+    assert Condition(expression).holds(scope) is expected
+
+
+@pytest.mark.parametrize(
+    ("expression", "names"),
+    [
+        ("amount > 1000", "amount"),
+        ("args.items.all(i, i.qty < limit)", "limit"),
+        ("args.items.all(i, i > 0) && i > 0", "i"),  # a macro's variable outside the macro
+        ("i > 0 && args.items.all(i, i > 0)", "i"),
+        ("args.a.all(i, args.b.exists(j, j == i)) && j > 0", "j"),
+        ("args.items.all(i, .i > 0)", ".i"),  # root-scoped: not the macro's variable
+        ("args.m.all(k, v, v > 0)", "v"),  # two-variable forms are not supported
+        ("[1, 2].all(x, x > 0) && x.y", "x"),
+        ("{'a': z}.all(k, k == 'a')", "z"),
+        ("args.items.size(i, i > 0) > 0 && i > 0", "i"),  # size is not a macro
+    ],
+)
+def test_unknown_names_are_still_refused(expression: str, names: str) -> None:
+    with pytest.raises(ConditionError) as refused:
+        Condition(expression)
+    message = str(refused.value)
+    assert f"unknown name(s) {names} in" in message, message
+    assert "args, tool and run" in message
+
+
+def test_a_macro_in_a_policy_file_gates_the_call(guard: Guard, tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "tools:\n  order:\n    effect: irreversible\n    review: {kind: mark}\n"
+        '    approval: {when: "args.items.exists(i, i.qty > 100)"}\n'
+    )
+    guard.load_policies(path)
+    placed: list[Any] = []
+
+    @guard.tool
+    def order(items: list[dict[str, int]]) -> str:
+        placed.append(items)
+        return "ok"
+
+    with guard.run():
+        order(items=[{"qty": 1}, {"qty": 100}])
+    with pytest.raises(RunHalted) as halted, guard.run():
+        order(items=[{"qty": 1}, {"qty": 101}])
+    assert halted.value.status == "awaiting_approval"
+    assert placed == [[{"qty": 1}, {"qty": 100}]]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "tools:\n  order:\n    effect: irreversible\n    review: {kind: mark}\n"
+        '    approval: {when: "args.items.exists(i, i.qty > 100) || i.qty > 5"}\n'
+    )
+    with pytest.raises(PolicyError, match=r"unknown name\(s\) i") as refused:
+        guard.load_policies(bad)
+    assert (refused.value.line, refused.value.field) == (5, "approval.when")

@@ -4,6 +4,9 @@ Every hostile file must be refused with a PolicyError (never another exception) 
 message names the file and, where the format tells, the tool, the field and the line; and
 ``problems()`` must list at least one Problem for it. Valid controls (``on:`` keys, a BOM, TOML)
 must load. Conditions that fail at run time fail closed: the run waits for a person.
+
+A policy file is data, not code: a dotted path naming a callable outside the modules the test
+allows (``allow``) is hostile too, whatever it names.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class Expect:
     line: int | None = None  # PolicyError.line must equal this
     words: tuple[str, ...] = ()  # substrings of the message
     codes: tuple[str, ...] = ()  # Problem codes problems() must include
+    allow: tuple[str, ...] = ()  # module prefixes the loader is given (allow=, --allow)
 
 
 def case(
@@ -55,10 +59,11 @@ def case(
     line: int | None = None,
     words: tuple[str, ...] | str = (),
     codes: tuple[str, ...] | str = (),
+    allow: tuple[str, ...] = (),
 ) -> Any:
     words = (words,) if isinstance(words, str) else words
     codes = (codes,) if isinstance(codes, str) else codes
-    expect = Expect(tool=tool, field=field, line=line, words=words, codes=codes)
+    expect = Expect(tool=tool, field=field, line=line, words=words, codes=codes, allow=allow)
     return pytest.param(filename, content, expect, id=id)
 
 
@@ -269,6 +274,17 @@ HOSTILE = [
         field="retry.on",
         line=5,
         words=("'os.path'", "not an exception type"),
+        allow=("os",),
+    ),
+    case(
+        "retry-on-module-not-allowed",
+        "p.yaml",
+        tool("retry: {on: [os.path]}\n"),
+        tool="send",
+        field="retry.on",
+        line=5,
+        words=("'os.path' is not allowed", "builtin exception such as TimeoutError"),
+        codes="not_allowed",
     ),
     case(
         "retry-on-builtin-non-exception",
@@ -296,6 +312,7 @@ HOSTILE = [
         field="retry.on",
         line=5,
         words="cannot import 'no_such_module_xyz'",
+        allow=("no_such_module_xyz",),
     ),
     case(
         "retry-wait-nan",
@@ -517,24 +534,143 @@ HOSTILE = [
         field="undo.call",
         line=4,
         words="cannot import 'no_such_module_xyz'",
+        allow=("no_such_module_xyz",),
     ),
     case(
         "undo-call-missing-attribute",
         "p.yaml",
-        "tools:\n  a:\n    effect: reversible\n    undo: {call: os.no_such_function}\n",
+        "tools:\n  a:\n    effect: reversible\n    undo: {call: string.no_such_function}\n",
         tool="a",
         field="undo.call",
         line=4,
         words="has no 'no_such_function'",
+        allow=("string",),
     ),
     case(
         "undo-call-not-callable",
         "p.yaml",
-        "tools:\n  a:\n    effect: reversible\n    undo: {call: os.sep}\n",
+        "tools:\n  a:\n    effect: reversible\n    undo: {call: string.ascii_letters}\n",
         tool="a",
         field="undo.call",
         line=4,
         words="not a callable",
+        allow=("string",),
+    ),
+    # -- dotted paths outside the allowed modules: a policy file cannot run code ---------------
+    case(
+        "undo-call-os-system",
+        "p.yaml",
+        "tools:\n  a:\n    effect: reversible\n    undo: {call: os.system}\n",
+        tool="a",
+        field="undo.call",
+        line=4,
+        words=("'os.system' is not allowed", "no module is allowed", "Guard(allow=['os'])"),
+        codes="not_allowed",
+    ),
+    case(
+        "undo-call-subprocess",
+        "p.toml",
+        '[tools.a]\neffect = "reversible"\nundo = {call = "subprocess.check_output"}\n',
+        tool="a",
+        field="undo.call",
+        line=3,
+        words="'subprocess.check_output' is not allowed",
+        codes="not_allowed",
+    ),
+    case(
+        "undo-call-builtins-eval",
+        "p.yaml",
+        "tools:\n  a:\n    effect: reversible\n    undo: {call: builtins.eval}\n",
+        tool="a",
+        field="undo.call",
+        line=4,
+        words="'builtins.eval' is not allowed",
+        codes="not_allowed",
+    ),
+    case(
+        "snapshot-os-system",
+        "p.yaml",
+        "tools:\n  a:\n    effect: reversible\n    undo: {tool: b}\n    snapshot: os.system\n"
+        "  b: {effect: read_only}\n",
+        tool="a",
+        field="snapshot",
+        line=5,
+        words="'os.system' is not allowed",
+        codes="not_allowed",
+    ),
+    case(
+        "probe-subprocess-run",
+        "p.yaml",
+        tool("probe: subprocess.run\n"),
+        tool="send",
+        field="probe",
+        line=5,
+        words="'subprocess.run' is not allowed",
+        codes="not_allowed",
+    ),
+    case(
+        "probe-importlib",
+        "p.yml",
+        tool("probe: importlib.import_module\n"),
+        tool="send",
+        field="probe",
+        line=5,
+        words="'importlib.import_module' is not allowed",
+        codes="not_allowed",
+    ),
+    case(
+        "undo-call-os-system-while-another-module-is-allowed",
+        "p.yaml",
+        "tools:\n  a:\n    effect: reversible\n    undo: {call: os.system}\n",
+        tool="a",
+        field="undo.call",
+        line=4,
+        words=("'os.system' is not allowed", "allowed: string"),
+        codes="not_allowed",
+        allow=("string",),
+    ),
+    case(
+        "undo-call-os-system-with-os-allowed",  # os.system is defined in posix (or nt)
+        "p.yaml",
+        "tools:\n  a:\n    effect: reversible\n    undo: {call: os.system}\n",
+        tool="a",
+        field="undo.call",
+        line=4,
+        words=("'os.system' is not allowed", "defined in module"),
+        codes="not_allowed",
+        allow=("os",),
+    ),
+    case(
+        "undo-call-prefix-is-not-a-module-boundary",
+        "p.yaml",
+        "tools:\n  a:\n    effect: reversible\n    undo: {call: stringprep.in_table_a1}\n",
+        tool="a",
+        field="undo.call",
+        line=4,
+        words=("'stringprep.in_table_a1' is not allowed", "allowed: string"),
+        codes="not_allowed",
+        allow=("string",),
+    ),
+    case(
+        "undo-call-imported-into-an-allowed-module",  # string does from collections import ...
+        "p.yaml",
+        "tools:\n  a:\n    effect: reversible\n    undo: {call: string._ChainMap}\n",
+        tool="a",
+        field="undo.call",
+        line=4,
+        words=("'string._ChainMap' is not allowed", "defined in module 'collections'"),
+        codes="not_allowed",
+        allow=("string",),
+    ),
+    case(
+        "undo-call-through-a-module-an-allowed-module-imported",  # string does import re as _re
+        "p.yaml",
+        "tools:\n  a:\n    effect: reversible\n    undo: {call: string._re.compile}\n",
+        tool="a",
+        field="undo.call",
+        line=4,
+        words="cannot import 'string._re'",
+        allow=("string",),
     ),
     case(
         "undo-call-not-dotted",
@@ -605,11 +741,12 @@ HOSTILE = [
     case(
         "read-only-with-undo",
         "p.yaml",
-        "tools:\n  a:\n    effect: read_only\n    undo: {call: os.remove}\n",
+        "tools:\n  a:\n    effect: read_only\n    undo: {call: string.capwords}\n",
         tool="a",
         field="undo",
         line=4,
         words="not 'read_only'",
+        allow=("string",),
     ),
     case(
         "undo-cycle-a-b-a",
@@ -635,11 +772,13 @@ HOSTILE = [
     case(
         "snapshot-not-callable",
         "p.yaml",
-        "tools:\n  a:\n    effect: reversible\n    undo: {call: os.remove}\n    snapshot: os.sep\n",
+        "tools:\n  a:\n    effect: reversible\n    undo: {call: string.capwords}\n"
+        "    snapshot: string.digits\n",
         tool="a",
         field="snapshot",
         line=5,
         words="not a callable",
+        allow=("string",),
     ),
     # -- paths --------------------------------------------------------------------------------
     case(
@@ -917,6 +1056,128 @@ HOSTILE = [
         field="retry.on",
         line=4,
         words="not an exception type",
+        allow=("os",),
+    ),
+    # -- numbers Python cannot convert (over 4,300 digits) or no policy value could be ---------
+    case(
+        "yaml-int-of-5000-digits",
+        "p.yaml",
+        tool("retry: {attempts: 1" + "0" * 5000 + "}\n"),
+        tool="send",
+        field="retry.attempts",
+        line=5,
+        words="more than 100 digits",
+        codes="too_large",
+    ),
+    case(
+        "yaml-negative-int-of-5000-digits-in-a-string-field",
+        "p.yaml",
+        "tools:\n  a:\n    effect: irreversible\n    review:\n      kind: mark\n"
+        "      owner: -" + "9" * 5000 + "\n",
+        tool="a",
+        field="review.owner",
+        line=6,
+        words="more than 100 digits",
+        codes="too_large",
+    ),
+    case(
+        "yaml-int-of-5000-digits-in-a-list",
+        "p.yaml",
+        tool("redact: [args.card, " + "7" * 5000 + "]\n"),
+        tool="send",
+        field="redact.1",
+        line=5,
+        words="more than 100 digits",
+        codes="too_large",
+    ),
+    case(
+        "yaml-int-of-5000-digits-at-the-top",
+        "p.yaml",
+        "version: " + "1" * 5000 + "\ntools: {}\n",
+        field="version",
+        line=1,
+        words="more than 100 digits",
+        codes="too_large",
+    ),
+    case(
+        "yaml-hex-int-of-300-digits",  # converts (no digit limit in base 16), but no field takes it
+        "p.yaml",
+        tool("retry: {attempts: 0x" + "f" * 300 + "}\n"),
+        tool="send",
+        field="retry.attempts",
+        line=5,
+        words="more than 100 digits",
+        codes="too_large",
+    ),
+    case(
+        "yaml-base-60-int-of-a-megabyte",  # YAML 1.1 1:2:3 would take minutes to convert
+        "p.yaml",
+        tool("retry: {attempts: 1" + ":1" * 400_000 + "}\n"),
+        tool="send",
+        field="retry.attempts",
+        line=5,
+        words="more than 100 digits",
+        codes="too_large",
+    ),
+    case(
+        "yaml-int-of-5000-digits-as-a-tool-name",
+        "p.yaml",
+        "tools:\n  ? " + "1" * 5000 + "\n  : {effect: read_only}\n",
+        line=2,
+        words="keys must be plain strings",
+        codes="syntax",
+    ),
+    case(
+        "yaml-hex-int-of-300-digits-as-a-tool-name",
+        "p.yaml",
+        "tools:\n  a: {effect: read_only}\n  0x" + "f" * 300 + ": {effect: read_only}\n",
+        line=3,
+        words="keys must be plain strings",
+        codes="syntax",
+    ),
+    case(
+        "toml-int-of-5000-digits",
+        "p.toml",
+        '[tools.a]\neffect = "irreversible"\nreview = {kind = "mark"}\n'
+        "retry = {attempts = " + "1" * 5000 + "}\n",
+        tool="a",
+        field="retry.attempts",
+        line=4,
+        words="more than 100 digits",
+        codes="too_large",
+    ),
+    case(
+        "toml-int-of-5000-digits-in-a-table",
+        "p.toml",
+        '[tools.a]\neffect = "irreversible"\nreview = {kind = "mark"}\n'
+        "[tools.a.retry]\nwait_max = 1\nattempts = -" + "2" * 5000 + "\n",
+        tool="a",
+        field="retry.attempts",
+        line=6,
+        words="more than 100 digits",
+        codes="too_large",
+    ),
+    case(
+        "toml-int-of-5000-digits-with-underscores",
+        "p.toml",
+        '[tools.a]\neffect = "irreversible"\nreview = {kind = "mark"}\n'
+        "retry = {attempts = " + "1_000" * 2000 + "}\n",
+        tool="a",
+        field="retry.attempts",
+        line=4,
+        words="more than 100 digits",
+        codes="too_large",
+    ),
+    case(
+        "toml-hex-int-of-300-digits",
+        "p.toml",
+        '[tools.a]\neffect = "irreversible"\nreview = {kind = "mark"}\n'
+        "retry = {attempts = 0x" + "f" * 300 + "}\n",
+        tool="a",
+        field="retry.attempts",
+        line=4,
+        words="more than 100 digits",
+        codes="too_large",
     ),
     case(
         "toml-cel-syntax",
@@ -987,10 +1248,10 @@ def write(tmp_path: Path, filename: str, content: Any) -> Path:
     return path
 
 
-def refusal(path: Path) -> PolicyError:
+def refusal(path: Path, allow: tuple[str, ...] = ()) -> PolicyError:
     """The PolicyError ``load`` raises; any other exception (or none) fails the test."""
     try:
-        policy_file.load(path)
+        policy_file.load(path, allow=allow)
     except BaseException as exc:
         if not isinstance(exc, PolicyError):
             pytest.fail(f"load raised {type(exc).__name__}, not PolicyError: {exc!r}")
@@ -1018,7 +1279,7 @@ def test_hostile_file_is_refused_with_a_clear_policy_error(
 ) -> None:
     path = write(tmp_path, filename, content)
     started = time.perf_counter()
-    error = refusal(path)
+    error = refusal(path, expect.allow)
     assert time.perf_counter() - started < 2.0
     message = str(error)
     assert_readable(message)
@@ -1036,7 +1297,7 @@ def test_hostile_file_is_refused_with_a_clear_policy_error(
     for word in expect.words:
         assert word in message, f"{word!r} not in {message!r}"
 
-    _, found = policy_file.problems(path)
+    _, found = policy_file.problems(path, allow=expect.allow)
     assert found, "problems() found nothing"
     assert all(isinstance(p, Problem) for p in found)
     assert any(p.severity == "error" for p in found)
@@ -1106,7 +1367,7 @@ VALID = [
               cancel_order: {effect: irreversible, review: {kind: mark}}
               charge_payment:
                 effect: reversible
-                undo: {call: os.remove}
+                undo: {call: string.capwords}
                 approval: {when: "args.amount > 1000", ttl: 1h}
                 retry: {attempts: 3, on: [TimeoutError]}
               send_email:
@@ -1156,10 +1417,10 @@ VALID.append(
 @pytest.mark.parametrize(("filename", "content", "names"), VALID)
 def test_valid_controls_load(tmp_path: Path, filename: str, content: str, names: set[str]) -> None:
     path = write(tmp_path, filename, content)
-    loaded = {p.name: p for p in policy_file.load(path)}
+    loaded = {p.name: p for p in policy_file.load(path, allow=["string"])}
     assert set(loaded) == names
-    assert policy_file.problems(path)[1] == []
-    assert [p for p in policy_check.check(path) if p.severity == "error"] == []
+    assert policy_file.problems(path, allow=["string"])[1] == []
+    assert [p for p in policy_check.check(path, allow=["string"]) if p.severity == "error"] == []
 
 
 def test_retry_on_key_survives_yaml_1_1_booleans(tmp_path: Path) -> None:
@@ -1273,7 +1534,7 @@ def test_cli_reports_hostile_files_as_json(
     tmp_path: Path, filename: str, content: Any, expect: Expect
 ) -> None:
     path = write(tmp_path, filename, content)
-    code, output = check_cli(str(path), "--json")
+    code, output = check_cli(str(path), "--json", *(f"--allow={a}" for a in expect.allow))
     assert "Traceback" not in output
     if path.suffix not in policy_source.SUFFIXES:  # not a policy file: read as a pack name
         assert code == 2, output

@@ -1,4 +1,4 @@
-"""``guardrail policy check FILE [--tools MODULE:OBJECT] [--json]``."""
+"""``guardrail policy check FILE [--tools MODULE:OBJECT] [--allow PREFIX]... [--json]``."""
 
 from __future__ import annotations
 
@@ -34,17 +34,32 @@ def check(
             "with get_tools(), a mapping of name to tool, or a function returning one)."
         ),
     ] = None,
+    allow: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A module prefix whose functions the file may name (undo.call, snapshot, probe, "
+            "retry.on), e.g. myapp.payments; repeat for more. Also read from "
+            "GUARDRAIL_POLICY_ALLOW. Allow only your own code, safe to run on what an agent sends. "
+            "Imported with the current directory on the path.",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Report every problem in a policy file; exit 0 only when it is clean.
 
-    Errors: malformed files, bad expressions and paths, a tool that changes the world with
-    neither undo nor review, an undo naming a tool that does not exist, a toolkit tool with no
-    policy. Warnings (do not fail): policies for tools the toolkit lacks.
+    Errors: malformed files, bad expressions and paths, a dotted path outside the allowed
+    modules (--allow), a tool that changes the world with neither undo nor review, an undo
+    naming a tool that does not exist, a toolkit tool with no policy. Warnings (do not fail):
+    policies for tools the toolkit lacks.
     """
     names = tool_names(tools) if tools is not None else None
     if Path(file).suffix.lower() in policy_source.SUFFIXES:
-        found = policy_check.check(file, names)
+        if allow and os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        try:
+            found = policy_check.check(file, names, allow=allow or ())
+        except PolicyError as exc:  # a malformed --allow or GUARDRAIL_POLICY_ALLOW
+            raise typer.BadParameter(str(exc), param_hint="--allow") from None
     else:
         try:
             pack = load_pack(file)
