@@ -5,7 +5,7 @@ actions are undone newest first, and whatever could not be undone waits for a pe
 resumes or aborts the run. See README.md.
 """
 
-from guardrail.audit import ActionLog, Verification
+from guardrail.audit import ActionLog, Verification, Witness
 from guardrail.call import ResultWarning
 from guardrail.decisions import Decision
 from guardrail.errors import (
@@ -57,6 +57,7 @@ __all__ = [
     "UndoTool",
     "UnknownTool",
     "Verification",
+    "Witness",
     "current_run",
 ]
 __version__ = "0.1.0"

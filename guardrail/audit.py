@@ -41,6 +41,44 @@ class Verification(BaseModel):
     problems: list[str]
 
 
+class Witness(BaseModel):
+    """What a run's journal had at a moment: how many entries, and the newest one's hash.
+
+    Sent out with the run's end (span, webhook, export) and kept elsewhere, it lets `check`
+    detect what the store alone cannot prove: entries cut off the end, a deleted run, or (for a
+    writer holding the key) a rewritten chain.
+    """
+
+    run_id: str
+    entries: int
+    head: str
+
+
+def witness(store: Store, run_id: str) -> Witness | None:
+    found = store.head(run_id)
+    return Witness(run_id=run_id, entries=found[0], head=found[1]) if found else None
+
+
+def check(store: Store, seen: Witness) -> list[str]:
+    """Problems between a witness kept outside and the store now (empty: it still holds)."""
+    rows = store.journal(seen.run_id)
+    if not rows:
+        return [
+            f"run {seen.run_id} is gone from the store (the witness saw {seen.entries} entries)"
+        ]
+    if len(rows) < seen.entries:
+        return [
+            f"run {seen.run_id} has {len(rows)} journal entries, the witness saw {seen.entries}: "
+            "entries were cut off"
+        ]
+    if rows[seen.entries - 1].hash != seen.head:
+        return [
+            f"run {seen.run_id}: journal entry {seen.entries} is not the one the witness saw: the "
+            "chain was rewritten"
+        ]
+    return []
+
+
 def read_log(store: Store, run: RunRecord) -> ActionLog:
     return ActionLog(
         run=run,
@@ -67,6 +105,16 @@ def verify(store: Store, run: RunRecord, log: ActionLog | None = None) -> Verifi
     """Replay the run's journal against its rows. ``log`` saves reading the rows again."""
     problems: list[str] = []
     entries = store.journal(run.id)
+    if not store.keys.has(run.key_id):
+        return Verification(
+            run_id=run.id,
+            ok=False,
+            entries=len(entries),
+            problems=[
+                f"the run's hash key {run.key_id} is not available here, so its chain cannot be "
+                "checked; add the key to GUARDRAIL_HASH_KEY or the key file"
+            ],
+        )
     prev = ""
     expected: dict[tuple[str, tuple[Any, ...]], dict[str, Any]] = {}
     last_touch: dict[tuple[Any, ...], str] = {}
@@ -75,7 +123,10 @@ def verify(store: Store, run: RunRecord, log: ActionLog | None = None) -> Verifi
             problems.append(f"journal entry {i} is missing (found {entry.n} next)")
         if entry.prev_hash != prev:
             problems.append(f"journal entry {entry.n} does not follow the entry before it")
-        if entry_hash(entry.prev_hash, entry.kind, entry.body) != entry.hash:
+        if (
+            entry_hash(store.keys, run.key_id, entry.prev_hash, entry.kind, entry.body)
+            != entry.hash
+        ):
             problems.append(f"journal entry {entry.n} ({entry.kind}) was edited")
         prev = entry.hash
         try:

@@ -25,9 +25,20 @@ from guardrail.errors import (
     RunHalted,
     StoreError,
 )
+from guardrail.keys import seal
 from guardrail.lifecycle import commit, halt, hook_kwargs, now, review_write
 from guardrail.policy import NO_RETRY, Policy, resolve_path
-from guardrail.redact import NotJSON, canonical, digest, redact, to_jsonable
+from guardrail.redact import (
+    REDACTED,
+    NotJSON,
+    canonical,
+    describe,
+    looks_secret,
+    redact,
+    redact_text,
+    redacted_path,
+    to_jsonable,
+)
 from guardrail.store import Recorded, ReviewItem, RunRecord, Write
 from guardrail.testing import crash_point
 
@@ -89,7 +100,7 @@ def _guarded_call(
             tool=tool,
             field="args",
         )
-    args_hash = digest(text)
+    args_hash = guard.store.keys.mac(text, run.key_id)
     key = idempotency_key(policy, args, call_id, args_hash, run)
 
     try:
@@ -105,7 +116,8 @@ def _guarded_call(
         approved = gate(guard, run, policy, plain, args_hash, key, call_id)
     snapshot = None
     if policy.snapshot is not None:
-        snapshot = yield from take_snapshot(run, policy, args)
+        taken = yield from take_snapshot(run, policy, args)
+        snapshot = seal(guard.store.keys, canonical(taken), run.key_id)
 
     seq = approved if approved is not None else run.take_seq()
     span = telemetry.start_tool(tool, call_id, run.id, policy.effect)
@@ -160,7 +172,7 @@ def _guarded_call(
         return outcome.value
 
     error = outcome.error
-    message = f"{type(error).__name__}: {error}"
+    message = describe(error)
     yield from _record(
         guard, run, tool, seq, T.fail(run.lease, seq, outcome.attempts, message), span
     )
@@ -180,7 +192,7 @@ def _guarded_call(
         status=record.status,
         tool=tool,
         review_items=items,
-    ) from error
+    ) from None  # the tool's own exception is not chained: its text may hold secrets
 
 
 def _replay(run: Run, tool: str, args_hash: str, key: str, recorded: Recorded) -> Any:
@@ -221,7 +233,7 @@ def _record(
         telemetry.end(span, error=exc)
         raise
     except StoreError as exc:
-        problem = str(exc)
+        problem = redact_text(str(exc))
     telemetry.end(span, error=StoreError(problem))
     message = f"{tool} ran but its outcome could not be recorded ({problem[:300]})"
     try:
@@ -264,7 +276,8 @@ def _stop(
     except StoreError as exc:
         guard.drop_lease(run.id, run.lease.epoch)
         raise RunHalted(
-            f"run {run.id} halted: {reason[:300]}; the store failed while halting it ({exc}). "
+            f"run {run.id} halted: {reason[:300]}; the store failed while halting it "
+            f"({redact_text(str(exc))}). "
             "No more calls run here; recovery (`guardrail recover`) finishes the halt once the "
             f"run's lease expires (after {guard.stale_after:g}s)",
             run_id=run.id,
@@ -392,7 +405,7 @@ def ask_approval(
         plain = to_jsonable(args)
     except NotJSON:
         return False
-    args_hash = digest(canonical(plain))
+    args_hash = guard.store.keys.mac(canonical(plain), run.key_id)
     key = idempotency_key(policy, args, call_id, args_hash, run)
     if run.done_seq(key) is not None:
         return False
@@ -415,7 +428,9 @@ def take_snapshot(run: Run, policy: Policy, args: dict[str, Any]) -> Steps[Any]:
     assert policy.snapshot is not None
     kwargs = hook_kwargs(policy.snapshot, {"args": args})
     outcome = yield from attempts(NO_RETRY, Invoke(policy.snapshot, kwargs))
-    error: BaseException | str | None = outcome.error
+    error: BaseException | str | None = (
+        describe(outcome.error) if outcome.error is not None else None
+    )
     if error is None:
         try:
             return to_jsonable(outcome.value)
@@ -427,7 +442,7 @@ def take_snapshot(run: Run, policy: Policy, args: dict[str, Any]) -> Steps[Any]:
         run_id=run.id,
         tool=policy.name,
         field="snapshot",
-    ) from (error if isinstance(error, BaseException) else None)
+    ) from None
 
 
 def _not_started(
@@ -437,7 +452,8 @@ def _not_started(
     if policy.idempotency_key is None and call_id is None:
         run.release(policy.name, args_hash, int(key.rsplit(":", 1)[1]))
     return StoreError(
-        f"run {run.id}: {policy.name} did not run, its start could not be recorded ({exc}); "
+        f"run {run.id}: {policy.name} did not run, its start could not be recorded "
+        f"({redact_text(str(exc))}); "
         "nothing recorded before was lost, call it again once the store is back",
         run_id=run.id,
         tool=policy.name,
@@ -453,10 +469,20 @@ def idempotency_key(
     (after resume) meets the same calls in the same order and finds their recorded results.
     """
     declared = policy.idempotency_key
+    value: Any = None
     if callable(declared):
-        return f"{policy.name}:{declared(args)}"
-    if isinstance(declared, str):
-        return f"{policy.name}:{resolve_path(declared, {'args': args})}"
+        value = declared(args)
+    elif isinstance(declared, str):
+        value = resolve_path(declared, {"args": args})
+        if redacted_path(declared, policy.redact):
+            value = run.guard.store.keys.mac(
+                f"key:{value}", run.key_id
+            )  # stored keyed, not in clear
+    if declared is not None:
+        text = str(value)
+        if looks_secret(text):
+            text = run.guard.store.keys.mac(f"key:{text}", run.key_id)
+        return f"{policy.name}:{text}"
     if call_id is not None:
         return f"call:{call_id}"
     return f"{policy.name}:{args_hash}:{run.occurrence(policy.name, args_hash)}"
@@ -478,7 +504,12 @@ def finish_values(
         for name, path in policy.external_ids.items():
             found = resolve_path(path, scope)
             if found is not None:
-                ids[name] = str(found)
+                try:
+                    text = found if isinstance(found, str) else canonical(to_jsonable(found))
+                except NotJSON:
+                    text = str(found)
+                secret = redacted_path(path, policy.redact) or looks_secret(text)
+                ids[name] = REDACTED if secret else text
     note: str | None = None
     try:
         result = redact(to_jsonable(value), policy.redact, "result")

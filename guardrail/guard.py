@@ -11,11 +11,12 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
-from guardrail import decisions, lifecycle, notify, policy_file, policy_source, recovery
-from guardrail.audit import ActionLog, Verification, read_log, verify
+from guardrail import audit, decisions, lifecycle, notify, policy_file, policy_source, recovery
+from guardrail.audit import ActionLog, Verification, Witness, read_log, verify
 from guardrail.decisions import Decision
 from guardrail.drive import adrive, drive
 from guardrail.errors import GuardrailError, PolicyError, RunNotFound, UnknownTool
+from guardrail.keys import KeySource
 from guardrail.lifecycle import PlannedStep
 from guardrail.policy import Policy, make_policy
 from guardrail.run import Run, current_run
@@ -42,7 +43,14 @@ class Guard:
     ``strict`` refuses tools without a policy; ``durability`` is ``"process"`` (survives a
     process crash) or ``"power"`` (survives power loss; slower); ``on_halt`` is called with the
     run record whenever a run starts waiting for a person, and ``webhook_url`` (if given)
-    receives a JSON POST then (see :mod:`guardrail.notify`).
+    receives a JSON POST then (see :mod:`guardrail.notify`). ``hash_key`` is the key of the
+    arguments hashes and the journal chain (see :mod:`guardrail.keys`: by default the
+    ``GUARDRAIL_HASH_KEY`` variable or a 0600 key file created on first use).
+
+    ``allow``: module prefixes (``["myapp.payments"]``) whose functions policy files may name as
+    ``undo.call``, ``snapshot``, ``probe`` or ``retry.on``; besides them, a file may name only
+    functions registered with this guard (``@guard.tool``, ``guard.register``) before the load.
+    A policy file is data: allow only your own code, safe to run on what an agent sends.
     """
 
     def __init__(
@@ -57,9 +65,14 @@ class Guard:
         heartbeat_interval: float = 5.0,
         max_args_bytes: int = 1_000_000,
         max_result_bytes: int | None = 256_000,
+        hash_key: KeySource | None = None,
+        allow: Iterable[str] = (),
     ) -> None:
+        self.allow: tuple[str, ...] = policy_file.check_allow(allow)  # before opening the store
         self.store: Store = (
-            open_store(store, durability=durability) if isinstance(store, str) else store
+            open_store(store, durability=durability, hash_key=hash_key)
+            if isinstance(store, str)
+            else store
         )
         self.strict = strict
         self.on_halt = on_halt
@@ -98,7 +111,9 @@ class Guard:
         """Every tool's effective policy, by tool name."""
         return {**self._hinted, **self._policies, **self._loaded}
 
-    def load_policies(self, source: str | Path | Mapping[str, Any], **options: Any) -> list[Policy]:
+    def load_policies(
+        self, source: str | Path | Mapping[str, Any], *, allow: Iterable[str] = (), **options: Any
+    ) -> list[Policy]:
         """Load policies from a YAML/TOML file, a parsed mapping, or a policy pack by name.
 
         Loaded policies take precedence over code declarations of the same tool (so operators
@@ -106,17 +121,29 @@ class Guard:
 
             guard.load_policies("policies.yaml")
             guard.load_policies("langchain-file-management", root_dir="/srv/agent")
+
+        A file's dotted paths (``undo.call``, ``snapshot``, ``probe``, ``retry.on``) may name
+        only functions registered with this guard so far, or objects defined in a module under
+        the guard's ``allow`` prefixes, this call's ``allow`` or ``GUARDRAIL_POLICY_ALLOW``;
+        anything else is refused with a PolicyError before any module is imported.
         """
+        trusted = (*self.allow, *policy_file.check_allow(allow))
+        registered = list(self._tools.values())
         if isinstance(source, Mapping):
-            policies = policy_file.parse_mapping(source)
+            policies = policy_file.parse_mapping(source, allow=trusted, functions=registered)
         elif isinstance(source, Path) or Path(source).suffix.lower() in policy_source.SUFFIXES:
             if options:
                 raise PolicyError(
                     f"{source}: options ({', '.join(options)}) are for policy packs, not files",
                     file=str(source),
                 )
-            policies = policy_file.load(source)
+            policies = policy_file.load(source, allow=trusted, functions=registered)
         else:
+            if allow:
+                raise PolicyError(
+                    f"{source}: allow= is for policy files; a policy pack is code, and needs none",
+                    field="allow",
+                )
             policies = load_pack(source, **options)
         for policy in policies:
             if policy.name in self._policies:
@@ -299,6 +326,18 @@ class Guard:
         """
         return verify(self.store, log.run if log is not None else self.require_run(run_id), log)
 
+    def witness(self, run_id: str) -> Witness:
+        """The run's journal length and head hash now: keep it outside the store, and
+        :meth:`check` proves later that nothing was cut off, deleted or rewritten since."""
+        found = audit.witness(self.store, run_id)
+        if found is None:
+            raise RunNotFound(f"no run {run_id!r} in {self.store.url}", run_id=run_id)
+        return found
+
+    def check(self, seen: Witness) -> list[str]:
+        """What changed in the store against a witness taken earlier (empty: nothing)."""
+        return audit.check(self.store, seen)
+
     def find(self, external_id: str, *, name: str | None = None) -> list[Action]:
         """Actions that produced ``external_id`` (optionally only under that ``name``)."""
         found: list[Action] = []
@@ -380,7 +419,16 @@ class Guard:
     def notify(self, run: RunRecord) -> None:
         from guardrail import telemetry
 
-        telemetry.event("guardrail " + run.status, **{"run.id": run.id, "agent": run.agent})
+        journal = self.store.head(run.id)
+        telemetry.event(
+            "guardrail " + run.status,
+            **{"run.id": run.id, "agent": run.agent},
+            **(
+                {"journal.entries": journal[0], "journal.head": journal[1]}
+                if journal is not None
+                else {}
+            ),
+        )
         if self.on_halt is not None:
             try:
                 self.on_halt(run)
@@ -388,7 +436,18 @@ class Guard:
                 log.exception("guardrail on_halt hook failed for run %s", run.id)
         if self.webhook_url is not None:
             items = self.store.review_items(run_id=run.id, status="open")
-            notify.post(self.webhook_url, notify.payload(run, items))
+            notify.post(self.webhook_url, notify.payload(run, items, journal))
+
+    def notify_completed(self, run_id: str) -> None:
+        """A span marks the run's end with its journal's length and head hash (a witness)."""
+        from guardrail import telemetry
+
+        journal = self.store.head(run_id)  # (cached: the run just wrote it)
+        if journal is not None:
+            telemetry.event(
+                "guardrail completed",
+                **{"run.id": run_id, "journal.entries": journal[0], "journal.head": journal[1]},
+            )
 
     def close(self) -> None:
         self._stop.set()

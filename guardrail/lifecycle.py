@@ -17,7 +17,9 @@ from guardrail import telemetry
 from guardrail import transitions as T
 from guardrail.drive import Invoke, Steps, attempts
 from guardrail.errors import OwnershipLost, StoreError, UnknownTool
+from guardrail.keys import unseal
 from guardrail.policy import Policy, UndoTool
+from guardrail.redact import describe
 from guardrail.store import Action, Fenced, RunRecord, Write
 from guardrail.testing import crash_point
 from guardrail.transitions import HALTABLE, Lease, Transition, new_id, now
@@ -246,7 +248,7 @@ def _undo(
         telemetry.end(span, attributes={"compensation.status": "compensated"})
         commit(guard, T.compensation_done(lease, status, action.seq, outcome.attempts))
     else:
-        error = f"{type(outcome.error).__name__}: {outcome.error}"
+        error = describe(outcome.error)
         telemetry.end(span, error=outcome.error, attributes={"compensation.status": "failed"})
         item = review_write(
             action.run_id,
@@ -273,12 +275,12 @@ def _undo_call(
             "args": dict(action.args or {}),
             "result": action.result,
             "external_ids": dict(ids),
-            "snapshot": action.snapshot,
+            "snapshot": unseal(guard.store.keys, action.snapshot),
         }
         return fn, undo.kwargs(scope)
     assert undo is not None
     undo = getattr(undo, "__guardrail_raw__", undo)
-    return undo, undo_kwargs(undo, action, ids)
+    return undo, undo_kwargs(undo, action, ids, unseal(guard.store.keys, action.snapshot))
 
 
 def _missing(action: Action, tool: str) -> Callable[..., Any]:
@@ -307,7 +309,7 @@ def hook_kwargs(fn: Callable[..., Any], offered: Mapping[str, Any]) -> dict[str,
 
 
 def undo_kwargs(
-    fn: Callable[..., Any], action: Action, external_ids: Mapping[str, str]
+    fn: Callable[..., Any], action: Action, external_ids: Mapping[str, str], snapshot: Any = None
 ) -> dict[str, Any]:
     """What an undo or probe asks for: ``args``, ``result``, ``external_ids``, ``snapshot``,
     ``action`` by parameter name; else the original arguments as keywords."""
@@ -315,7 +317,7 @@ def undo_kwargs(
         "args": dict(action.args or {}),
         "result": action.result,
         "external_ids": dict(external_ids),
-        "snapshot": action.snapshot,
+        "snapshot": snapshot,
         "action": action,
     }
     return hook_kwargs(fn, offered)

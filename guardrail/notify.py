@@ -30,10 +30,14 @@ def check_url(url: str) -> str:
     return url
 
 
-def payload(run: RunRecord, items: list[ReviewItem]) -> dict[str, Any]:
+def payload(
+    run: RunRecord, items: list[ReviewItem], journal: tuple[int, str] | None = None
+) -> dict[str, Any]:
     return {
         "event": f"run.{run.status}",
         "run_id": run.id,
+        # the journal's length and head hash, for a witness kept outside the store
+        "journal": {"entries": journal[0], "head": journal[1]} if journal else None,
         "agent": run.agent,
         "status": run.status,
         "reason": run.reason,

@@ -16,6 +16,7 @@ time. No signal is ever sent to find out.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import uuid
@@ -23,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from guardrail import transitions as T
 from guardrail.drive import Invoke, Steps, attempts
+from guardrail.errors import StoreError
+from guardrail.keys import unseal
 from guardrail.lifecycle import commit, compensate, halt, undo_kwargs
 from guardrail.redact import NotJSON, to_jsonable
 from guardrail.store import Action, RunRecord
@@ -30,6 +33,8 @@ from guardrail.transitions import LIVE, Lease, now
 
 if TYPE_CHECKING:
     from guardrail.guard import Guard
+
+log = logging.getLogger("guardrail")
 
 
 def _read(path: str) -> str | None:
@@ -95,8 +100,13 @@ def recover(guard: Guard) -> Steps[list[str]]:
             if owner_alive(run.owner, run.heartbeat_at, guard.stale_after):
                 continue
             t = T.claim(run, guard.owner)
-            if not commit(guard, t):
-                continue  # another recovery worker took it
+            try:
+                if not commit(guard, t):
+                    continue  # another recovery worker took it
+            except StoreError as exc:
+                # e.g. its row is locked by a worker paused inside a write: come back later
+                log.warning("guardrail recover: cannot claim run %s now: %s", run.id, exc)
+                continue
             assert t.lease is not None
             guard.hold_lease(t.lease)
             try:
@@ -129,7 +139,7 @@ def _settle(guard: Guard, lease: Lease, action: Action) -> Steps[None]:
     policy = guard.find_policy(action.tool)
     verdict: Any = None
     if policy is not None and policy.probe is not None:
-        kwargs = undo_kwargs(policy.probe, action, {})
+        kwargs = undo_kwargs(policy.probe, action, {}, unseal(guard.store.keys, action.snapshot))
         kwargs.pop("result", None)
         outcome = yield from attempts(policy.undo_retry, Invoke(policy.probe, kwargs))
         verdict = outcome.value if outcome.error is None else None

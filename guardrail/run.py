@@ -16,6 +16,7 @@ from guardrail.drive import Steps, adrive, drive
 from guardrail.errors import Conflict, GuardrailError, RunHalted, RunStateError, StoreError
 from guardrail.lifecycle import commit, halt, new_id
 from guardrail.recovery import owner_alive
+from guardrail.redact import describe
 from guardrail.store import RunRecord
 from guardrail.transitions import Lease
 
@@ -60,6 +61,7 @@ class Run:
         self.metadata = dict(metadata or {})
         self.halted = False
         self.lease: Lease = Lease(self.id, guard.owner, 0)  # claimed when the run is entered
+        self.key_id: str | None = None  # the hash key of the run (None: a run made before keys)
         self._entered = False
         self._seq: itertools.count[int] = itertools.count(1)
         # Per-call state of a long run stays small: keyed by the hash of (tool, args hash) and of
@@ -80,7 +82,8 @@ class Run:
         store, guard = self.guard.store, self.guard
         existing = store.run(self.id)
         if existing is None:
-            t = T.start_run(self.id, self.agent, guard.owner, self.metadata)
+            t = T.start_run(self.id, self.agent, guard.owner, self.metadata, store.keys.current)
+            self.key_id = store.keys.current
             try:
                 commit(guard, t)
                 assert t.lease is not None
@@ -136,6 +139,15 @@ class Run:
                 run_id=self.id,
                 status=existing.status,
             )
+        if not store.keys.has(existing.key_id):
+            raise RunStateError(
+                f"run {self.id} was written with the hash key {existing.key_id}, which this "
+                f"process does not have (keys from {store.keys.source}); give it the same "
+                "GUARDRAIL_HASH_KEY or key file as the process that started the run",
+                run_id=self.id,
+                status=existing.status,
+            )
+        self.key_id = existing.key_id
         t = T.claim(existing, guard.owner, "run.attach")
         if not commit(guard, t):
             raise Conflict(f"run {self.id} was claimed by another worker", run_id=self.id)
@@ -150,12 +162,13 @@ class Run:
                 unsettled = self.guard.store.seqs_in_state(self.id, (T.ActionState.STARTED,))
                 if not unsettled:
                     commit(self.guard, T.complete(self.lease))
+                    self.guard.notify_completed(self.id)
                     return
                 # a run holding a call whose outcome was never recorded is not complete
                 error = GuardrailError(f"action {unsettled[0]} has no recorded outcome")
             if error is not None and not isinstance(error, RunHalted) and not self.halted:
                 self.halted = True
-                reason = f"the agent raised {type(error).__name__}: {error}"[:500]
+                reason = f"the agent raised {describe(error)}"[:500]
                 yield from halt(self.guard, self.lease, reason=reason)
         finally:
             self.guard.drop_lease(self.id, self.lease.epoch)

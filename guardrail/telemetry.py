@@ -14,6 +14,8 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from guardrail.redact import redact_text
+
 __all__ = ["Span", "current", "decision", "end", "event", "start_compensation", "start_tool"]
 
 _tracer = trace.get_tracer("guardrail")
@@ -68,7 +70,7 @@ def end(
                 span.set_attribute(f"guardrail.{key}", value)
         if error is not None:
             span.set_attribute("error.type", type(error).__qualname__)
-            span.set_status(Status(StatusCode.ERROR, str(error)[:200]))
+            span.set_status(Status(StatusCode.ERROR, redact_text(str(error))[:200]))
     span.end()
 
 

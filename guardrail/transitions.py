@@ -150,10 +150,13 @@ def review_item(
 # -- owning a run ---------------------------------------------------------------------------
 
 
-def start_run(run_id: str, agent: str, owner: str, metadata: dict[str, Any]) -> Transition:
+def start_run(
+    run_id: str, agent: str, owner: str, metadata: dict[str, Any], key_id: str
+) -> Transition:
     stamp = now()
     values = {
         "agent": agent,
+        "key_id": key_id,
         "status": R.RUNNING.value,
         "owner": owner,
         "epoch": 1,

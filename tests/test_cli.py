@@ -105,6 +105,7 @@ def test_find_and_export(halted: tuple[str, str, str]) -> None:
         "action",
         "compensation",
         "review_item",
+        "witness",
     ]
     assert lines[1]["args"]["item"] == "<script>alert(1)</script>"
     assert cli("export", run_id, "--store", store, "--format", "xml")[0] == 2
@@ -126,6 +127,8 @@ def test_recover_watch_with_the_undos_from_a_policy_file(
         "tools:\n  create_order: {effect: reversible, undo: {call: cli_shop_undo.cancel}}\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
+    # the file names app code: the operator allows its module (policy files are a trust boundary)
+    monkeypatch.setenv("GUARDRAIL_POLICY_ALLOW", "cli_shop_undo")
 
     def doomed() -> None:  # an agent process that dies in the middle of its run
         guard = Guard(store=sqlite_url)

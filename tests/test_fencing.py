@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -420,7 +421,7 @@ def test_a_dead_pid_counts_only_in_the_same_namespace() -> None:
 AGENT = """
 import json, sys, time
 from pathlib import Path
-from guardrail import Guard
+from guardrail import Guard, StoreError
 url, ledger, ready = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 guard = Guard(store=url, heartbeat_interval=float(sys.argv[4]))
 def refund(args):
@@ -435,7 +436,10 @@ try:
     with guard.run(agent="loop") as run:
         ready.write_text(run.id)
         for n in range(1_000_000):
-            charge(n=n)
+            try:
+                charge(n=n)
+            except StoreError:  # its start could not be recorded, so it did not run: go on
+                pass
             if Path(str(ready) + ".stop").exists():
                 break
             time.sleep(0.01)
@@ -475,13 +479,33 @@ def start_agent(
     return proc, ready.read_text()
 
 
+def pause(proc: subprocess.Popen[str], url: str) -> None:
+    """SIGSTOP the worker. On SQLite, not inside a write: a process paused holding SQLite's
+    write lock stops every writer until it resumes (there is no server to end its session)."""
+    for _ in range(100):
+        os.kill(proc.pid, signal.SIGSTOP)
+        if not url.startswith("sqlite"):
+            return
+        probe = sqlite3.connect(url.removeprefix("sqlite:///"), timeout=0)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+            probe.execute("ROLLBACK")
+            return
+        except sqlite3.OperationalError:
+            os.kill(proc.pid, signal.SIGCONT)
+            time.sleep(0.01)
+        finally:
+            probe.close()
+    raise AssertionError("could not pause the worker outside a write")
+
+
 def test_sigstopped_worker_is_fenced_after_recovery(
     tmp_path: Path, store_url: str, ledger: Ledger
 ) -> None:
     """SIGSTOP a worker past its lease; recovery takes its run over and undoes its charges;
     SIGCONT: the worker must stop at its next call, without charging again."""
     proc, run_id = start_agent(tmp_path, store_url, ledger, interval=0.05)
-    os.kill(proc.pid, signal.SIGSTOP)
+    pause(proc, store_url)
     try:
         stopped_at = len(ledger.lines())
         with Guard(store=store_url) as rescuer:
@@ -491,12 +515,20 @@ def test_sigstopped_worker_is_fenced_after_recovery(
                 "charge", effect="reversible", undo=lambda args: ledger.add(f"refund {args['n']}")
             )
             deadline = time.monotonic() + 60
-            while rescuer.recover() != [run_id]:  # once the paused worker's lease expired
+            while True:  # once the paused worker's lease expired
+                try:
+                    if rescuer.recover() == [run_id]:
+                        break
+                except StoreError:
+                    pass  # PostgreSQL: paused inside a write, until the server ends its session
                 assert time.monotonic() < deadline, "the lease never expired"
                 time.sleep(0.05)
     finally:
         os.kill(proc.pid, signal.SIGCONT)
-    out, _ = proc.communicate(timeout=60)
+    try:
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()  # never leave a worker behind, stopped or not
     end = json.loads(out.strip().splitlines()[-1])
     assert end["end"] == "OwnershipLost", end
     lines = ledger.lines()
@@ -548,8 +580,44 @@ def test_a_live_worker_in_another_pid_namespace_is_not_taken_over(
             assert other.require_run(run_id).status == "running"
     finally:
         (tmp_path / "ready.stop").write_text("")
-    out, _ = proc.communicate(timeout=60)
+    try:
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
     assert json.loads(out.strip().splitlines()[-1])["end"] == "completed"
     with Guard(store=store_url) as guard:
         assert guard.require_run(run_id).status == "completed"
         assert not any(line.startswith("refund") for line in ledger.lines())
+
+
+@pytest.mark.postgres
+def test_a_run_locked_by_a_paused_transaction_does_not_stall_recovery(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    """A worker paused inside a write holds its run's row lock. Recovery does not wait on it
+    for ever: the pass skips that run (and the server ends a guard session idle in a
+    transaction), and the next pass takes it over."""
+    from conftest import _postgres_schema_url
+
+    for url in _postgres_schema_url():
+        import psycopg
+
+        with Guard(store=url) as worker, Guard(store=url) as other:
+            other.stale_after = -1.0
+            shop(worker, ledger)
+            shop(other, ledger)
+            run = worker.run(agent="shop").start()
+            run.call("charge", {"item": "a"})
+            worker.drop_lease(run.id)
+            plain = url.replace("postgresql+psycopg://", "postgresql://")
+            with psycopg.connect(plain) as paused:  # a transaction left open on the run's row
+                paused.execute("SELECT 1 FROM runs WHERE id = %s FOR UPDATE", (run.id,))
+                started = time.monotonic()
+                assert other.recover() == []
+                assert time.monotonic() - started < 60
+                paused.rollback()
+            assert other.recover() == [run.id]
+            assert other.require_run(run.id).status == "pending_review"
+            with pytest.raises(OwnershipLost):
+                run.call("charge", {"item": "b"})
+        assert ledger.lines() == ["charge a", "refund a"]

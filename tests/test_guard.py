@@ -116,7 +116,8 @@ def test_failure_compensates_newest_first_and_lists_irreversible(guard: Guard) -
         pytest.fail(f"the agent went on after the halt with {b}")
     assert halted.value.run_id == run.id
     assert halted.value.status == "pending_review"
-    assert isinstance(halted.value.__cause__, RuntimeError)
+    # the tool's exception is not chained (its text may hold secrets); its redacted text is
+    assert halted.value.__cause__ is None and "RuntimeError" in str(halted.value)
     assert world.orders == {}
     assert world.undone == ["o-2", "o-1"]  # newest first
     log = guard.log(run.id)
@@ -294,7 +295,7 @@ def test_redaction_of_declared_fields_and_secrets(guard: Guard) -> None:
         "to": "a@b.c",
         "body": "[REDACTED]",
         "api_key": "[REDACTED]",
-        "header": "[REDACTED]",
+        "header": "Bearer [REDACTED]",
     }
     assert actions[0].result == {"token": "[REDACTED]", "status": "ok"}
     assert actions[0].args_hash != actions[1].args_hash  # hashes still tell them apart

@@ -966,6 +966,7 @@ def test_two_recover_watchers(pg: Postgres, tmp_path: Path) -> None:
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
         "GUARDRAIL_TEST_WORLD": str(world.path),
+        "GUARDRAIL_POLICY_ALLOW": "pg_shop_undo",  # the file names app code: the operator allows it
     }
     command = [
         sys.executable,

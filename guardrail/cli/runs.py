@@ -19,12 +19,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from guardrail.audit import Witness
 from guardrail.decisions import Decision
 from guardrail.errors import Conflict, GuardrailError, RunNotFound, RunStateError, StoreError
 from guardrail.guard import Guard
@@ -51,7 +53,7 @@ DEFAULT_STORE = "sqlite:///guardrail.db"
 
 
 def register(app: typer.Typer) -> None:
-    for command in (runs, resume, abort, resolve, approve, reject, recover, find, export):
+    for command in (runs, resume, abort, resolve, approve, reject, recover, find, export, verify):
         app.command()(command)
 
 
@@ -384,8 +386,9 @@ def export(
         raise typer.BadParameter("expected json or jsonl", param_hint="--format")
     with opened(store) as guard:
         log = guard.log(run_id)
+        seen = guard.witness(run_id).model_dump()
         if format == "json":
-            dump_json(log.model_dump())
+            dump_json({**log.model_dump(), "witness": seen})
             return
         out = sys.stdout
         out.write(json.dumps({"type": "run", **log.run.model_dump()}, default=str) + "\n")
@@ -396,3 +399,87 @@ def export(
         ):
             for row in rows:
                 out.write(json.dumps({"type": kind, **row.model_dump()}, default=str) + "\n")
+        out.write(json.dumps({"type": "witness", **seen}) + "\n")  # for verify --against
+
+
+def verify(
+    run_ids: Annotated[
+        list[str] | None, typer.Argument(help="Runs to check (default: all).")
+    ] = None,
+    against: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="An export (json or jsonl) or a file of witnesses kept outside the store: "
+            "check that no run it saw was deleted, cut off or rewritten. Repeatable."
+        ),
+    ] = None,
+    store: Store = DEFAULT_STORE,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Check runs' hash chains and rows, and the store against witnesses kept elsewhere.
+
+    Exit code 0 when everything checks out, 1 when a problem was found.
+    """
+    with opened(store) as guard:
+        seen = [w for path in against or [] for w in _witnesses(path)]
+        ids = list(run_ids or [])
+        if not ids:
+            ids = [r.id for r in guard.runs()] if not seen else []
+        ids += [w.run_id for w in seen if w.run_id not in ids]
+        problems: dict[str, list[str]] = {}
+        for run_id in ids:
+            found: list[str] = []
+            if guard.store.run(run_id) is not None:
+                found += guard.verify(run_id).problems
+            for w in seen:
+                if w.run_id == run_id:
+                    found += guard.check(w)
+            if guard.store.run(run_id) is None and not found:
+                found.append(f"no run {run_id} in the store")
+            problems[run_id] = found
+    bad = {k: v for k, v in problems.items() if v}
+    if as_json:
+        dump_json({"checked": len(problems), "ok": not bad, "problems": bad})
+    else:
+        for run_id, found in bad.items():
+            for problem in found:
+                typer.echo(f"{run_id}: {problem}")
+        typer.echo(f"{len(problems)} run(s) checked: " + ("ok" if not bad else f"{len(bad)} bad"))
+    if bad:
+        raise typer.Exit(1)
+
+
+def _witnesses(path: Path) -> list[Witness]:
+    """Witnesses in an export (json: one run; jsonl: its witness line) or a jsonl of them."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        fail(f"cannot read {path}: {exc}", USAGE)
+    try:
+        docs = [json.loads(text)]
+    except ValueError:
+        try:
+            docs = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except ValueError as exc:
+            fail(f"{path} is not JSON or JSON lines: {exc}", USAGE)
+    found: list[Witness] = []
+    for doc in docs:
+        if not isinstance(doc, dict):
+            continue
+        raw = (
+            doc.get("witness")
+            if "witness" in doc
+            else doc
+            if doc.get("type") == "witness"
+            else None
+        )
+        if raw is None and {"run_id", "entries", "head"} <= set(doc):
+            raw = doc
+        if isinstance(raw, dict):
+            try:
+                found.append(Witness.model_validate(raw))
+            except ValueError as exc:
+                fail(f"{path}: a witness is malformed: {exc}", USAGE)
+    if not found:
+        fail(f"{path} holds no witness (an export of guardrail export, or witness lines)", USAGE)
+    return found

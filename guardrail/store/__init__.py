@@ -10,6 +10,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
+from guardrail.keys import Keys, KeySource
 from guardrail.store.schema import (
     Action,
     Compensation,
@@ -91,6 +92,7 @@ class Fenced(Exception):
 
 class Store(Protocol):
     url: str
+    keys: Keys
 
     def transact(
         self, run_id: str, kind: str, writes: Sequence[Write], fence: Fence | None = None
@@ -98,6 +100,7 @@ class Store(Protocol):
     def heartbeat(self, owner: str, run_ids: Collection[str], now: float) -> None: ...
     def seqs_in_state(self, run_id: str, states: Sequence[str]) -> list[int]: ...
     def forget(self, run_id: str) -> None: ...
+    def head(self, run_id: str) -> tuple[int, str] | None: ...
     def run(self, run_id: str) -> RunRecord | None: ...
     def runs(
         self,
@@ -125,8 +128,11 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
-def open_store(url: str, *, durability: str = "process") -> Store:
-    """Open the store at ``url`` (``sqlite:///path.db`` or ``postgresql+psycopg://...``)."""
+def open_store(
+    url: str, *, durability: str = "process", hash_key: KeySource | None = None
+) -> Store:
+    """Open the store at ``url`` (``sqlite:///path.db`` or ``postgresql+psycopg://...``);
+    ``hash_key`` as in `guardrail.keys`."""
     from guardrail.store.sql import SQLStore
 
-    return SQLStore(url, durability=durability)
+    return SQLStore(url, durability=durability, hash_key=hash_key)

@@ -23,6 +23,7 @@ class RunRecord(SQLModel, table=True):
     owner: str | None = None
     # the fencing token: raised by every takeover, resume and abort (see guardrail.transitions)
     epoch: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    key_id: str | None = None  # the hash key of its chain and args hashes (None: unkeyed, old)
     heartbeat_at: float | None = None
     meta: dict[str, Any] = Field(default_factory=dict, sa_column=Column("metadata", JSON))
     reason: str | None = None

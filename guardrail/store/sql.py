@@ -22,7 +22,9 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 
+from guardrail import keys
 from guardrail.errors import StoreError
+from guardrail.keys import Keys, KeySource
 from guardrail.redact import canonical, digest
 from guardrail.store import Fence, Fenced, JournalRow, Recorded, Write, migrate
 from guardrail.store.schema import (
@@ -40,14 +42,22 @@ T = TypeVar("T")
 _DURABILITY = {"process": "NORMAL", "power": "FULL"}
 
 
-def entry_hash(prev_hash: str, kind: str, body: str) -> str:
-    return digest(f"{prev_hash}\n{kind}\n{body}")
+def entry_hash(keys: Keys, kid: str | None, prev_hash: str, kind: str, body: str) -> str:
+    """A journal entry's hash: HMAC under the run's key of the previous hash, kind and body."""
+    return keys.mac(f"{prev_hash}\n{kind}\n{body}", kid)
 
 
 class SQLStore:
     """The action log in SQLite or PostgreSQL."""
 
-    def __init__(self, url: str, *, durability: str = "process", busy_timeout: float = 10.0):
+    def __init__(
+        self,
+        url: str,
+        *,
+        durability: str = "process",
+        busy_timeout: float = 10.0,
+        hash_key: KeySource | None = None,
+    ):
         if durability not in _DURABILITY:
             raise StoreError(
                 f"durability={durability!r} is not one of 'process' or 'power'", field="durability"
@@ -71,7 +81,7 @@ class SQLStore:
         self._busy_timeout = busy_timeout
         self._sync = _DURABILITY[durability]
         self._local = threading.local()
-        self._heads: dict[str, tuple[int, str]] = {}
+        self._heads: dict[str, tuple[int, str, str | None]] = {}  # run -> (n, hash, key id)
         self._sql_cache: dict[tuple[Any, ...], str] = {}
         self._closed = False
         self._all_conns: list[Any] = []
@@ -92,12 +102,14 @@ class SQLStore:
                     field="store",
                 )
             self._path = path
+            self.keys = keys.load(hash_key, store_path=os.path.abspath(path))
             self._connect: Callable[[], Any] = self._connect_sqlite
             self._ph = "?"
             self.engine: Engine = create_engine(
                 url, connect_args={"timeout": busy_timeout, "check_same_thread": False}
             )
         else:
+            self.keys = keys.load(hash_key)
             self._connect = self._connect_postgres
             self._ph = "%s"
             self.engine = create_engine(parsed, pool_pre_ping=True)
@@ -137,7 +149,13 @@ class SQLStore:
     def _connect_postgres(self) -> Any:
         import psycopg
 
-        return psycopg.connect(autocommit=True, **self._params)
+        conn = psycopg.connect(autocommit=True, **self._params)
+        # Our transactions never wait on user code, so they last microseconds. A process paused
+        # inside one (SIGSTOP, a VM pause) would hold its run's row lock for as long as it
+        # sleeps and stall recovery: the server ends such a session instead, and nobody waits
+        # on a lock for long (a recovery pass skips that run and comes back to it).
+        conn.execute("SET idle_in_transaction_session_timeout = '5s'; SET lock_timeout = '5s'")
+        return conn
 
     def _conn(self) -> Any:
         if self._closed:
@@ -194,11 +212,12 @@ class SQLStore:
         body = canonical(
             [[w.table, w.key, journaled, int(w.insert)] for w, _, journaled in prepared]
         )
-        creates_run = any(w.insert and w.table == "runs" for w in writes)
+        created = next((w for w in writes if w.insert and w.table == "runs"), None)
+        creates_run = created is not None
         # PostgreSQL: every statement is a round trip, so the fence rides with the journal entry
         fused = fence is not None and not self._sqlite
         for _ in range(20):
-            head = (0, "") if creates_run else self._heads.get(run_id)
+            head = (0, "", created.values.get("key_id")) if created else self._heads.get(run_id)
             try:
                 with self._transaction() as cur:
                     if fence is not None and not fused and not self._fence(cur, run_id, fence):
@@ -207,8 +226,8 @@ class SQLStore:
                         self._apply_all(cur, first, "", "")
                     if head is None:
                         head = self._read_head(cur, run_id)
-                    n, prev = head[0] + 1, head[1]
-                    h = entry_hash(prev, kind, body)
+                    n, prev, kid = head[0] + 1, head[1], head[2]
+                    h = entry_hash(self.keys, kid, prev, kind, body)
                     # The journal's primary key (run_id, n) is the compare-and-set: a writer
                     # with a stale head collides here, rolls back and retries from the real head.
                     entry = (run_id, n, time.time(), kind, body, prev, h)
@@ -254,22 +273,25 @@ class SQLStore:
                     f"could not record {kind!r} for run {run_id} in {self.url}: {exc}",
                     run_id=run_id,
                 ) from exc
-            self._heads[run_id] = (n, h)
+            self._heads[run_id] = (n, h, kid)
             if len(self._heads) > 4096:  # a cache of recent runs' heads, not of every run
                 del self._heads[next(iter(self._heads))]
             return True
         raise StoreError(f"run {run_id}: too much contention on its journal", run_id=run_id)
 
-    def _read_head(self, cur: Any, run_id: str) -> tuple[int, str]:
-        """The newest journal entry of the run: (n, hash)."""
+    def _read_head(self, cur: Any, run_id: str) -> tuple[int, str, str | None]:
+        """The newest journal entry of the run and the run's key: (n, hash, key id)."""
         cur.execute(
-            self._sql("SELECT n, hash FROM journal WHERE run_id = ? ORDER BY n DESC LIMIT 1"),
-            (run_id,),
+            self._sql(
+                "SELECT n, hash, (SELECT key_id FROM runs WHERE id = ?) FROM journal "
+                "WHERE run_id = ? ORDER BY n DESC LIMIT 1"
+            ),
+            (run_id, run_id),
         )
         row = cur.fetchall()
         if not row:
             raise StoreError(f"run {run_id} does not exist in {self.url}", run_id=run_id)
-        return int(row[0][0]), str(row[0][1])
+        return int(row[0][0]), str(row[0][1]), row[0][2]
 
     def _apply(self, cur: Any, w: Write, values: dict[str, Any], prev: str, h: str) -> bool:
         if w.table == "actions":
@@ -368,6 +390,18 @@ class SQLStore:
             # this process's live runs for dead ones: reconnect on the next beat instead
             self._drop_conn()
             raise StoreError(f"heartbeat of {owner} in {self.url} failed: {exc}") from exc
+
+    def head(self, run_id: str) -> tuple[int, str] | None:
+        """The run's newest journal entry: (how many entries, its hash); None if none."""
+        cached = self._heads.get(run_id)
+        if cached is not None:
+            return cached[0], cached[1]
+        rows = self._fetch(
+            run_id,
+            "SELECT n, hash FROM journal WHERE run_id = ? ORDER BY n DESC LIMIT 1",
+            (run_id,),
+        )
+        return (int(rows[0][0]), str(rows[0][1])) if rows else None
 
     def forget(self, run_id: str) -> None:
         """Drop the cached chain head (another process may have written)."""
