@@ -6,7 +6,7 @@ Measured in the same run, median of repeated batches (microseconds per call):
 - the bare function call;
 - two raw sqlite3 commits (WAL, synchronous=NORMAL): the floor any durable write-ahead log pays;
 - guarded calls (read-only, reversible, irreversible) through `@guard.tool`.
-Prints a table and the ratios the targets in ../shared/DESIGN.md section 12 are stated in.
+Prints a table and the ratios the targets in docs/benchmarks.md are stated in.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The benchmark suite of issue 7: guardrail against the floor and against the alternatives.
+"""The benchmark suite: guardrail against the floor and against the alternatives.
 
 Run: ``python benchmarks/run.py [--quick] [--postgres URL] [--output FILE] [--no-write]``.
 
@@ -20,7 +20,7 @@ from other processes falls on all of them alike and the ratios stay comparable:
 - peak memory (tracemalloc and RSS) of 100,000 guarded calls and the per-call growth, each in a
   fresh child process.
 
-Prints the tables and the targets of ../shared/DESIGN.md section 12 (PASS/MISS), and writes them
+Prints the tables and the performance targets (PASS/MISS), and writes them
 to docs/benchmarks.md between the ``results`` markers (the analysis around them is kept). A
 ``--quick`` run only prints unless ``--output`` is given.
 """
@@ -1041,7 +1041,7 @@ def report(results: dict[str, Any]) -> str:
         "(all threads) per call; spread = interquartile range / median of the wall times"
     )
     add("")
-    add("### Targets (DESIGN.md section 12, issue 7)")
+    add("### Targets")
     add("")
     add("| target | measured | goal | verdict |")
     add("|---|---|---|---|")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from guardrail import telemetry
@@ -81,6 +82,47 @@ def _guarded_call(
     args: dict[str, Any],
     call_id: str | None,
 ) -> Steps[Any]:
+    call = _prepare(guard, run, policy, args, call_id)
+    recorded = _lookup(guard, run, call)
+    if recorded is not None:
+        return _replay(run, call, recorded)
+    approved = gate(guard, run, policy, call.plain, call.args_hash, call.key, call_id)
+    snapshot = None
+    if policy.snapshot is not None:
+        taken = yield from take_snapshot(run, policy, args)
+        snapshot = seal(guard.store.keys, canonical(taken), run.key_id)
+    seq, span = _begin(guard, run, call, approved, snapshot)
+    crash_point("after_start")
+    outcome = yield from attempts(policy.call_retry, Invoke(fn, args, span))
+    if outcome.error is None:
+        crash_point("after_call")
+        yield from _succeeded(guard, run, call, seq, span, outcome.value, outcome.attempts)
+        return outcome.value
+    yield from _failed(guard, run, call, seq, span, outcome.error, outcome.attempts)
+    raise AssertionError("unreachable: a failed call halts the run")  # pragma: no cover
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One call as guardrail sees it before it runs: arguments as JSON, keyed hash, key."""
+
+    policy: Policy
+    args: dict[str, Any]
+    plain: dict[str, Any]
+    args_hash: str
+    key: str
+    call_id: str | None
+
+    @property
+    def tool(self) -> str:
+        return self.policy.name
+
+
+def _prepare(
+    guard: Guard, run: Run, policy: Policy, args: dict[str, Any], call_id: str | None
+) -> Call:
+    """Arguments as JSON, their keyed hash and the call's idempotency key; bad arguments are
+    refused before anything is recorded."""
     tool = policy.name
     try:
         plain = to_jsonable(args)
@@ -102,37 +144,37 @@ def _guarded_call(
         )
     args_hash = guard.store.keys.mac(text, run.key_id)
     key = idempotency_key(policy, args, call_id, args_hash, run)
+    return Call(policy, args, plain, args_hash, key, call_id)
 
+
+def _lookup(guard: Guard, run: Run, call: Call) -> Recorded | None:
+    """Dedup: the recorded call this key already answered, if it took effect."""
     try:
-        done = run.done_seq(key)
-        recorded = guard.store.recorded_result(run.id, done, key) if done is not None else None
+        done = run.done_seq(call.key)
+        return guard.store.recorded_result(run.id, done, call.key) if done is not None else None
     except StoreError as exc:
-        raise _not_started(run, policy, call_id, args_hash, key, exc) from exc
-    if recorded is not None:
-        return _replay(run, tool, args_hash, key, recorded)
+        raise _not_started(run, call, exc) from exc
 
-    approved = None
-    if policy.approval is not None:
-        approved = gate(guard, run, policy, plain, args_hash, key, call_id)
-    snapshot = None
-    if policy.snapshot is not None:
-        taken = yield from take_snapshot(run, policy, args)
-        snapshot = seal(guard.store.keys, canonical(taken), run.key_id)
 
+def _begin(
+    guard: Guard, run: Run, call: Call, approved: int | None, snapshot: Any
+) -> tuple[int, telemetry.Span]:
+    """Commit the write-ahead intent: the gate every call passes. No intent, no call."""
+    policy = call.policy
     seq = approved if approved is not None else run.take_seq()
-    span = telemetry.start_tool(tool, call_id, run.id, policy.effect)
+    span = telemetry.start_tool(call.tool, call.call_id, run.id, policy.effect)
     trace_id, span_id = telemetry.ids(span)
     intent = T.start_call(
         run.lease,
         seq,
         {
-            "tool": tool,
-            "call_id": call_id,
-            "idempotency_key": key,
+            "tool": call.tool,
+            "call_id": call.call_id,
+            "idempotency_key": call.key,
             "effect": policy.effect,
             "attempts": 1,
-            "args": redact(plain, policy.redact, "args"),
-            "args_hash": args_hash,
+            "args": redact(call.plain, policy.redact, "args"),
+            "args_hash": call.args_hash,
             "external_ids": {},
             "snapshot": snapshot,
             "trace_id": trace_id,
@@ -142,46 +184,61 @@ def _guarded_call(
         approved=approved is not None,
     )
     try:
-        begun = commit(guard, intent)  # the gate: no committed intent, no call
+        begun = commit(guard, intent)
     except OwnershipLost as exc:
         run.halted = True
         telemetry.end(span, error=exc)
         raise
     except StoreError as exc:
         telemetry.end(span, error=exc)
-        raise _not_started(run, policy, call_id, args_hash, key, exc) from exc
+        raise _not_started(run, call, exc) from exc
     if not begun:
         telemetry.end(span, error=Conflict("approval already used"))
         raise Conflict(
-            f"run {run.id}: the approved call of {tool} (action {seq}) was started elsewhere",
+            f"run {run.id}: the approved call of {call.tool} (action {seq}) was started elsewhere",
             run_id=run.id,
             status="running",
         )
-    crash_point("after_start")
-    outcome = yield from attempts(policy.call_retry, Invoke(fn, args, span))
-    if outcome.error is None:
-        crash_point("after_call")
-        values, ids = finish_values(guard, policy, run.id, args, outcome.value, outcome.attempts)
-        yield from _record(guard, run, tool, seq, T.succeed(run.lease, seq, values, ids), span)
-        if policy.idempotency_key is not None or call_id is not None:
-            # keys numbered by occurrence never repeat in this process's run: only declared
-            # and framework keys need remembering (a re-attached run reloads them all)
-            run.mark_done(key, seq)
-        ids_attr = ",".join(f"{k}={v}" for k, v in ids.items()) if ids else None
-        telemetry.end(span, attributes={"action.seq": seq, "external_ids": ids_attr})
-        return outcome.value
+    return seq, span
 
-    error = outcome.error
-    message = describe(error)
-    yield from _record(
-        guard, run, tool, seq, T.fail(run.lease, seq, outcome.attempts, message), span
-    )
+
+def _succeeded(
+    guard: Guard,
+    run: Run,
+    call: Call,
+    seq: int,
+    span: telemetry.Span,
+    value: Any,
+    attempts: int,
+) -> Steps[None]:
+    values, ids = finish_values(guard, call.policy, run.id, call.args, value, attempts)
+    yield from _record(guard, run, call.tool, seq, T.succeed(run.lease, seq, values, ids), span)
+    if call.policy.idempotency_key is not None or call.call_id is not None:
+        # keys numbered by occurrence never repeat in this process's run: only declared
+        # and framework keys need remembering (a re-attached run reloads them all)
+        run.mark_done(call.key, seq)
+    ids_attr = ",".join(f"{k}={v}" for k, v in ids.items()) if ids else None
+    telemetry.end(span, attributes={"action.seq": seq, "external_ids": ids_attr})
+
+
+def _failed(
+    guard: Guard,
+    run: Run,
+    call: Call,
+    seq: int,
+    span: telemetry.Span,
+    error: Exception,
+    attempts: int,
+) -> Steps[None]:
+    """Record the failure, halt the run, and stop the agent with RunHalted."""
+    tool, message = call.tool, describe(error)
+    yield from _record(guard, run, tool, seq, T.fail(run.lease, seq, attempts, message), span)
     telemetry.end(span, error=error, attributes={"action.seq": seq})
     record = yield from _stop(
         guard,
         run,
         reason=f"{tool} failed: {message[:500]}",
-        hold=(run.on_failure or policy.on_failure) == "hold",
+        hold=(run.on_failure or call.policy.on_failure) == "hold",
         failed_seq=seq,
     )
     items = tuple(i.id for i in guard.store.review_items(run_id=run.id, status="open"))
@@ -195,10 +252,11 @@ def _guarded_call(
     ) from None  # the tool's own exception is not chained: its text may hold secrets
 
 
-def _replay(run: Run, tool: str, args_hash: str, key: str, recorded: Recorded) -> Any:
+def _replay(run: Run, call: Call, recorded: Recorded) -> Any:
     """Answer a call whose key already took effect with its recorded result, if it is the same
     call (same tool, same arguments); a reused key for another call is refused."""
-    if recorded.tool != tool or recorded.args_hash != args_hash:
+    tool, key = call.tool, call.key
+    if recorded.tool != tool or recorded.args_hash != call.args_hash:
         what = "another tool" if recorded.tool != tool else "other arguments"
         raise Conflict(
             f"run {run.id}: the key {key!r} of this call of {tool} was already used by action "
@@ -296,14 +354,15 @@ def gate(
     key: str,
     call_id: str | None,
 ) -> int | None:
-    """The approval gate (DESIGN.md section 4, step 2).
+    """The approval gate (step 2 of a guarded call).
 
     Returns None when no approval is needed, or the seq of the approved action to run. Else
     records an approval request for exactly these arguments (an ``awaiting_approval`` action and
     its review item), sets the run ``awaiting_approval`` and raises RunHalted; raises
     CallRejected when a person rejected these arguments.
     """
-    assert policy.approval is not None
+    if policy.approval is None:
+        return None
     tool, store = policy.name, guard.store
     scope = {
         "args": plain,
@@ -445,16 +504,15 @@ def take_snapshot(run: Run, policy: Policy, args: dict[str, Any]) -> Steps[Any]:
     ) from None
 
 
-def _not_started(
-    run: Run, policy: Policy, call_id: str | None, args_hash: str, key: str, exc: StoreError
-) -> StoreError:
+def _not_started(run: Run, call: Call, exc: StoreError) -> StoreError:
     """The store failed before the call's ``started`` row committed: the tool did not run."""
-    if policy.idempotency_key is None and call_id is None:
-        run.release(policy.name, args_hash, int(key.rsplit(":", 1)[1]))
+    policy = call.policy
+    if policy.idempotency_key is None and call.call_id is None:
+        run.release(policy.name, call.args_hash, int(call.key.rsplit(":", 1)[1]))
     return StoreError(
         f"run {run.id}: {policy.name} did not run, its start could not be recorded "
-        f"({redact_text(str(exc))}); "
-        "nothing recorded before was lost, call it again once the store is back",
+        f"({redact_text(str(exc))}); nothing recorded before was lost, call it again once the "
+        "store is back",
         run_id=run.id,
         tool=policy.name,
     )

@@ -1,4 +1,4 @@
-"""Bad input gets a clear error and loses nothing already recorded (DESIGN.md section 11).
+"""Bad input gets a clear error and loses nothing already recorded.
 
 Malformed policies, unknown tools, non-JSON results, huge arguments and results, unknown ids,
 closed, unreachable or vanishing databases, and edited or deleted log rows: each test asserts the

@@ -1,4 +1,4 @@
-"""Kill -9 at any point, then recover in a fresh process (DESIGN.md sections 6 and 11).
+"""Kill -9 at any point, then recover in a fresh process (see docs/ownership.md).
 
 A child process runs a small shop agent (create_order and charge are reversible, send_email and
 ship irreversible, ship fails on demand) and is killed with SIGKILL at one of guardrail's crash
@@ -353,7 +353,7 @@ def snapshot(guard: Guard) -> dict[str, Any]:
 
 
 def check_invariants(guard: Guard, world: list[str]) -> None:
-    """The guarantee of DESIGN.md section 11 for one recovered run, stated generally."""
+    """The crash guarantee for one recovered run: nothing lost, nothing done or undone twice."""
     log = guard.log(RUN_ID)
     verification = guard.verify(RUN_ID)
     assert verification.ok, verification.problems

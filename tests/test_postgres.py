@@ -1,4 +1,4 @@
-"""Many workers on one PostgreSQL action log (issue 6): load, racing reviewers, racing recovery,
+"""Many workers on one PostgreSQL action log: load, racing reviewers, racing recovery,
 kill -9 mid-call, connection loss, and `guardrail recover --watch`.
 
 Every test runs in a fresh schema of its own. Worker processes are forked from the test process
@@ -182,7 +182,7 @@ def shop(
 def check_world(
     guard: Guard, world: list[str], *, in_doubt_ran: bool = False
 ) -> dict[str, ActionLog]:
-    """DESIGN.md section 11 over every run in the store, against the world's lines.
+    """The guarantees (nothing lost, nothing done or undone twice) over every run in the store, against the world's lines.
 
     Every effect is recorded by exactly one action with an outcome (and every such action took
     effect once); every reversible action of a halted run was compensated exactly once or is a
