@@ -24,6 +24,7 @@ the undo gets the snapshot back intact (redacting it instead would restore ``[RE
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -104,6 +105,23 @@ def default_file(store_path: str | None) -> Path:
     return Path(base) / "guardrail" / "hash.key"
 
 
+def _create(path: Path) -> None:
+    """Write a fresh key file, complete or not at all: several processes may start at once,
+    and none may read a half-written key (the first link wins, the others read it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        with contextlib.suppress(FileExistsError):  # another process won the race: use theirs
+            os.link(temp, path)
+    finally:
+        os.unlink(temp)
+
+
 def load(explicit: KeySource | None = None, *, store_path: str | None = None) -> Keys:
     """The keys for a guard: ``explicit``, else the environment, else the key file (created with
     a fresh random key on first use). ``store_path`` is a SQLite store's file."""
@@ -116,14 +134,7 @@ def load(explicit: KeySource | None = None, *, store_path: str | None = None) ->
     path = default_file(store_path)
     try:
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                pass  # another process created it a moment ago
-            else:
-                with os.fdopen(fd, "w") as f:
-                    f.write(secrets.token_hex(32) + "\n")
+            _create(path)
         lines = path.read_text().splitlines()
     except OSError as exc:
         raise StoreError(

@@ -202,3 +202,29 @@ def test_the_witness_goes_out_with_the_runs_end(tmp_path: Path) -> None:
     }
     assert ends[run_id]["guardrail.journal.head"] == head.head
     assert ends[done.id]["guardrail.journal.entries"] == done_head.entries
+
+
+def test_processes_starting_at_once_share_one_key_file(tmp_path: Path) -> None:
+    import multiprocessing
+
+    from guardrail import keys
+
+    path = tmp_path / "hash.key"
+
+    def load(results: object) -> None:
+        results.put(keys.load(store_path=None).current)  # type: ignore[attr-defined]
+
+    os.environ["GUARDRAIL_HASH_KEY_FILE"] = str(path)
+    try:
+        ctx = multiprocessing.get_context("fork")
+        results = ctx.Queue()
+        procs = [ctx.Process(target=load, args=(results,)) for _ in range(8)]
+        for p in procs:
+            p.start()
+        ids = {results.get(timeout=60) for _ in procs}
+        for p in procs:
+            p.join(timeout=60)
+    finally:
+        del os.environ["GUARDRAIL_HASH_KEY_FILE"]
+    assert len(ids) == 1 and stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert not [p for p in tmp_path.iterdir() if p.name != "hash.key"]  # no temp files left
