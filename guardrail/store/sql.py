@@ -233,10 +233,11 @@ class SQLStore:
                     entry = (run_id, n, time.time(), kind, body, prev, h)
                     if fused:
                         assert fence is not None
-                        # one round trip checks (and locks) the run and appends the entry
+                        # one round trip checks the run (locked FOR SHARE: a takeover waits for
+                        # this commit) and appends the entry
                         cur.execute(
-                            self._fused_sql(len(fence.statuses)),
-                            (time.time(), run_id, fence.epoch, *fence.statuses, *entry),
+                            self._fused_sql(len(fence.statuses), exclusive=bool(first)),
+                            (run_id, fence.epoch, *fence.statuses, *entry),
                         )
                         if cur.rowcount != 1:
                             raise Fenced(run_id, kind)
@@ -340,30 +341,33 @@ class SQLStore:
             if not self._apply(cur, w, values, p, h):
                 raise _Rejected
 
-    def _fused_sql(self, statuses: int) -> str:
-        sql = self._sql_cache.get(("fused", statuses))
+    def _fused_sql(self, statuses: int, *, exclusive: bool) -> str:
+        # FOR SHARE: calls of one run may record side by side, while a takeover's UPDATE waits
+        # for them. FOR UPDATE when this transaction updates the run row itself, so that two
+        # of them never both hold a share and wait for each other to upgrade it.
+        sql = self._sql_cache.get(("fused", statuses, exclusive))
         if sql is None:
             marks = ", ".join("%s" for _ in range(statuses))
-            sql = self._sql_cache[("fused", statuses)] = (
-                "WITH fence AS (UPDATE runs SET heartbeat_at = %s WHERE id = %s AND epoch = %s "
-                f"AND status IN ({marks}) RETURNING 1) "
+            lock = "FOR UPDATE" if exclusive else "FOR SHARE"
+            sql = self._sql_cache[("fused", statuses, exclusive)] = (
+                "WITH fence AS (SELECT 1 FROM runs WHERE id = %s AND epoch = %s "
+                f"AND status IN ({marks}) {lock}) "
                 "INSERT INTO journal (run_id, n, at, kind, body, prev_hash, hash) "
                 "SELECT %s, %s, %s, %s, %s, %s, %s FROM fence"
             )
         return sql
 
     def _fence(self, cur: Any, run_id: str, fence: Fence) -> bool:
-        """Check (and lock) the run row: still at the fence's epoch and statuses. Renews the
-        lease on the way (heartbeat_at is liveness, not journaled)."""
+        """The run is still at the fence's epoch and statuses (SQLite: the transaction holds
+        the database's write lock, so nobody can change that before it commits)."""
         marks = ", ".join("?" for _ in fence.statuses)
         sql = self._sql_cache.get(("fence", len(fence.statuses)))
         if sql is None:
             sql = self._sql_cache[("fence", len(fence.statuses))] = self._sql(
-                f"UPDATE runs SET heartbeat_at = ? WHERE id = ? AND epoch = ? "
-                f"AND status IN ({marks})"
+                f"SELECT 1 FROM runs WHERE id = ? AND epoch = ? AND status IN ({marks})"
             )
-        cur.execute(sql, (time.time(), run_id, fence.epoch, *fence.statuses))
-        return bool(cur.rowcount == 1)
+        cur.execute(sql, (run_id, fence.epoch, *fence.statuses))
+        return bool(cur.fetchall())
 
     def heartbeat(self, owner: str, run_ids: Collection[str], now: float) -> None:
         """Renew the leases of the runs this owner is executing now (and no others: a run its
