@@ -27,7 +27,7 @@ from guardrail.errors import (
     StoreError,
 )
 from guardrail.keys import seal
-from guardrail.lifecycle import commit, halt, hook_kwargs, now, review_write
+from guardrail.lifecycle import commit, halt, hook_kwargs, now, review_write, still_holds
 from guardrail.policy import NO_RETRY, Policy, resolve_path
 from guardrail.redact import (
     REDACTED,
@@ -93,7 +93,9 @@ def _guarded_call(
         snapshot = seal(guard.store.keys, canonical(taken), run.key_id)
     seq, span = _begin(guard, run, call, approved, snapshot)
     crash_point("after_start")
-    outcome = yield from attempts(policy.call_retry, Invoke(fn, args, span))
+    outcome = yield from attempts(
+        policy.call_retry, Invoke(fn, args, span), before_retry=lambda: _retry_allowed(guard, run)
+    )
     if outcome.error is None:
         crash_point("after_call")
         yield from _succeeded(guard, run, call, seq, span, outcome.value, outcome.attempts)
@@ -250,6 +252,15 @@ def _failed(
         tool=tool,
         review_items=items,
     ) from None  # the tool's own exception is not chained: its text may hold secrets
+
+
+def _retry_allowed(guard: Guard, run: Run) -> None:
+    """A retry runs the tool again: only while this worker still owns the running run."""
+    try:
+        still_holds(guard, run.lease, T.RunStatus.RUNNING)
+    except OwnershipLost:
+        run.halted = True
+        raise
 
 
 def _replay(run: Run, call: Call, recorded: Recorded) -> Any:

@@ -124,10 +124,13 @@ def attempts(
     retry: Retry,
     invoke: Invoke,
     on_retry: Callable[[int, Exception], None] | None = None,
+    before_retry: Callable[[], None] | None = None,
 ) -> Steps[Outcome]:
     """Invoke until success, a non-retryable error, or the attempts run out.
 
-    Only ``Exception`` is caught: ``RunHalted``, ``KeyboardInterrupt`` and friends pass through.
+    ``before_retry`` runs before every attempt after the first and may raise to stop (a worker
+    that lost its run must not try again). Only ``Exception`` is caught: ``RunHalted``,
+    ``KeyboardInterrupt`` and friends pass through.
     """
     if retry.attempts == 1:
         try:
@@ -151,3 +154,5 @@ def attempts(
             state.prepare_for_next_attempt()
             if delay > 0:
                 yield Sleep(delay)
+            if before_retry is not None:
+                before_retry()

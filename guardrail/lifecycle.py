@@ -39,6 +39,14 @@ def commit(guard: Guard, t: Transition) -> bool:
         raise lost(guard, t.run_id, t.kind) from None
 
 
+def still_holds(guard: Guard, lease: Lease, *statuses: str) -> None:
+    """Raise OwnershipLost unless the run is still at the lease's epoch, in one of
+    ``statuses``: asked before a retry, which must not run for a worker that lost the run."""
+    record = guard.store.run(lease.run_id)
+    if record is None or record.epoch != lease.epoch or record.status not in statuses:
+        raise lost(guard, lease.run_id, "a retry")
+
+
 def lost(guard: Guard, run_id: str, kind: str) -> OwnershipLost:
     guard.drop_lease(run_id)
     try:
@@ -242,7 +250,11 @@ def _undo(
     ids = dict(action.external_ids or {})  # the row keeps them too: no query per undo
     span = telemetry.start_compensation(action.tool, action.run_id, action.seq)
     undo, kwargs = _undo_call(guard, action, policy, ids)
-    outcome = yield from attempts(policy.undo_retry, Invoke(undo, kwargs, span))
+    outcome = yield from attempts(
+        policy.undo_retry,
+        Invoke(undo, kwargs, span),
+        before_retry=lambda: still_holds(guard, lease, status),
+    )
     crash_point("after_undo")
     if outcome.error is None:
         telemetry.end(span, attributes={"compensation.status": "compensated"})

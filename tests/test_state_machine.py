@@ -1,12 +1,17 @@
-"""A hypothesis state machine over whole runs (DESIGN.md sections 3, 5, 6 and 11).
+"""A hypothesis state machine over whole runs.
 
 Random sequences of: starting a run; guarded calls to a read-only, two reversible (one with an
 idempotent undo and a probe) and two irreversible tools (one held on failure); calls that fail;
 undos that fail once or for good; an agent that raises; a person resuming a halted run, after
 which the agent replays every call it made; aborting (always twice); resolving review items; a
-recovery while nobody died; and simulated crashes: at each crash point of ``guardrail.testing``,
-inside a tool or an undo, between two steps, and once more during the recovery that follows.
-A last, plain test pins down one bug the machine found (a call whose undo failed ran again).
+recovery while nobody died; simulated crashes: at each crash point of ``guardrail.testing``,
+inside a tool or an undo, between two steps, and once more during the recovery that follows;
+takeovers of a live worker stalled past its lease (between two calls, maybe followed by a
+person's resume, or inside a tool), after which the stale worker goes on; and store faults
+(``testing.FaultyStore``) at the k-th next write of a call, a failing call, the agent's return
+or error, an abort or a resume, after which the store heals, the leases nobody renews expire and
+another process recovers those runs. Two plain tests pin down bugs the machine found: a call
+whose undo failed ran again (fixed), and a retry that runs after its worker lost the run (xfail).
 
 The tools and undos write what they do into a ``World`` that outlives every simulated crash,
 keyed by the action (run, seq) they ran for, so after every step the stored log is held against
@@ -14,7 +19,14 @@ what really happened: no side effect without a committed ``started`` record, no 
 returned without its ``succeeded`` record, nothing done or undone twice, every reversible action
 of a halted or aborted run compensated exactly once or waiting as a review item, undos newest
 first, a replay after resume runs nothing that already succeeded, a second abort changes
-nothing, no run left ``compensating`` or ``aborting``, and every run's hash chain verifies.
+nothing, no run left ``compensating`` or ``aborting``, and every run's hash chain verifies. And
+for ownership: a tool runs only for the worker whose lease the run is at (``running``, its owner
+and epoch) and an undo only for the guard holding the run while it compensates or aborts, so a
+worker taken over runs and writes nothing more (its calls, return and error raise OwnershipLost);
+no action ran for two workers; no action is ever left ``started`` or ``compensating``; a store
+fault after a tool started halts the call (RunHalted, never StoreError) and one before it runs
+nothing; and every run not completed waits for a person (``pending_review``,
+``awaiting_approval``, ``aborted``) or is running with its agent.
 
 A simulated crash: ``guardrail.testing.crash_point`` kills the process with SIGKILL when armed;
 here the ``os`` it kills with raises ``SimulatedCrash`` instead (a BaseException guardrail never
@@ -31,10 +43,12 @@ import os
 import shutil
 import sqlite3
 import tempfile
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -56,9 +70,11 @@ from guardrail import (
     Run,
     RunHalted,
     RunStateError,
+    StoreError,
     current_run,
     testing,
 )
+from guardrail.errors import OwnershipLost
 from guardrail.store import Action, RunRecord, Store, open_store
 from guardrail.store.schema import TABLES
 
@@ -95,6 +111,14 @@ def crash_strategy(points: tuple[str, ...], weight: int) -> st.SearchStrategy[Cr
 CALL_CRASHES = crash_strategy(IN_CALLS, 3)
 HALT_CRASHES = crash_strategy((*IN_COMPENSATION, "after_abort_start"), 2)
 TOOL_CALLS = st.lists(st.sampled_from(TOOLS), max_size=3)
+# The k-th next write of the agent's or a person's guard fails (k, taken modulo the writes the
+# operation makes at most, so that most faults hit), and so do the ``times - 1`` after it.
+FAULT_AT = st.integers(1, 6)
+FAULT_TIMES = st.sampled_from([1, 2, 99])
+WRITES = {"call": 2, "returns": 1, "resume": 1, "failing_call": 5, "raises": 4, "abort": 4}
+# What a worker taken over (while paused past its lease) does next, or None: not paused
+GOES_ON = st.sampled_from(["calls", "returns", "raises"])
+PAUSED = st.none() | GOES_ON
 
 SETTINGS = settings(
     max_examples=80,
@@ -151,6 +175,9 @@ class World:
         self.die_in: tuple[str, int] | None = None
         self.visits = 0
         self.touched: set[str] = set()  # runs a tool, undo or probe ran for since the last check
+        self.leases: defaultdict[Key, set[tuple[str, int]]] = defaultdict(set)  # who ran a call
+        self.pause: Callable[[], None] | None = None  # the worker stalls inside a tool...
+        self.pause_visit = 1  # ...on this visit
 
     def maybe_die(self, where: str) -> None:
         if self.die_in is not None and self.die_in[0] == where:
@@ -171,28 +198,49 @@ class World:
             ]
             expect(len(started) == 1, f"{name}({op}) runs without a committed started record")
             key = (run.id, started[0].seq)
+            # a tool runs only for the worker that holds the run: running, at its lease's epoch
+            lease, record = run.lease, self.observer.run(run.id)
+            expect(
+                record is not None
+                and (record.status, record.owner, record.epoch)
+                == ("running", lease.owner, lease.epoch),
+                f"{name}({op}) runs for a worker that does not hold {run.id}: {lease}, {record}",
+            )
             self.touched.add(run.id)
             self.executions.append(key)
+            self.leases[key].add((lease.owner, lease.epoch))
             if op in self.failing:
+                self.paused()
                 raise ToolFailure(f"{name} failed for {op}")
             if name != "lookup":
                 self.effects[key] += 1
+            self.paused()
             self.maybe_die("tool")
             return {"op": op, "ref": f"{name}/{run.id}/{key[1]}"}
 
         body.__name__ = name
         return body
 
-    def cancel(self, action: Action) -> None:
-        """Undo of ``create``: not idempotent (cancelling twice would do something twice)."""
-        self.undo(action, idempotent=False)
+    def paused(self) -> None:
+        """The tool took effect (or is about to fail), then its worker stalls while ``pause``
+        (another process taking the run over) happens."""
+        if self.pause is not None:
+            self.pause_visit -= 1
+            if self.pause_visit == 0:
+                pause, self.pause = self.pause, None
+                pause()
 
-    def release(self, action: Action) -> None:
-        """Undo of ``reserve``: idempotent (releasing a released reservation changes nothing)."""
-        self.undo(action, idempotent=True)
-
-    def undo(self, action: Action, *, idempotent: bool) -> None:
+    def undo(self, action: Action, *, idempotent: bool, by: Guard) -> None:
         key = (action.run_id, action.seq)
+        # an undo runs only for the guard that holds the run while it compensates or aborts
+        record = self.observer.run(action.run_id)
+        expect(
+            record is not None
+            and record.status in ("compensating", "aborting")
+            and record.owner == by.owner
+            and by._leases.get(action.run_id) == record.epoch,
+            f"the undo of {key} runs for {by.owner}, which does not hold the run: {record}",
+        )
         self.touched.add(action.run_id)
         self.undo_calls.append(key)
         comps = [c for c in self.observer.compensations(action.run_id) if c.seq == action.seq]
@@ -221,19 +269,31 @@ class World:
         return dict(self.effects), dict(self.undos), len(self.executions), len(self.undo_calls)
 
 
+def undo_for(guard: Guard, world: World, name: str, idempotent: bool) -> Callable[[Action], None]:
+    """An undo run by ``guard``: ``cancel`` (``create``'s, not idempotent: cancelling twice would
+    do something twice) or ``release`` (``reserve``'s, idempotent: releasing a released
+    reservation changes nothing)."""
+
+    def undo(action: Action) -> None:
+        world.undo(action, idempotent=idempotent, by=guard)
+
+    undo.__name__ = undo.__qualname__ = name
+    return undo
+
+
 def declare(guard: Guard, world: World) -> dict[str, Callable[..., Any]]:
     """The tools, one of each kind, guarded by ``guard``."""
     fields: dict[str, dict[str, Any]] = {
         "lookup": {"effect": "read_only", "retry": FAST},
         "create": {
             "effect": "reversible",
-            "undo": world.cancel,
+            "undo": undo_for(guard, world, "cancel", idempotent=False),
             "undo_retry": FAST,
             "external_ids": {"ref": "result.ref"},
         },
         "reserve": {
             "effect": "reversible",
-            "undo": world.release,
+            "undo": undo_for(guard, world, "release", idempotent=True),
             "undo_idempotent": True,
             "undo_retry": FAST,
             "probe": world.probe,
@@ -273,6 +333,7 @@ class GuardMachine(RuleBasedStateMachine):
         self.guards: list[Guard] = []
         self.guard, self.tools = self.boot()
         self.other: Guard | None = None
+        self.taker: Guard | None = None
         self.session: Session | None = None
         self.runs: list[str] = []
         self.scripts: dict[str, list[tuple[str, str]]] = {}  # the calls each run's agent made
@@ -290,6 +351,7 @@ class GuardMachine(RuleBasedStateMachine):
         guard = Guard(store=self.url, heartbeat_interval=HEARTBEAT)
         guard.owner = f"sm-process-{len(self.guards)}|0|0"
         self.guards.append(guard)
+        self.faulty = testing.FaultyStore(guard)  # healthy until a rule arms a fault
         return guard, declare(guard, self.world)
 
     def bystander(self) -> Guard:
@@ -299,6 +361,20 @@ class GuardMachine(RuleBasedStateMachine):
             self.other.owner = "sm-bystander|0|0"
             self.guards.append(self.other)
         return self.other
+
+    def take_over(self) -> list[str]:
+        """Another live process runs ``recover()`` once every lease has expired (its
+        ``stale_after`` is -1): it takes over every run somebody holds, dead or merely paused."""
+        if self.taker is None:
+            self.taker = Guard(store=self.url, heartbeat_interval=HEARTBEAT)
+            self.taker.owner = "sm-taker|0|0"
+            self.guards.append(self.taker)
+            declare(self.taker, self.world)  # its undos and probe, for compensating
+        self.taker.stale_after = -1.0
+        try:
+            return self.taker.recover()
+        finally:
+            self.taker.stale_after = HEARTBEAT * 6
 
     def arm(self, where: str | None, visit: int = 1) -> None:
         """Arm one crash: a crash point of guardrail.testing, or inside a tool or an undo."""
@@ -446,7 +522,7 @@ class GuardMachine(RuleBasedStateMachine):
             assert result == done[0].result
             return
         if undo_failed and halted is None and unchanged:
-            # Returned from the log, as DESIGN.md 4.3 asks ("succeeded, not compensated");
+            # Returned from the log, as dedup promises ("succeeded, not compensated");
             # test_resume_does_not_redo_a_call_whose_undo_failed pins it down.
             assert result == undo_failed[-1].result
             return
@@ -639,6 +715,282 @@ class GuardMachine(RuleBasedStateMachine):
         live = [op for op in ops if op in succeeded]
         self.world.undo_failures[(live or ops)[i % len(live or ops)]] = 99 if for_good else 1
 
+    # -- rules: takeovers and store faults ---------------------------------------------------
+
+    @precondition(lambda self: self.session is not None)
+    @rule(
+        then=GOES_ON,
+        tools=st.lists(st.sampled_from(TOOLS), min_size=1, max_size=2),
+        resumed=st.booleans(),
+    )
+    def taken_over_between_calls(self, then: str, tools: list[str], resumed: bool) -> None:
+        """The agent's worker stalls between two calls past its lease (a GC pause, a suspended
+        laptop); another process takes the run over and halts it, and maybe a person resumes it
+        (``running`` again, at a newer epoch). Then the worker goes on."""
+        assert self.session is not None
+        run_id = self.session.run_id
+        assert self.take_over() == [run_id]
+        assert self.status(run_id) == "pending_review"
+        self.held[run_id] = self.was_held(run_id)
+        if resumed:
+            assert self.bystander().resume(run_id, by="ann").landed
+            self.resumed.append(run_id)
+        self.stale_worker_goes_on(then, tools)
+
+    @precondition(lambda self: self.session is not None)
+    @rule(tool=st.sampled_from(TOOLS), fails=st.booleans())
+    def taken_over_during_call(self, tool: str, fails: bool) -> None:
+        """The worker stalls inside a tool (after it took effect, or just before it raises) and
+        another process takes the run over: the tool ran once, its outcome is refused, the call
+        ends in OwnershipLost and the action waits for a person in doubt (``reserve``'s probe
+        settles it instead: failed, or succeeded and then undone)."""
+        session = self.session
+        assert session is not None
+        run_id = session.run_id
+        op = self.new_op(tool)
+        if fails:
+            self.world.failing.add(op)
+        self.scripts[run_id].append((tool, op))
+        taken: list[str] = []
+        self.world.pause = lambda: taken.extend(self.take_over())
+        # stalled in its first attempt: a retry (a failing lookup is tried twice) must not run
+        self.world.pause_visit = 1
+        ran = len(self.world.executions)
+        try:
+            with pytest.raises(OwnershipLost) as lost:
+                session.ctx.run(self.tools[tool], op=op)
+        finally:
+            self.world.pause = None
+        assert taken == [run_id]
+        assert (lost.value.run_id, lost.value.status) == (run_id, "pending_review")
+        [action] = self.actions_of(run_id, op)
+        # it ran once for one intent (no retry after the takeover), and never again once the run was taken over
+        assert self.world.executions[ran:] == [(run_id, action.seq)]
+        if tool == "reserve":
+            assert action.state == ("failed" if fails else "compensated"), action
+        else:
+            assert action.state == "in_doubt", action
+            items = self.world.observer.review_items(run_id=run_id)
+            assert any(i.seq == action.seq and i.reason == "in_doubt" for i in items), items
+        assert self.status(run_id) == "pending_review"
+        self.held[run_id] = self.was_held(run_id)
+        before = self.snapshot()
+        self.leave(lost.value)
+        assert self.snapshot() == before
+
+    @precondition(lambda self: self.session is not None)
+    @rule(
+        fails=st.booleans(),
+        tool=st.sampled_from(TOOLS),
+        k=FAULT_AT,
+        times=FAULT_TIMES,
+        paused=PAUSED,
+    )
+    def store_fault_in_call(
+        self, fails: bool, tool: str, k: int, times: int, paused: str | None
+    ) -> None:
+        """The store fails during a call, or a call that fails (and halts the run)."""
+        self.store_fault_in_run("failing_call" if fails else "call", tool, k, times, paused)
+
+    @precondition(lambda self: self.session is not None)
+    @rule(raises=st.booleans(), k=FAULT_AT, times=FAULT_TIMES, paused=PAUSED)
+    def store_fault_as_agent_ends(
+        self, raises: bool, k: int, times: int, paused: str | None
+    ) -> None:
+        """The store fails as the agent returns (completing its run) or raises (halting it)."""
+        self.store_fault_in_run("raises" if raises else "returns", "lookup", k, times, paused)
+
+    def store_fault_in_run(
+        self, how: str, tool: str, k: int, times: int, paused: str | None
+    ) -> None:
+        """The store fails at the k-th next write of the agent's worker (``how``: during a
+        call, a call that fails, the agent's return or its error). Then the store heals and the
+        leases the worker gave up expire: recovery finishes what it left."""
+        k = 1 + (k - 1) % WRITES[how]
+        session = self.session
+        assert session is not None
+        run_id = session.run_id
+        writes, ran = len(self.faulty.kinds), len(self.world.executions)
+        error: BaseException | None = None
+        result: Any = None
+        op = self.new_op(tool) if how.endswith("call") else ""
+        self.faulty.fail("*", nth=k, times=times)
+        try:
+            if how == "failing_call":
+                self.world.failing.add(op)
+            if op:
+                self.scripts[run_id].append((tool, op))
+                try:
+                    result = session.ctx.run(self.tools[tool], op=op)
+                except (StoreError, RunHalted) as exc:
+                    error = exc
+            else:
+                try:
+                    self.leave(None if how == "returns" else RuntimeError("the model gave up"))
+                except StoreError as exc:
+                    error = exc
+        finally:
+            self.faulty.heal()
+        attempted = self.faulty.kinds[writes:]
+        hit = attempted[k - 1] if len(attempted) >= k else None  # the write that failed first
+        ran_now = self.world.executions[ran:]
+        assert not isinstance(error, OwnershipLost), error
+        if not op:  # the agent left its run
+            assert self.session is None
+            if hit is None:
+                assert error is None
+                assert self.status(run_id) == (
+                    "completed" if how == "returns" else "pending_review"
+                )
+            else:
+                # the run stays where it got to, for recovery
+                assert isinstance(error, StoreError), error
+                assert self.status(run_id) in ("running", "compensating")
+        elif hit == "action.start":
+            # nothing ran, nothing was recorded, the agent may call again once the store is back
+            assert isinstance(error, StoreError) and not isinstance(error, RunHalted), error
+            assert ran_now == [] and self.actions_of(run_id, op) == []
+            self.agent_call(tool, op, None)
+            # the failed start gave its occurrence back: the call has the key of its first
+            # occurrence in the run, which a replay after a resume looks for
+            [action] = self.actions_of(run_id, op)
+            assert action.idempotency_key.endswith(":1"), action
+        elif hit is None:
+            if how == "call":
+                assert error is None, error
+                [action] = [a for a in self.actions_of(run_id, op) if a.state == "succeeded"]
+                assert action.result == result
+                self.seen.append((run_id, op, result))
+            else:
+                assert isinstance(error, RunHalted), error
+                self.halted(error, tool)
+        else:
+            # the tool ran (once, for one intent), then the store failed: the call halts
+            assert isinstance(error, RunHalted), (hit, error)
+            assert len(set(ran_now)) == 1 and ran_now[0][0] == run_id, ran_now
+            status = self.status(run_id)
+            if error.status == "pending_review":
+                assert status == "pending_review"
+            else:
+                assert (error.status, status in ("running", "compensating")) == ("running", True)
+            # this worker refuses every further call
+            before = self.snapshot()
+            with pytest.raises(RunHalted):
+                session.ctx.run(self.tools["lookup"], op=self.new_op("lookup"))
+            assert self.snapshot() == before
+            assert self.world.executions[ran:] == ran_now
+            # and gave its lease up at once: the run is recovered while the agent is still
+            # unwinding inside its run block; leaving it then writes nothing
+            self.session = None
+            self.leases_expire(None)
+            self.session = session
+            before = self.snapshot()
+            self.leave(error)
+            assert self.snapshot() == before
+            self.held[run_id] = self.was_held(run_id)
+        self.leases_expire(paused)
+
+    @precondition(lambda self: bool(self.world.observer.runs(status="pending_review")))
+    @rule(
+        how=st.sampled_from(["abort", "resume"]),
+        i=st.integers(0, 7),
+        k=FAULT_AT,
+        times=FAULT_TIMES,
+        paused=PAUSED,
+    )
+    def store_fault_in_decision(
+        self, how: str, i: int, k: int, times: int, paused: str | None
+    ) -> None:
+        """The store fails at the k-th next write of a person's abort or resume; then it heals
+        and recovery finishes an abort that was left ``aborting``."""
+        run_id = self.pick(i, halted=True)
+        k = 1 + (k - 1) % WRITES[how]
+        before, world = self.snapshot(), self.world.state()
+        writes = len(self.faulty.kinds)
+        error: StoreError | None = None
+        decision = None
+        self.faulty.fail("*", nth=k, times=times)
+        try:
+            if how == "abort":
+                decision = self.guard.abort(run_id, by="bob", reason="stop")
+            else:
+                decision = self.guard.resume(run_id, by="ann")
+        except StoreError as exc:
+            error = exc
+        finally:
+            self.faulty.heal()
+        attempted = self.faulty.kinds[writes:]
+        hit = attempted[k - 1] if len(attempted) >= k else None
+        if hit is None:
+            assert error is None and decision is not None
+            assert decision.landed
+            assert decision.status == ("aborted" if how == "abort" else "running")
+            if how == "resume":
+                self.resumed.append(run_id)
+        elif hit == attempted[0]:  # the decision itself: nothing changed
+            assert error is not None
+            assert self.snapshot() == before and self.world.state() == world
+        else:  # the abort is recorded, its compensation was cut short
+            assert how == "abort" and error is not None
+            assert self.status(run_id) == "aborting"
+        self.leases_expire(paused)
+        if how == "abort" and hit != attempted[0]:
+            assert self.status(run_id) == "aborted"
+
+    def leases_expire(self, paused: str | None) -> None:
+        """Time passes until every lease nobody renews has expired, and another process
+        recovers those runs. The heartbeat of the agent's process renews the leases its guard
+        holds (a lease it kept after giving its run up would keep that run from recovery), unless
+        the process is ``paused``: then the agent's run is taken over as well and its worker,
+        when it goes on (``paused`` says how), is refused."""
+        session = self.session
+        stuck = {r.id for r in self.world.observer.runs() if r.status in LIVE and r.owner}
+        beating = list(self.guard._leases) if paused is None else []
+        if session is not None and paused is None:
+            stuck.discard(session.run_id)
+        self.guard.store.heartbeat(self.guard.owner, beating, time.time() + HEARTBEAT)
+        try:
+            taken = self.take_over()
+        finally:
+            self.guard.store.heartbeat(self.guard.owner, beating, time.time())
+        assert sorted(taken) == sorted(stuck)
+        for run_id in taken:
+            assert self.status(run_id) in ("pending_review", "aborted"), run_id
+            self.held[run_id] = self.was_held(run_id)
+        if session is not None and paused is not None:
+            self.stale_worker_goes_on(paused, ["create"])
+
+    def stale_worker_goes_on(self, then: str, tools: list[str]) -> None:
+        """The worker that lost its run goes on: its calls, its return or its error are refused
+        (OwnershipLost, RunHalted): no tool runs, nothing is written, nothing is undone."""
+        session = self.session
+        assert session is not None
+        run_id = session.run_id
+        before, world = self.snapshot(), self.world.state()
+        if then == "calls":
+            refusals: list[RunHalted] = []
+            for tool in tools:
+                with pytest.raises(RunHalted) as refused:
+                    session.ctx.run(self.tools[tool], op=self.new_op(tool))
+                refusals.append(refused.value)
+            assert isinstance(refusals[0], OwnershipLost), refusals
+            assert {(r.run_id, r.status) for r in refusals} == {(run_id, self.status(run_id))}
+            self.leave(refusals[0])
+        else:
+            with pytest.raises(OwnershipLost):
+                self.leave(None if then == "returns" else RuntimeError("the model gave up"))
+        assert self.snapshot() == before
+        assert self.world.state() == world
+
+    def was_held(self, run_id: str) -> bool:
+        """Whether the run's last halt held it for a person (nothing undone)."""
+        row = self.raw.execute(
+            "SELECT kind FROM journal WHERE run_id = ? AND kind IN ('run.hold', 'run.review') "
+            "ORDER BY n DESC LIMIT 1",
+            (run_id,),
+        ).fetchone()
+        return row is not None and row[0] == "run.hold"
+
     # -- the guarantees, after every step ----------------------------------------------------
 
     @invariant()
@@ -679,6 +1031,14 @@ class GuardMachine(RuleBasedStateMachine):
         for run_id, seqs in by_run.items():
             assert seqs == sorted(seqs, reverse=True), (run_id, seqs)
         self.undos_checked = len(world.undo_calls)
+        # no intent ran for two workers (each ran under the lease it was started with); nothing
+        # is left started or compensating; every run not completed waits for a person or runs
+        assert all(len(leases) == 1 for leases in world.leases.values()), world.leases
+        assert not self.raw.execute(
+            "SELECT run_id, seq, state FROM actions WHERE state IN ('started', 'compensating')"
+        ).fetchall()
+        inbox = ("pending_review", "awaiting_approval", "aborted")
+        assert all(r.status in ("completed", "running", *inbox) for r in runs.values()), runs
         self.checked = journals
         world.touched.clear()
 
@@ -756,6 +1116,28 @@ def test_resume_does_not_redo_a_call_whose_undo_failed(guard: Guard) -> None:
     assert orders == ["book"]  # today: ["book", "book"], and both orders exist
     states = [a.state for a in guard.log("r").actions if a.tool == "create_order"]
     assert states == ["compensation_failed"]
+
+
+def test_no_retry_after_the_run_was_taken_over(tmp_path: Path) -> None:
+    """A worker stalls in a tool's first attempt past its lease; recovery takes the run over.
+    The attempt then fails: the retry must not run the tool for a run this worker lost."""
+    url = f"sqlite:///{tmp_path}/guardrail.db"
+    with Guard(store=url) as worker, Guard(store=url) as other:
+        other.owner, other.stale_after = "other|0|0", -1.0  # every lease looks expired
+        calls: list[int] = []
+
+        @worker.tool(effect="read_only", retry=FAST)
+        def fetch(x: int) -> int:
+            calls.append(x)
+            if len(calls) == 1:
+                assert other.recover() == ["r"]  # the worker stalls here and is taken over
+                raise TimeoutError("slow")
+            return x
+
+        with pytest.raises(OwnershipLost), worker.run(agent="a", run_id="r"):
+            fetch(x=1)
+        assert [a.state for a in worker.log("r").actions] == ["in_doubt"]
+        assert calls == [1]  # today: [1, 1], the retry ran after the takeover
 
 
 def test_random_runs_keep_every_guarantee(monkeypatch: pytest.MonkeyPatch) -> None:
