@@ -78,7 +78,12 @@ def owner_alive(owner: str | None, heartbeat_at: float | None, stale_after: floa
         return True  # nobody is executing it: it waits for a person or an agent to restart it
     if heartbeat_at is None or heartbeat_at < now() - stale_after:
         return False
-    parts = owner.split("|")
+    return not proven_dead(owner)
+
+
+def proven_dead(owner: str | None) -> bool:
+    """The owner ran on this host, in this boot and PID namespace, and its process is gone."""
+    parts = (owner or "").split("|")
     if (
         len(parts) == 5
         and parts[0] == socket.gethostname()
@@ -87,8 +92,8 @@ def owner_alive(owner: str | None, heartbeat_at: float | None, stale_after: floa
         and PIDNS
         and (parts[3], parts[4]) == (BOOT, PIDNS)
     ):
-        return _start_time(int(parts[1])) == parts[2]
-    return True
+        return _start_time(int(parts[1])) != parts[2]
+    return False
 
 
 def recover(guard: Guard) -> Steps[list[str]]:
@@ -110,18 +115,18 @@ def recover(guard: Guard) -> Steps[list[str]]:
             assert t.lease is not None
             guard.hold_lease(t.lease)
             try:
-                yield from _finish(guard, run, t.lease)
+                yield from _finish(guard, run, t.lease, dead=proven_dead(run.owner))
             finally:
                 guard.drop_lease(run.id, t.lease.epoch)
             recovered.append(run.id)
     return recovered
 
 
-def _finish(guard: Guard, run: RunRecord, lease: Lease) -> Steps[None]:
+def _finish(guard: Guard, run: RunRecord, lease: Lease, *, dead: bool) -> Steps[None]:
     if run.status == T.RunStatus.RUNNING:
         for action in guard.store.actions(run.id):
             if action.state == T.ActionState.STARTED:
-                yield from _settle(guard, lease, action)
+                yield from _settle(guard, lease, action, dead=dead)
         yield from halt(guard, lease, reason=f"recovered: owner {run.owner} is gone")
     elif run.status == T.RunStatus.COMPENSATING:
         yield from compensate(guard, lease, T.RunStatus.COMPENSATING)
@@ -132,8 +137,12 @@ def _finish(guard: Guard, run: RunRecord, lease: Lease) -> Steps[None]:
         commit(guard, T.aborted(lease))
 
 
-def _settle(guard: Guard, lease: Lease, action: Action) -> Steps[None]:
-    """An action that started but has no outcome: ask the probe, else mark it in doubt."""
+def _settle(guard: Guard, lease: Lease, action: Action, *, dead: bool) -> Steps[None]:
+    """An action that started but has no outcome: ask the probe, else mark it in doubt.
+
+    A probe's "it took effect" is always believed. Its "it did not" is believed only when the
+    owner provably died: a worker that was only paused may still be about to run the call, so
+    then the action stays in doubt for a person."""
     from guardrail.call import finish_values
 
     policy = guard.find_policy(action.tool)
@@ -143,8 +152,16 @@ def _settle(guard: Guard, lease: Lease, action: Action) -> Steps[None]:
         kwargs.pop("result", None)
         outcome = yield from attempts(policy.undo_retry, Invoke(policy.probe, kwargs))
         verdict = outcome.value if outcome.error is None else None
-    if verdict is False:
+    if verdict is False and dead:
         t = T.settled(lease, action.seq, T.ActionState.FAILED, "probe: it did not take effect")
+    elif verdict is False:
+        t = T.settled(
+            lease,
+            action.seq,
+            T.ActionState.IN_DOUBT,
+            "the probe found no effect yet, but the worker that started the call may still be "
+            "running it (its lease expired; it did not provably die)",
+        )
     elif verdict is not None and policy is not None:
         result = None if verdict is True else verdict
         try:
