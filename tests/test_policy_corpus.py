@@ -1,4 +1,4 @@
-"""A corpus of malformed and hostile policy files (see docs/security.md: policy files are a trust boundary).
+"""A corpus of malformed and hostile policy files (policy files are a trust boundary).
 
 Every hostile file must be refused with a PolicyError (never another exception) whose one-line
 message names the file and, where the format tells, the tool, the field and the line; and

@@ -182,7 +182,7 @@ def shop(
 def check_world(
     guard: Guard, world: list[str], *, in_doubt_ran: bool = False
 ) -> dict[str, ActionLog]:
-    """The guarantees (nothing lost, nothing done or undone twice) over every run in the store, against the world's lines.
+    """The guarantees over every run in the store, against the world's lines.
 
     Every effect is recorded by exactly one action with an outcome (and every such action took
     effect once); every reversible action of a halted run was compensated exactly once or is a
