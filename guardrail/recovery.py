@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from guardrail import transitions as T
 from guardrail.drive import Invoke, Steps, attempts
-from guardrail.errors import StoreError
+from guardrail.errors import OwnershipLost, StoreError
 from guardrail.keys import unseal
 from guardrail.lifecycle import commit, compensate, halt, undo_kwargs
 from guardrail.redact import NotJSON, to_jsonable
@@ -116,6 +116,11 @@ def recover(guard: Guard) -> Steps[list[str]]:
             guard.hold_lease(t.lease)
             try:
                 yield from _finish(guard, run, t.lease, dead=proven_dead(run.owner))
+            except OwnershipLost as exc:
+                # this pass was too slow (its own lease ran out) and another recovery took the
+                # run over: it finishes the job; nothing this pass did is done twice
+                log.warning("guardrail recover: run %s was taken over meanwhile: %s", run.id, exc)
+                continue
             finally:
                 guard.drop_lease(run.id, t.lease.epoch)
             recovered.append(run.id)

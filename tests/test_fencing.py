@@ -621,3 +621,33 @@ def test_a_run_locked_by_a_paused_transaction_does_not_stall_recovery(
             with pytest.raises(OwnershipLost):
                 run.call("charge", {"item": "b"})
         assert ledger.lines() == ["charge a", "refund a"]
+
+
+def test_a_recovery_overtaken_by_another_recovery_does_not_raise(
+    store_url: str, ledger: Ledger
+) -> None:
+    """A recovery pass too slow for its own lease is taken over by another: it reports nothing
+    recovered (the other finishes the run), and nothing is undone twice."""
+    with (
+        Guard(store=store_url) as worker,
+        Guard(store=store_url) as first,
+        Guard(store=store_url) as second,
+    ):
+        first.stale_after = second.stale_after = -1.0
+        shop(worker, ledger)
+        shop(second, ledger)
+        overtaken: list[list[str]] = []
+
+        def slow_refund(args: dict[str, Any]) -> None:
+            ledger.add(f"refund {args['item']}")
+            overtaken.append(second.recover())  # meanwhile its lease ran out
+
+        first.policy("charge", effect="reversible", undo=slow_refund)
+        run = worker.run(agent="shop").start()
+        run.call("charge", {"item": "a"})
+        run.call("charge", {"item": "b"})
+        worker.drop_lease(run.id)
+        assert first.recover() == []
+        assert overtaken == [[run.id]]
+        assert first.require_run(run.id).status == "pending_review"
+    assert sorted(ledger.lines()) == ["charge a", "charge b", "refund a", "refund b"]
