@@ -243,15 +243,8 @@ def _failed(
         hold=(run.on_failure or call.policy.on_failure) == "hold",
         failed_seq=seq,
     )
-    items = tuple(i.id for i in guard.store.review_items(run_id=run.id, status="open"))
-    raise RunHalted(
-        f"run {run.id} halted: {tool} failed ({message[:200]}); it is {record.status} with "
-        f"{len(items)} open review item(s). Inspect it with `guardrail show {run.id}`.",
-        run_id=run.id,
-        status=record.status,
-        tool=tool,
-        review_items=items,
-    ) from None  # the tool's own exception is not chained: its text may hold secrets
+    # the tool's own exception is not chained: its text may hold secrets
+    raise _halted(guard, run, tool, f"{tool} failed ({message[:200]})", record) from None
 
 
 def _retry_allowed(guard: Guard, run: Run) -> None:
@@ -313,9 +306,13 @@ def _record(
     except StoreError:
         pass  # the halt below (or recovery, once the lease expires) lists it in doubt
     record = yield from _stop(guard, run, reason=message)
+    raise _halted(guard, run, tool, message, record)
+
+
+def _halted(guard: Guard, run: Run, tool: str, what: str, record: RunRecord) -> RunHalted:
     items = tuple(i.id for i in guard.store.review_items(run_id=run.id, status="open"))
-    raise RunHalted(
-        f"run {run.id} halted: {message}; it is {record.status} with {len(items)} open review "
+    return RunHalted(
+        f"run {run.id} halted: {what}; it is {record.status} with {len(items)} open review "
         f"item(s). Inspect it with `guardrail show {run.id}`.",
         run_id=run.id,
         status=record.status,
