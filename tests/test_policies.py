@@ -280,10 +280,10 @@ def test_an_approval_expires(loaded: tuple[Guard, Shop], monkeypatch: pytest.Mon
         shop.charge(amount=5000)
     guard.approve(first.value.review_items[0], by="ann")
     guard.resume(run.id, by="ann")
-    import guardrail.call
+    import guardrail.approval
 
-    later = guardrail.call.now() + 3601  # the policy's ttl is 1h
-    monkeypatch.setattr(guardrail.call, "now", lambda: later)
+    later = guardrail.approval.now() + 3601  # the policy's ttl is 1h
+    monkeypatch.setattr(guardrail.approval, "now", lambda: later)
     with pytest.raises(RunHalted) as second, guard.run(run_id=run.id):
         shop.charge(amount=5000)
     assert shop.charged == []

@@ -1,0 +1,130 @@
+"""The approval gate: before a call whose policy's condition holds, a person approves exactly
+these arguments (or rejects them); the request is recorded and the run pauses meanwhile."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from guardrail import transitions as T
+from guardrail.conditions import ConditionError
+from guardrail.decisions import open_approvals
+from guardrail.errors import CallRejected, RunHalted
+from guardrail.lifecycle import commit, now, review_write
+from guardrail.policy import Policy
+from guardrail.redact import redact
+from guardrail.store import ReviewItem, Write
+
+if TYPE_CHECKING:
+    from guardrail.guard import Guard
+    from guardrail.run import Run
+
+A = T.ActionState
+
+
+def gate(
+    guard: Guard,
+    run: Run,
+    policy: Policy,
+    plain: dict[str, Any],
+    args_hash: str,
+    key: str,
+    call_id: str | None,
+) -> int | None:
+    """The approval gate (step 2 of a guarded call).
+
+    Returns None when no approval is needed, or the seq of the approved action to run. Else
+    records an approval request for exactly these arguments (an ``awaiting_approval`` action and
+    its review item), sets the run ``awaiting_approval`` and raises RunHalted; raises
+    CallRejected when a person rejected these arguments.
+    """
+    if policy.approval is None:
+        return None
+    tool, store = policy.name, guard.store
+    scope = {
+        "args": plain,
+        "tool": tool,
+        "run": {"id": run.id, "agent": run.agent, "metadata": run.metadata},
+    }
+    problem: str | None = None
+    try:
+        needed = policy.approval.holds(scope)
+    except ConditionError as exc:
+        needed, problem = True, str(exc)  # fail closed: a person decides
+    if not needed:
+        return None
+    asked = [
+        a
+        for a in store.keyed_actions(run.id, key)
+        if a.args_hash == args_hash and a.state in (A.AWAITING_APPROVAL, A.APPROVED, A.REJECTED)
+    ]
+    latest = asked[-1] if asked else None
+    item = _approval_item(guard, run.id, latest.seq) if latest is not None else None
+    if latest is not None and latest.state == T.ActionState.APPROVED and item is not None:
+        ttl = policy.approval.ttl
+        if ttl is None or (item.resolved_at or 0) + ttl >= now():
+            return latest.seq
+        commit(guard, T.expire_approval(run.lease, latest.seq, ttl))
+        latest = None
+    if latest is not None and latest.state == T.ActionState.REJECTED:
+        who = f" by {item.resolved_by}" if item is not None and item.resolved_by else ""
+        why = f": {item.note}" if item is not None and item.note else ""
+        raise CallRejected(
+            f"run {run.id}: {tool} with these arguments was rejected{who}{why}; it did not "
+            "run. Change the plan or the arguments (new arguments need a new approval)",
+            run_id=run.id,
+            tool=tool,
+            field="approval",
+        )
+    seq: int | None = None
+    values: dict[str, Any] | None = None
+    item_write: Write | None = None
+    if latest is None:
+        seq = run.take_seq()
+        detail = (
+            f"approve or reject {tool} with the arguments recorded in action {seq}"
+            + (
+                f" (condition: {policy.approval.when})"
+                if isinstance(policy.approval.when, str)
+                else ""
+            )
+            + (
+                f"; the condition could not be evaluated, so approval is required: {problem}"
+                if problem
+                else ""
+            )
+        )
+        item_write = review_write(run.id, seq, "approval", policy, detail)
+        item_write.values["kind"] = "approve"
+        values = {
+            "tool": tool,
+            "call_id": call_id,
+            "idempotency_key": key,
+            "effect": policy.effect,
+            "args": redact(plain, policy.redact, "args"),
+            "args_hash": args_hash,
+            "external_ids": {},
+            "started_at": now(),
+        }
+    try:
+        reason = f"{tool} needs approval"
+        commit(guard, T.request_approval(run.lease, seq, values, item_write, reason))
+    finally:
+        run.halted = True
+    record = guard.require_run(run.id)
+    guard.notify(record)
+    items = tuple(i.id for i in open_approvals(guard, run.id))
+    raise RunHalted(
+        f"run {run.id} awaits approval: {tool} needs a person's approval for these arguments"
+        + (f" ({problem})" if problem else "")
+        + f". Approve with `guardrail approve {items[-1] if items else '<item>'}`, then resume "
+        "the run.",
+        run_id=run.id,
+        status=record.status,
+        tool=tool,
+        review_items=items,
+    )
+
+
+def _approval_item(guard: Guard, run_id: str, seq: int) -> ReviewItem | None:
+    found = [i for i in guard.store.review_items(run_id=run_id) if i.seq == seq]
+    return next((i for i in reversed(found) if i.reason == "approval"), None)
