@@ -370,6 +370,9 @@ def ask_approval(
         return False
     try:
         gate(guard, run, policy, plain, args_hash, key, call_id)
+    except OwnershipLost:
+        run.halted = True
+        raise  # not an approval to wait for: this worker lost the run
     except RunHalted:
         return True
     except CallRejected:

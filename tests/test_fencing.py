@@ -651,3 +651,22 @@ def test_a_recovery_overtaken_by_another_recovery_does_not_raise(
         assert overtaken == [[run.id]]
         assert first.require_run(run.id).status == "pending_review"
     assert sorted(ledger.lines()) == ["charge a", "charge b", "refund a", "refund b"]
+
+
+def test_asking_the_approval_gate_after_a_takeover_is_not_an_approval(
+    two: tuple[Guard, Guard], ledger: Ledger
+) -> None:
+    """A framework that asks the gate itself (the OpenAI Agents SDK) must hear that the worker
+    lost its run, not that the call waits for a person."""
+    from guardrail import Approval
+
+    worker, other = two
+    shop(worker, ledger)
+    shop(other, ledger)
+    worker.policy("wire", effect="irreversible", approval=Approval(when="args.amount > 10"))
+    run = worker.run(agent="bank").start()
+    run.call("charge", {"item": "a"})
+    assert other.recover() == [run.id]
+    with pytest.raises(OwnershipLost):
+        run.needs_approval("wire", {"amount": 500})
+    assert not [i for i in other.log(run.id).review_items if i.reason == "approval"]
