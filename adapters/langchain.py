@@ -65,19 +65,30 @@ class GuardedTool(BaseTool):
         finally:
             _call_id.reset(token)
 
+    @property
+    def _injected_args_keys(self) -> frozenset[str]:
+        # the inner tool's injected parameters (InjectedToolArg and its kin, ToolRuntime):
+        # LangChain passes them through to _run, and they must reach the inner tool
+        return injected_keys(self.inner)
+
     def _active(self) -> Run:
         return self.guard.active_run(self.name)  # type: ignore[no-any-return]
 
-    def _run(self, *args: Any, run_manager: Any = None, **kwargs: Any) -> Any:
+    def _split(self, args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[dict[str, Any], ...]:
         arguments = _arguments(self.inner, args, kwargs)
+        injected = {k: arguments.pop(k) for k in injected_keys(self.inner) if k in arguments}
+        return arguments, injected
+
+    def _run(self, *args: Any, run_manager: Any = None, **kwargs: Any) -> Any:
+        arguments, injected = self._split(args, kwargs)
         return self._active().call(
-            self.name, arguments, fn=self._call_inner, call_id=_call_id.get()
+            self.name, arguments, fn=self._call_inner, call_id=_call_id.get(), injected=injected
         )
 
     async def _arun(self, *args: Any, run_manager: Any = None, **kwargs: Any) -> Any:
-        arguments = _arguments(self.inner, args, kwargs)
+        arguments, injected = self._split(args, kwargs)
         return await self._active().acall(
-            self.name, arguments, fn=self._acall_inner, call_id=_call_id.get()
+            self.name, arguments, fn=self._acall_inner, call_id=_call_id.get(), injected=injected
         )
 
     def _call_inner(self, **arguments: Any) -> Any:
@@ -85,6 +96,20 @@ class GuardedTool(BaseTool):
 
     async def _acall_inner(self, **arguments: Any) -> Any:
         return await self.inner.ainvoke(arguments)
+
+
+def injected_keys(tool: BaseTool) -> frozenset[str]:
+    """The parameters LangChain injects into ``tool`` at call time (``InjectedToolArg``,
+    ``InjectedState``, ``InjectedStore``, ``InjectedToolCallId``, ``ToolRuntime``): never
+    recorded or hashed by the guard, handed to the tool and to its hooks by name."""
+    keys: frozenset[str] = getattr(tool, "_injected_args_keys", frozenset())
+    if isinstance(tool.args_schema, type) and issubclass(tool.args_schema, BaseModel):
+        from langchain_core.tools.base import _is_injected_arg_type, get_all_basemodel_annotations
+
+        for name, type_ in get_all_basemodel_annotations(tool.args_schema).items():
+            if _is_injected_arg_type(type_):
+                keys = keys | {name}
+    return frozenset(keys)
 
 
 def _tool_call_id(input: Any) -> str | None:
@@ -229,8 +254,12 @@ class GuardrailMiddleware(AgentMiddleware):
 
     @staticmethod
     def _invalid(request: ToolCallRequest) -> bool:
-        """Arguments the tool would refuse: let the tool node tell the model, guard nothing."""
-        schema = getattr(request.tool, "args_schema", None)
+        """Arguments the tool would refuse: let the tool node tell the model, guard nothing.
+
+        Checked against the schema the model sees (without the injected parameters, which the
+        tool node adds later): a tool with an injected parameter is guarded like any other."""
+        tool = request.tool
+        schema = getattr(tool, "tool_call_schema", None) if tool is not None else None
         if not (isinstance(schema, type) and issubclass(schema, BaseModel)):
             return False
         try:
@@ -238,6 +267,11 @@ class GuardrailMiddleware(AgentMiddleware):
         except ValidationError:
             return True
         return False
+
+    @staticmethod
+    def _injected(request: ToolCallRequest) -> dict[str, Any]:
+        """What the tool's hooks may ask for by name: the agent's runtime and state."""
+        return {"runtime": request.runtime, "state": request.state}
 
     @staticmethod
     def _recorded(message: ToolMessage | Command[Any]) -> dict[str, Any]:
@@ -279,6 +313,7 @@ class GuardrailMiddleware(AgentMiddleware):
                     call["args"],
                     fn=lambda **_: self._recorded(handler(request)),
                     call_id=call["id"],
+                    injected=self._injected(request),
                 )
             except RunHalted as halt:
                 self._halted(run_id, halt)
@@ -302,7 +337,11 @@ class GuardrailMiddleware(AgentMiddleware):
             run = self._open(run_id)
             try:
                 recorded = await run.acall(
-                    call["name"], call["args"], fn=execute, call_id=call["id"]
+                    call["name"],
+                    call["args"],
+                    fn=execute,
+                    call_id=call["id"],
+                    injected=self._injected(request),
                 )
             except RunHalted as halt:
                 self._halted(run_id, halt)

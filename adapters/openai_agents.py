@@ -16,6 +16,9 @@ called outside a run of its guard fails the agent run with a message saying so.
 
 **Each call** goes through the guard with the SDK's tool-call id (``ToolContext.tool_call_id``)
 as its idempotency key: recorded before and after, deduplicated, retried only as the policy says.
+The SDK's context is injected, never recorded: the tool gets its ``RunContextWrapper`` as
+usual, and the policy's hooks (``snapshot``, ``capture``, ``undo``, ``probe``) may ask for it
+by name, as ``ctx`` (the ``ToolContext``) or ``context`` (your context object).
 
 **A halt really stops the agent.** The SDK turns a tool's ``Exception`` into text for the model
 (``failure_error_function``), but it catches only ``Exception``: :class:`~guardrail.RunHalted`
@@ -211,7 +214,13 @@ class _Guarded:
             return await pending
 
         try:
-            return await run.acall(self.name, args, fn=call_tool, call_id=ctx.tool_call_id)
+            return await run.acall(
+                self.name,
+                args,
+                fn=call_tool,
+                call_id=ctx.tool_call_id,
+                injected={"ctx": ctx, "context": ctx.context},  # for the hooks, never recorded
+            )
         except CallRejected as exc:
             return str(exc)  # an ordinary outcome: the model can take another way
         except RunHalted:

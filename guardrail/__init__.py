@@ -23,6 +23,7 @@ from guardrail.errors import (
     UnknownTool,
 )
 from guardrail.guard import Guard
+from guardrail.inject import Injected
 from guardrail.lifecycle import PlannedStep
 from guardrail.policy import Approval, Policy, Retry, Review, UndoTool
 from guardrail.run import Run, current_run
@@ -39,6 +40,7 @@ __all__ = [
     "Decision",
     "Guard",
     "GuardrailError",
+    "Injected",
     "OwnershipLost",
     "PlannedStep",
     "Policy",

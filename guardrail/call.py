@@ -8,11 +8,11 @@ for the agent and a state a person sees, never in a retryable error that would r
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from guardrail import telemetry
+from guardrail import inject, telemetry
 from guardrail import transitions as T
 from guardrail.approval import gate
 from guardrail.drive import Invoke, Sleep, Steps, attempts
@@ -26,7 +26,7 @@ from guardrail.errors import (
     StoreError,
 )
 from guardrail.keys import seal
-from guardrail.lifecycle import commit, halt, hook_kwargs, now, still_holds
+from guardrail.lifecycle import commit, halt, now, still_holds
 from guardrail.policy import NO_RETRY, Policy, resolve_path
 from guardrail.redact import (
     REDACTED,
@@ -61,11 +61,12 @@ def guarded_call(
     fn: Callable[..., Any],
     args: dict[str, Any],
     call_id: str | None,
+    injected: Mapping[str, Any] | None = None,
 ) -> Steps[Any]:
     run.check_open()
     run.begin_call()
     try:
-        return (yield from _guarded_call(guard, run, policy, fn, args, call_id))
+        return (yield from _guarded_call(guard, run, policy, fn, args, call_id, injected))
     finally:
         run.end_call()
 
@@ -77,20 +78,26 @@ def _guarded_call(
     fn: Callable[..., Any],
     args: dict[str, Any],
     call_id: str | None,
+    injected: Mapping[str, Any] | None,
 ) -> Steps[Any]:
-    call = _prepare(guard, run, policy, args, call_id)
+    args, live = inject.split(args, policy.injected, injected)
+    call = _prepare(guard, run, policy, args, call_id, live)
     recorded = _lookup(guard, run, call)
     if recorded is not None:
         return _replay(run, call, recorded)
     approved = gate(guard, run, policy, call.plain, call.args_hash, call.key, call_id)
     snapshot = None
     if policy.snapshot is not None:
-        taken = yield from take_snapshot(run, policy, args)
+        taken = yield from take_snapshot(run, policy, args, live)
         snapshot = seal(guard.store.keys, canonical(taken), run.key_id)
     seq, span = _begin(guard, run, call, approved, snapshot)
+    if live and policy.effect != "read_only":
+        guard.live.keep(run.id, seq, live)  # for its undo, if this process compensates it
     crash_point("after_start")
     outcome = yield from attempts(
-        policy.call_retry, Invoke(fn, args, span), before_retry=lambda: _retry_allowed(guard, run)
+        policy.call_retry,
+        Invoke(fn, {**args, **live} if live else args, span),
+        before_retry=lambda: _retry_allowed(guard, run),
     )
     if outcome.error is None:
         crash_point("after_call")
@@ -110,6 +117,7 @@ class Call:
     args_hash: str
     key: str
     call_id: str | None
+    injected: Mapping[str, Any]  # live objects for the tool and its hooks; never recorded
 
     @property
     def tool(self) -> str:
@@ -117,7 +125,12 @@ class Call:
 
 
 def _prepare(
-    guard: Guard, run: Run, policy: Policy, args: dict[str, Any], call_id: str | None
+    guard: Guard,
+    run: Run,
+    policy: Policy,
+    args: dict[str, Any],
+    call_id: str | None,
+    injected: Mapping[str, Any],
 ) -> Call:
     """Arguments as JSON, their keyed hash and the call's idempotency key; bad arguments are
     refused before anything is recorded."""
@@ -142,7 +155,7 @@ def _prepare(
         )
     args_hash = guard.store.keys.mac(text, run.key_id)
     key = idempotency_key(policy, args, call_id, args_hash, run)
-    return Call(policy, args, plain, args_hash, key, call_id)
+    return Call(policy, args, plain, args_hash, key, call_id, injected)
 
 
 def _lookup(guard: Guard, run: Run, call: Call) -> Recorded | None:
@@ -380,10 +393,12 @@ def ask_approval(
     return False
 
 
-def take_snapshot(run: Run, policy: Policy, args: dict[str, Any]) -> Steps[Any]:
+def take_snapshot(
+    run: Run, policy: Policy, args: dict[str, Any], injected: Mapping[str, Any] | None = None
+) -> Steps[Any]:
     """Keep what the call will change, for its undo; if that fails the call does not run."""
     assert policy.snapshot is not None
-    kwargs = hook_kwargs(policy.snapshot, {"args": args})
+    kwargs = inject.hook_kwargs(policy.snapshot, {"args": args}, injected)
     outcome = yield from attempts(NO_RETRY, Invoke(policy.snapshot, kwargs))
     error: BaseException | str | None = (
         describe(outcome.error) if outcome.error is not None else None

@@ -11,11 +11,21 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
-from guardrail import audit, decisions, lifecycle, notify, policy_file, policy_source, recovery
+from guardrail import (
+    audit,
+    decisions,
+    inject,
+    lifecycle,
+    notify,
+    policy_file,
+    policy_source,
+    recovery,
+)
 from guardrail.audit import ActionLog, Verification, Witness, read_log, verify
 from guardrail.decisions import Decision
 from guardrail.drive import adrive, drive
 from guardrail.errors import GuardrailError, PolicyError, RunNotFound, UnknownTool
+from guardrail.fingerprint import fingerprint
 from guardrail.keys import KeySource
 from guardrail.lifecycle import PlannedStep
 from guardrail.policy import Policy, make_policy
@@ -51,6 +61,10 @@ class Guard:
     ``undo.call``, ``snapshot``, ``probe`` or ``retry.on``; besides them, a file may name only
     functions registered with this guard (``@guard.tool``, ``guard.register``) before the load.
     A policy file is data: allow only your own code, safe to run on what an agent sends.
+
+    ``context``: a function of an :class:`Action` returning the injected values (a connection,
+    an inbox) its hooks need when they run outside the process that made the call (an abort
+    from the CLI or the console, recovery); see :mod:`guardrail.inject`.
     """
 
     def __init__(
@@ -67,6 +81,7 @@ class Guard:
         max_result_bytes: int | None = 256_000,
         hash_key: KeySource | None = None,
         allow: Iterable[str] = (),
+        context: inject.ContextFactory | None = None,
     ) -> None:
         self.allow: tuple[str, ...] = policy_file.check_allow(allow)  # before opening the store
         self.store: Store = (
@@ -82,6 +97,8 @@ class Guard:
         self.max_args_bytes = max_args_bytes
         self.max_result_bytes = max_result_bytes
         self.owner = recovery.make_owner()
+        self.context = context
+        self.live = inject.Live()  # injected values of this process's calls, for their hooks
         self._policies: dict[str, Policy] = {}  # declared in code
         self._loaded: dict[str, Policy] = {}  # from files and packs: these win
         self._hinted: dict[str, Policy] = {}  # from tool hints: defaults only
@@ -110,6 +127,12 @@ class Guard:
     def policies(self) -> dict[str, Policy]:
         """Every tool's effective policy, by tool name."""
         return {**self._hinted, **self._policies, **self._loaded}
+
+    @property
+    def policy_fingerprint(self) -> str:
+        """The fingerprint of the declared policies (code, files, packs; not tool hints), which
+        every run this guard starts records (see :mod:`guardrail.fingerprint`)."""
+        return fingerprint({**self._policies, **self._loaded}.values())
 
     def load_policies(
         self, source: str | Path | Mapping[str, Any], *, allow: Iterable[str] = (), **options: Any
@@ -187,6 +210,11 @@ class Guard:
         """Guard a function or coroutine function; keyword arguments declare its policy.
 
         With no ``effect`` the function must already have a policy (``guard.policy``).
+        Parameters annotated ``Annotated[T, Injected]`` (or listed in ``injected=``) are passed
+        to the function and its hooks but never recorded::
+
+            @guard.tool(effect="reversible", undo=delete_row)
+            def insert_row(table: str, row: dict, db: Annotated[Connection, Injected]) -> int: ...
         """
 
         def decorate(fn: F) -> F:
@@ -208,6 +236,7 @@ class Guard:
                     field="args",
                 )
             self._tools[tool_name] = fn
+            marked = inject.annotated_names(fn)
 
             def named(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
                 if not args:
@@ -226,7 +255,8 @@ class Guard:
                 @functools.wraps(fn)
                 async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                     run = self.active_run(tool_name)
-                    return await run.acall(tool_name, named(args, kwargs), fn=fn)
+                    plain, live = inject.split(named(args, kwargs), marked, None)
+                    return await run.acall(tool_name, plain, fn=fn, injected=live)
 
                 wrapper: Any = async_wrapper
             else:
@@ -234,7 +264,8 @@ class Guard:
                 @functools.wraps(fn)
                 def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
                     run = self.active_run(tool_name)
-                    return run.call(tool_name, named(args, kwargs), fn=fn)
+                    plain, live = inject.split(named(args, kwargs), marked, None)
+                    return run.call(tool_name, plain, fn=fn, injected=live)
 
                 wrapper = sync_wrapper
             wrapper.__guardrail_raw__ = fn

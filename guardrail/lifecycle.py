@@ -8,17 +8,16 @@ async callers. Decisions by people are in `decisions`, crash recovery in `recove
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from guardrail import telemetry
+from guardrail import inject, telemetry
 from guardrail import transitions as T
 from guardrail.drive import Invoke, Steps, attempts
-from guardrail.errors import OwnershipLost, StoreError, UnknownTool
+from guardrail.errors import GuardrailError, OwnershipLost, StoreError, UnknownTool
 from guardrail.keys import unseal
-from guardrail.policy import Policy, UndoTool
+from guardrail.policy import NO_RETRY, Policy, UndoTool
 from guardrail.redact import describe
 from guardrail.store import Action, Fenced, RunRecord, Write
 from guardrail.testing import crash_point
@@ -249,9 +248,9 @@ def _undo(
     crash_point("after_compensation_start")
     ids = dict(action.external_ids or {})  # the row keeps them too: no query per undo
     span = telemetry.start_compensation(action.tool, action.run_id, action.seq)
-    undo, kwargs = _undo_call(guard, action, policy, ids)
+    undo, kwargs, ready = _undo_call(guard, action, policy, ids)
     outcome = yield from attempts(
-        policy.undo_retry,
+        policy.undo_retry if ready else NO_RETRY,
         Invoke(undo, kwargs, span),
         before_retry=lambda: still_holds(guard, lease, status),
     )
@@ -276,23 +275,54 @@ def _undo(
 
 
 def _undo_call(
-    guard: Guard, action: Action, policy: Policy, ids: Mapping[str, str]
-) -> tuple[Callable[..., Any], dict[str, Any]]:
+    guard: Guard, action: Action, policy: Policy, ids: Mapping[str, Any]
+) -> tuple[Callable[..., Any], dict[str, Any], bool]:
+    """The undo to run and its arguments; ``ready`` is False when it cannot run here (then the
+    callable raises why, once, and the action becomes a review item)."""
     undo = policy.undo
+    injected, problem = inject.for_action(guard.live, guard.context, action)
+    snapshot = unseal(guard.store.keys, action.snapshot)
     if isinstance(undo, UndoTool):
         fn = guard.tool_function(undo.tool)
         if fn is None:
-            return _missing(action, undo.tool), {}
+            return _missing(action, undo.tool), {}, False
         scope = {
             "args": dict(action.args or {}),
             "result": action.result,
             "external_ids": dict(ids),
-            "snapshot": unseal(guard.store.keys, action.snapshot),
+            "snapshot": snapshot,
         }
-        return fn, undo.kwargs(scope)
-    assert undo is not None
-    undo = getattr(undo, "__guardrail_raw__", undo)
-    return undo, undo_kwargs(undo, action, ids, unseal(guard.store.keys, action.snapshot))
+        kwargs = undo.kwargs(scope)
+        # the undo tool's own injected parameters (a connection...) come from the context too
+        kwargs.update({k: v for k, v in injected.items() if k in inject.missing(fn, kwargs)})
+    else:
+        assert undo is not None
+        fn = getattr(undo, "__guardrail_raw__", undo)
+        kwargs = undo_kwargs(fn, action, ids, snapshot, injected)
+    lacking = inject.missing(fn, kwargs)
+    if lacking:
+        return _needs_context(action, undo_name(policy), lacking, problem), {}, False
+    return fn, kwargs, True
+
+
+def _needs_context(
+    action: Action, undo: str, lacking: list[str], problem: str | None
+) -> Callable[..., Any]:
+    names = ", ".join(f"`{n}`" for n in lacking)
+
+    def needs_context() -> None:
+        raise GuardrailError(
+            f"run {action.run_id}: the undo {undo} of {action.tool} (action {action.seq}) needs "
+            f"{names}, which is neither recorded with the action nor an injected value this "
+            f"process has{f' ({problem})' if problem else ''}. Give the guard a context factory "
+            "(Guard(context=...)) or abort from the application's own process, or undo it by "
+            "hand",
+            run_id=action.run_id,
+            tool=action.tool,
+            field="undo",
+        )
+
+    return needs_context
 
 
 def _missing(action: Action, tool: str) -> Callable[..., Any]:
@@ -309,22 +339,16 @@ def _missing(action: Action, tool: str) -> Callable[..., Any]:
     return missing
 
 
-def hook_kwargs(fn: Callable[..., Any], offered: Mapping[str, Any]) -> dict[str, Any]:
-    """Pick what a hook asks for by parameter name; else pass the original arguments."""
-    args = dict(offered.get("args") or {})
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return args
-    wanted = {name: offered[name] for name in params if name in offered}
-    return wanted if wanted else args
-
-
 def undo_kwargs(
-    fn: Callable[..., Any], action: Action, external_ids: Mapping[str, str], snapshot: Any = None
+    fn: Callable[..., Any],
+    action: Action,
+    external_ids: Mapping[str, Any],
+    snapshot: Any = None,
+    injected: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What an undo or probe asks for: ``args``, ``result``, ``external_ids``, ``snapshot``,
-    ``action`` by parameter name; else the original arguments as keywords."""
+    ``action`` and injected values by parameter name; else the original arguments as keywords
+    (plus the injected values it names)."""
     offered: dict[str, Any] = {
         "args": dict(action.args or {}),
         "result": action.result,
@@ -332,4 +356,4 @@ def undo_kwargs(
         "snapshot": snapshot,
         "action": action,
     }
-    return hook_kwargs(fn, offered)
+    return inject.hook_kwargs(fn, offered, injected)

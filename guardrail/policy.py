@@ -136,6 +136,13 @@ class Policy(BaseModel):
     - ``probe``: for an action left ``in_doubt`` by a crash: returns the result if the call took
       effect, ``False`` if it did not, ``None`` if it still cannot tell.
     - ``undo_idempotent``: recovery may re-run an undo that a crash interrupted.
+    - ``injected``: parameters the caller supplies (a connection, an inbox): passed to the tool
+      and, by name, to its hooks, but never recorded, hashed or part of the dedup key (also
+      marked in the signature with ``Annotated[T, Injected]``; see :mod:`guardrail.inject`).
+    - ``capture``: a callable run after a successful call that returns more external ids (or
+      data the undo needs) read from state or a follow-up query, as a mapping of names to JSON
+      values; it receives ``args``, ``result`` and injected values by name. If it fails, the
+      call still counts as done and the action carries a note for the reviewer.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
@@ -155,6 +162,8 @@ class Policy(BaseModel):
     probe: Callable[..., Any] | None = None
     snapshot: Callable[..., Any] | None = None
     approval: Approval | None = None
+    injected: tuple[str, ...] = ()
+    capture: Callable[..., Any] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Policy:
@@ -187,6 +196,14 @@ class Policy(BaseModel):
                 _check_path(path, self.name, f"undo.args.{param}", roots=UNDO_ROOTS)
         if isinstance(self.idempotency_key, str):
             _check_path(self.idempotency_key, self.name, "idempotency_key", roots=("args",))
+        for name in self.injected:
+            if not name.isidentifier() or name in HOOK_NAMES:
+                raise PolicyError(
+                    f"{where}: injected = {name!r} is not a parameter name a hook can ask for "
+                    f"(a Python identifier other than {', '.join(sorted(HOOK_NAMES))})",
+                    tool=self.name,
+                    field="injected",
+                )
         return self
 
     @property
@@ -231,6 +248,7 @@ class Policy(BaseModel):
 
 
 UNDO_ROOTS = ("args", "result", "external_ids", "snapshot")
+HOOK_NAMES = frozenset({"args", "result", "external_ids", "snapshot", "action"})
 _PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
 
 
@@ -281,8 +299,9 @@ def make_policy(name: str, **fields: Any) -> Policy:
                 raise _policy_error(name, exc, prefix=(key,)) from None
     if isinstance(fields.get("approval"), str):
         fields["approval"] = {"when": fields["approval"]}
-    if isinstance(fields.get("redact"), list):
-        fields["redact"] = tuple(fields["redact"])
+    for key in ("redact", "injected"):
+        if isinstance(fields.get(key), list):
+            fields[key] = tuple(fields[key])
     try:
         return Policy(name=name, **fields)
     except ValidationError as exc:

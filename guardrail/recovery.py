@@ -22,6 +22,7 @@ import socket
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from guardrail import inject
 from guardrail import transitions as T
 from guardrail.drive import Invoke, Steps, attempts
 from guardrail.errors import OwnershipLost, StoreError
@@ -153,7 +154,9 @@ def _settle(guard: Guard, lease: Lease, action: Action, *, dead: bool) -> Steps[
     policy = guard.find_policy(action.tool)
     verdict: Any = None
     if policy is not None and policy.probe is not None:
-        kwargs = undo_kwargs(policy.probe, action, {}, unseal(guard.store.keys, action.snapshot))
+        injected, _ = inject.for_action(guard.live, guard.context, action)
+        snapshot = unseal(guard.store.keys, action.snapshot)
+        kwargs = undo_kwargs(policy.probe, action, {}, snapshot, injected)
         kwargs.pop("result", None)
         outcome = yield from attempts(policy.undo_retry, Invoke(policy.probe, kwargs))
         verdict = outcome.value if outcome.error is None else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -82,7 +82,14 @@ class Run:
         store, guard = self.guard.store, self.guard
         existing = store.run(self.id)
         if existing is None:
-            t = T.start_run(self.id, self.agent, guard.owner, self.metadata, store.keys.current)
+            t = T.start_run(
+                self.id,
+                self.agent,
+                guard.owner,
+                self.metadata,
+                store.keys.current,
+                guard.policy_fingerprint,
+            )
             self.key_id = store.keys.current
             try:
                 commit(guard, t)
@@ -162,6 +169,7 @@ class Run:
                 unsettled = self.guard.store.seqs_in_state(self.id, (T.ActionState.STARTED,))
                 if not unsettled:
                     commit(self.guard, T.complete(self.lease))
+                    self.guard.live.drop(self.id)
                     self.guard.notify_completed(self.id)
                     return
                 # a run holding a call whose outcome was never recorded is not complete
@@ -231,14 +239,19 @@ class Run:
         *,
         fn: Callable[..., Any] | None = None,
         call_id: str | None = None,
+        injected: Mapping[str, Any] | None = None,
     ) -> Any:
         """Call ``tool`` (by name) under its policy, with ``args`` as keyword arguments.
 
         ``fn`` is the callable to run; it may be left out for tools registered with
         ``@guard.tool``. ``call_id`` is the framework's tool-call id, when there is one.
+        ``injected`` are more keyword arguments for ``fn`` that are never recorded, hashed or
+        part of the dedup key (a framework's context, a connection); the tool's hooks can ask
+        for them by name.
         """
         policy, target = self.guard.resolve_tool(tool, fn, run_id=self.id)
-        return drive(guarded_call(self.guard, self, policy, target, dict(args or {}), call_id))
+        steps = guarded_call(self.guard, self, policy, target, dict(args or {}), call_id, injected)
+        return drive(steps)
 
     async def acall(
         self,
@@ -247,12 +260,12 @@ class Run:
         *,
         fn: Callable[..., Any] | None = None,
         call_id: str | None = None,
+        injected: Mapping[str, Any] | None = None,
     ) -> Any:
         """Async twin of :meth:`call`; ``fn`` may be sync or async."""
         policy, target = self.guard.resolve_tool(tool, fn, run_id=self.id)
-        return await adrive(
-            guarded_call(self.guard, self, policy, target, dict(args or {}), call_id)
-        )
+        steps = guarded_call(self.guard, self, policy, target, dict(args or {}), call_id, injected)
+        return await adrive(steps)
 
     def needs_approval(self, tool: str, args: dict[str, Any], call_id: str | None = None) -> bool:
         """Ask ``tool``'s approval gate for these arguments without running it.
