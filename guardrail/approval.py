@@ -57,6 +57,14 @@ def gate(
         for a in store.keyed_actions(run.id, key)
         if a.args_hash == args_hash and a.state in (A.AWAITING_APPROVAL, A.APPROVED, A.REJECTED)
     ]
+    if not asked:
+        # a new call id (the model asked again in a new turn) does not reopen a rejection:
+        # the same tool with the same arguments stays rejected, without asking the person again
+        asked = [
+            a
+            for a in store.actions(run.id)
+            if a.tool == tool and a.args_hash == args_hash and a.state == A.REJECTED
+        ]
     latest = asked[-1] if asked else None
     item = _approval_item(guard, run.id, latest.seq) if latest is not None else None
     if latest is not None and latest.state == T.ActionState.APPROVED and item is not None:
@@ -69,8 +77,9 @@ def gate(
         who = f" by {item.resolved_by}" if item is not None and item.resolved_by else ""
         why = f": {item.note}" if item is not None and item.note else ""
         raise CallRejected(
-            f"run {run.id}: {tool} with these arguments was rejected{who}{why}; it did not "
-            "run. Change the plan or the arguments (new arguments need a new approval)",
+            f"run {run.id}: {tool} with these arguments was rejected{who}{why} (action "
+            f"{latest.seq}); it did not run, and the same call is refused without asking "
+            "again. Change the plan or the arguments (new arguments need a new approval)",
             run_id=run.id,
             tool=tool,
             field="approval",

@@ -12,7 +12,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from guardrail import inject, telemetry
+from pydantic import TypeAdapter
+
+from guardrail import codec, inject, telemetry
 from guardrail import transitions as T
 from guardrail.approval import gate
 from guardrail.drive import Invoke, Sleep, Steps, attempts
@@ -81,14 +83,16 @@ def _guarded_call(
     injected: Mapping[str, Any] | None,
 ) -> Steps[Any]:
     args, live = inject.split(args, policy.injected, injected)
-    call = _prepare(guard, run, policy, args, call_id, live)
+    call = _prepare(guard, run, policy, args, call_id, live, codec.returns(fn))
     recorded = _lookup(guard, run, call)
     if recorded is not None:
         return _replay(run, call, recorded)
     approved = gate(guard, run, policy, call.plain, call.args_hash, call.key, call_id)
     snapshot = None
     if policy.snapshot is not None:
-        taken = yield from take_snapshot(run, policy, args, live)
+        taken, problem = yield from take_snapshot(run, policy, args, live)
+        if problem is not None:
+            _refuse(guard, run, call, approved, problem)
         snapshot = seal(guard.store.keys, canonical(taken), run.key_id)
     seq, span = _begin(guard, run, call, approved, snapshot)
     if live and policy.effect != "read_only":
@@ -118,6 +122,7 @@ class Call:
     key: str
     call_id: str | None
     injected: Mapping[str, Any]  # live objects for the tool and its hooks; never recorded
+    returns: TypeAdapter[Any] | None  # the tool's declared return type, for replays
 
     @property
     def tool(self) -> str:
@@ -131,6 +136,7 @@ def _prepare(
     args: dict[str, Any],
     call_id: str | None,
     injected: Mapping[str, Any],
+    returns: TypeAdapter[Any] | None = None,
 ) -> Call:
     """Arguments as JSON, their keyed hash and the call's idempotency key; bad arguments are
     refused before anything is recorded."""
@@ -155,7 +161,7 @@ def _prepare(
         )
     args_hash = guard.store.keys.mac(text, run.key_id)
     key = idempotency_key(policy, args, call_id, args_hash, run)
-    return Call(policy, args, plain, args_hash, key, call_id, injected)
+    return Call(policy, args, plain, args_hash, key, call_id, injected, returns)
 
 
 def _lookup(guard: Guard, run: Run, call: Call) -> Recorded | None:
@@ -222,14 +228,46 @@ def _succeeded(
     value: Any,
     attempts: int,
 ) -> Steps[None]:
-    values, ids = finish_values(guard, call.policy, run.id, call.args, value, attempts)
-    yield from _record(guard, run, call.tool, seq, T.succeed(run.lease, seq, values, ids), span)
+    captured, problem = yield from _capture(call, value)
+    values, ids = finish_values(
+        guard, call.policy, run.id, call.args, value, attempts, captured, call.returns
+    )
+    if problem is not None:
+        values["error"] = problem  # a note for the reviewer: the call itself succeeded
+    rows = id_rows(ids)
+    yield from _record(guard, run, call.tool, seq, T.succeed(run.lease, seq, values, rows), span)
     if call.policy.idempotency_key is not None or call.call_id is not None:
         # keys numbered by occurrence never repeat in this process's run: only declared
         # and framework keys need remembering (a re-attached run reloads them all)
         run.mark_done(call.key, seq)
-    ids_attr = ",".join(f"{k}={v}" for k, v in ids.items()) if ids else None
+    ids_attr = ",".join(f"{k}={v}" for k, v in rows.items()) if rows else None
     telemetry.end(span, attributes={"action.seq": seq, "external_ids": ids_attr})
+
+
+def _capture(call: Call, value: Any) -> Steps[tuple[dict[str, Any], str | None]]:
+    """Run the policy's ``capture`` hook: more external ids, read after the call. Its failure
+    does not undo the call; it becomes a note on the action for the reviewer."""
+    capture = call.policy.capture
+    if capture is None:
+        return {}, None
+    kwargs = inject.hook_kwargs(capture, {"args": call.args, "result": value}, call.injected)
+    outcome = yield from attempts(NO_RETRY, Invoke(capture, kwargs))
+    problem: str | None = None
+    if outcome.error is not None:
+        problem = describe(outcome.error)
+    elif outcome.value is None:
+        return {}, None
+    elif not isinstance(outcome.value, Mapping):
+        problem = f"it returned a {type(outcome.value).__name__}, not a mapping of names to ids"
+    else:
+        try:
+            return {str(k): codec.encode(v) for k, v in outcome.value.items()}, None
+        except NotJSON as exc:
+            problem = f"what it returned is not JSON ({exc})"
+    return {}, (
+        f"the call succeeded, but its capture hook failed: {problem[:500]}; the external ids "
+        "it should have read are missing, find them by hand before undoing or reviewing it"
+    )
 
 
 def _failed(
@@ -287,7 +325,7 @@ def _replay(run: Run, call: Call, recorded: Recorded) -> Any:
             tool=tool,
             field="result",
         )
-    return recorded.result
+    return codec.decode(call.returns, recorded.result)
 
 
 def _record(
@@ -395,26 +433,54 @@ def ask_approval(
 
 def take_snapshot(
     run: Run, policy: Policy, args: dict[str, Any], injected: Mapping[str, Any] | None = None
-) -> Steps[Any]:
-    """Keep what the call will change, for its undo; if that fails the call does not run."""
+) -> Steps[tuple[Any, str | None]]:
+    """Keep what the call will change, for its undo: the snapshot as JSON, or why it could
+    not be taken (then the call does not run)."""
     assert policy.snapshot is not None
     kwargs = inject.hook_kwargs(policy.snapshot, {"args": args}, injected)
     outcome = yield from attempts(NO_RETRY, Invoke(policy.snapshot, kwargs))
-    error: BaseException | str | None = (
-        describe(outcome.error) if outcome.error is not None else None
-    )
-    if error is None:
+    if outcome.error is not None:
+        return None, describe(outcome.error)
+    try:
+        stored = codec.encode(outcome.value)
+    except NotJSON as exc:
+        return None, f"its snapshot is not JSON ({exc})"
+    if not codec.round_trips(codec.returns(policy.snapshot), outcome.value, stored):
+        kind = type(outcome.value).__name__
+        return None, f"its snapshot (a {kind}) does not come back equal from its JSON"
+    return stored, None
+
+
+def _refuse(guard: Guard, run: Run, call: Call, approved: int | None, problem: str) -> None:
+    """The call cannot run: keep it in the log as refused, with why, and tell the agent."""
+    policy = call.policy
+    reason = f"cannot take the snapshot {policy.name} needs for its undo ({problem})"
+    if approved is None:  # an approved action keeps its approval for a later try
+        values = {
+            "tool": call.tool,
+            "call_id": call.call_id,
+            "idempotency_key": call.key,
+            "effect": policy.effect,
+            "args": redact(call.plain, policy.redact, "args"),
+            "args_hash": call.args_hash,
+            "external_ids": {},
+            "error": redact_text(reason)[:2000],
+            "started_at": now(),
+            "finished_at": now(),
+        }
         try:
-            return to_jsonable(outcome.value)
-        except NotJSON as exc:
-            error = f"its snapshot is not JSON ({exc})"
+            commit(guard, T.refuse(run.lease, run.take_seq(), values))
+        except OwnershipLost:
+            run.halted = True
+            raise
+        except StoreError:
+            pass  # refused all the same: nothing ran, and the agent is told
     raise CallRefused(
-        f"run {run.id}: cannot take the snapshot {policy.name} needs for its undo ({error}); "
-        "nothing ran",
+        f"run {run.id}: {reason}; nothing ran",
         run_id=run.id,
         tool=policy.name,
         field="snapshot",
-    ) from None
+    )
 
 
 def _not_started(run: Run, call: Call, exc: StoreError) -> StoreError:
@@ -466,24 +532,33 @@ def finish_values(
     args: dict[str, Any],
     value: Any,
     attempts: int = 1,
-) -> tuple[dict[str, Any], dict[str, str]]:
+    captured: Mapping[str, Any] | None = None,
+    returns: TypeAdapter[Any] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """What records a success: the action's values (result as JSON, redacted, capped) and the
-    external ids it produced."""
-    ids: dict[str, str] = {}
+    external ids it produced (JSON values, their types kept), from the policy's paths and the
+    ``captured`` ones."""
+    ids: dict[str, Any] = {}
     if policy.external_ids:
         scope = {"result": value, "args": args}
         for name, path in policy.external_ids.items():
             found = resolve_path(path, scope)
             if found is not None:
                 try:
-                    text = found if isinstance(found, str) else canonical(to_jsonable(found))
+                    found = codec.encode(found)
                 except NotJSON:
-                    text = str(found)
-                secret = redacted_path(path, policy.redact) or looks_secret(text)
-                ids[name] = REDACTED if secret else text
+                    found = str(found)
+                secret = redacted_path(path, policy.redact)
+                ids[name] = REDACTED if secret or _looks_secret(found) else found
+    for name, found in (captured or {}).items():
+        if found is not None:
+            ids[name] = REDACTED if _looks_secret(found) else found
     note: str | None = None
     try:
-        result = redact(to_jsonable(value), policy.redact, "result")
+        stored = codec.encode(value)
+        if not codec.round_trips(returns, value, stored):
+            raise NotJSON(f"its JSON does not come back as the {type(value).__name__} it was")
+        result = redact(stored, policy.redact, "result")
     except NotJSON as exc:
         note = "not_json"
         result = redact(
@@ -512,3 +587,29 @@ def finish_values(
         "finished_at": now(),
     }
     return values, ids
+
+
+def _looks_secret(value: Any) -> bool:
+    if isinstance(value, str):
+        return looks_secret(value)
+    if isinstance(value, int | float | bool) or value is None:
+        return False
+    return looks_secret(canonical(value))
+
+
+def id_rows(ids: Mapping[str, Any]) -> dict[str, str]:
+    """External ids as searchable text rows: a scalar as its text, each item of a list of
+    scalars under ``name.0``, ``name.1``...; anything else as its canonical JSON."""
+    rows: dict[str, str] = {}
+    for name, value in ids.items():
+        if isinstance(value, list) and all(not isinstance(v, dict | list) for v in value):
+            rows.update({f"{name}.{i}": _text(v) for i, v in enumerate(value)})
+        else:
+            rows[name] = _text(value)
+    return rows
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return canonical(value)

@@ -8,11 +8,12 @@ async callers. Decisions by people are in `decisions`, crash recovery in `recove
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from guardrail import inject, telemetry
+from guardrail import codec, inject, telemetry
 from guardrail import transitions as T
 from guardrail.drive import Invoke, Steps, attempts
 from guardrail.errors import GuardrailError, OwnershipLost, StoreError, UnknownTool
@@ -356,4 +357,10 @@ def undo_kwargs(
         "snapshot": snapshot,
         "action": action,
     }
-    return inject.hook_kwargs(fn, offered, injected)
+    kwargs = inject.hook_kwargs(fn, offered, injected)
+    for name in ("result", "snapshot"):  # as the types the hook declares (result: Order)
+        if kwargs.get(name) is not None and name in offered:
+            # on a mismatch the hook gets the JSON, and its own checks say what is wrong
+            with contextlib.suppress(ValueError):
+                kwargs[name] = codec.decode(codec.parameter(fn, name), kwargs[name])
+    return kwargs

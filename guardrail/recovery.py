@@ -149,7 +149,7 @@ def _settle(guard: Guard, lease: Lease, action: Action, *, dead: bool) -> Steps[
     A probe's "it took effect" is always believed. Its "it did not" is believed only when the
     owner provably died: a worker that was only paused may still be about to run the call, so
     then the action stays in doubt for a person."""
-    from guardrail.call import finish_values
+    from guardrail.call import finish_values, id_rows
 
     policy = guard.find_policy(action.tool)
     verdict: Any = None
@@ -177,7 +177,7 @@ def _settle(guard: Guard, lease: Lease, action: Action, *, dead: bool) -> Steps[
         except NotJSON:
             result = None
         values, ids = finish_values(guard, policy, action.run_id, dict(action.args), result)
-        t = T.succeed(lease, action.seq, values, ids)
+        t = T.succeed(lease, action.seq, values, id_rows(ids))
         t.kind = "action.settle"
     else:
         t = T.settled(lease, action.seq, T.ActionState.IN_DOUBT, "owner died during the call")

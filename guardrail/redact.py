@@ -13,7 +13,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 REDACTED = "[REDACTED]"
@@ -133,26 +133,29 @@ class NotJSON(TypeError):
     """A value that has no JSON form."""
 
 
-def to_jsonable(value: Any) -> Any:
+def to_jsonable(value: Any, leaf: Callable[[Any], Any] | None = None) -> Any:
     """Return ``value`` as plain JSON types: pydantic models, dataclasses, tuples and sets too.
 
-    Raises :class:`NotJSON` naming the first offending type.
+    ``leaf`` turns other objects into JSON (see :mod:`guardrail.codec`); without it they are
+    refused. Raises :class:`NotJSON` naming the first offending type.
     """
     if isinstance(value, float) and not math.isfinite(value):
         raise NotJSON(f"{value!r} is not JSON; use None or a string")
     if value is None or isinstance(value, str | int | float | bool):
         return value
     if isinstance(value, Mapping):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
+        return {str(k): to_jsonable(v, leaf) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
-        return [to_jsonable(v) for v in value]
+        return [to_jsonable(v, leaf) for v in value]
     dump = getattr(value, "model_dump", None)
     if callable(dump):
-        return to_jsonable(dump(mode="json"))
+        return to_jsonable(dump(mode="json"), leaf)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return to_jsonable(dataclasses.asdict(value))
+        return to_jsonable(dataclasses.asdict(value), leaf)
     if isinstance(value, bytes):
         raise NotJSON("bytes are not JSON; return text or base64")
+    if leaf is not None:
+        return to_jsonable(leaf(value))
     raise NotJSON(f"{type(value).__name__} is not JSON-serialisable")
 
 

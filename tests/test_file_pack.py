@@ -129,7 +129,13 @@ def test_refusals_before_anything_changes(
             files["write_file"].invoke({"file_path": "../escape.txt", "text": "x"})
     assert tree_hash(workspace) == before
     assert not (tmp_path / "escape.txt").exists()
-    assert guard.log(run.id).actions == []  # refused before the write-ahead record
+    # refused before they ran: kept in the log with the reason, never started
+    refused = [(a.tool, a.state, a.attempts) for a in guard.log(run.id).actions]
+    assert refused == [
+        ("file_delete", "refused", 0),
+        ("move_file", "refused", 0),
+        ("write_file", "refused", 0),
+    ]
 
 
 def test_mcp_filesystem_pack(guard: Guard, tmp_path: Path) -> None:

@@ -192,7 +192,7 @@ def test_declared_keys_and_external_ids_from_redacted_paths(guard: Guard) -> Non
     action = guard.log(run.id).actions
     assert len(action) == 1
     assert "tok_visa" not in action[0].idempotency_key
-    assert action[0].external_ids == {"token": REDACTED, "charge": "ch_1", "list": "[1,2]"}
+    assert action[0].external_ids == {"token": REDACTED, "charge": "ch_1", "list": [1, 2]}
     assert guard.find("tok_visa_9f8e7d") == []
 
 
