@@ -49,10 +49,14 @@ shows in ``guardrail show``, the console and the ``on_halt`` hook) and the SDK p
     with guard.run(run_id=run.id):
         result = Runner.run_sync(agent, state)  # the approved call runs once, same call id
 
-What does not map: the guard halts the whole run for an approval, the SDK only the one call, so
-the other calls of that model turn do not run; the model is told so (as their output) and can
-call them again. The guard asks for one approval at a time: a second gated call in the same
-turn is refused that way too and asks for its own approval when called again. A tool's own
+Every gated call of a model turn is asked about at once: the SDK checks each call of the
+turn before it runs any, and the guard records one approval request per gated call (the run
+stays ``awaiting_approval`` until a person has decided them), so ``result.interruptions``
+lists them all and a reviewer decides them together.
+
+What does not map: the guard halts the whole run for an approval, the SDK only the gated calls,
+so the other calls of that model turn do not run; the model is told so (as their output) and
+can call them again. A tool's own
 ``needs_approval`` (an SDK-only approval) still pauses the SDK run, but the guard knows nothing
 of it and completes its run when ``Runner.run`` returns; resume such a state in a new guard run.
 The SDK also pauses, on its own, a call whose arguments are not a JSON object (it cannot show
@@ -248,7 +252,10 @@ class _Guarded:
             return False  # invoke says the call is outside a run
         if run.needs_approval(self.name, params, call_id):
             # The request is recorded and the run awaits approval; the SDK pauses this call.
-            _flight(run).paused_by = self.name
+            flight = _flight(run)
+            flight.paused_by = (
+                self.name if flight.paused_by is None else f"{flight.paused_by} and {self.name}"
+            )
             return True
         return False  # invoke decides: runs, replays, or raises CallRejected / CallRefused
 

@@ -117,6 +117,7 @@ def gate(
     try:
         reason = f"{tool} needs approval"
         commit(guard, T.request_approval(run.lease, seq, values, item_write, reason))
+        run.awaiting = True
     finally:
         run.halted = True
     record = guard.require_run(run.id)

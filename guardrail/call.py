@@ -409,8 +409,8 @@ def ask_approval(
     False when the call may go ahead to the guarded call, which then decides (no approval
     needed, already approved or done, rejected, or arguments it refuses).
     """
-    if policy.approval is None or run.halted:
-        return False
+    if policy.approval is None or (run.halted and not run.awaiting):
+        return False  # (a run paused for approval in this turn may ask about more calls)
     try:
         plain = to_jsonable(args)
     except NotJSON:

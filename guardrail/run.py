@@ -60,6 +60,7 @@ class Run:
         self.id = run_id or new_id() + new_id()[:8]
         self.metadata = dict(metadata or {})
         self.halted = False
+        self.awaiting = False  # halted by an approval request of this process
         self.lease: Lease = Lease(self.id, guard.owner, 0)  # claimed when the run is entered
         self.key_id: str | None = None  # the hash key of the run (None: a run made before keys)
         self._entered = False
@@ -108,7 +109,7 @@ class Run:
         self._seq = itertools.count(store.next_seq(self.id))
         self._occurrences.clear()
         self._released.clear()
-        self.halted = False
+        self.halted = self.awaiting = False
         self._failing, self._halting, self.halt_done = 0, False, False
         self._entered = True
         guard.hold_lease(self.lease)

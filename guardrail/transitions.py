@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -58,6 +59,7 @@ class ActionState(StrEnum):
     APPROVED = "approved"
     REJECTED = "rejected"
     EXPIRED = "expired"
+    REFUSED = "refused"  # refused before it ran (its snapshot could not be taken): never ran
 
 
 R, A = RunStatus, ActionState
@@ -151,12 +153,19 @@ def review_item(
 
 
 def start_run(
-    run_id: str, agent: str, owner: str, metadata: dict[str, Any], key_id: str
+    run_id: str,
+    agent: str,
+    owner: str,
+    metadata: dict[str, Any],
+    key_id: str,
+    policy_fingerprint: str | None = None,
 ) -> Transition:
+    """A new run; ``policy_fingerprint`` records the policies it runs under."""
     stamp = now()
     values = {
         "agent": agent,
         "key_id": key_id,
+        "policy_fingerprint": policy_fingerprint,
         "status": R.RUNNING.value,
         "owner": owner,
         "epoch": 1,
@@ -209,7 +218,14 @@ def start_call(lease: Lease, seq: int, values: dict[str, Any], *, approved: bool
     return Transition(lease.run_id, "action.start", [write], lease.fence(R.RUNNING))
 
 
-def succeed(lease: Lease, seq: int, values: dict[str, Any], ids: dict[str, str]) -> Transition:
+def refuse(lease: Lease, seq: int, values: dict[str, Any]) -> Transition:
+    """A call refused before it ran, kept in the log with the reason (``error``)."""
+    values = {**values, "state": A.REFUSED.value, "attempts": 0}
+    write = Write("actions", {"run_id": lease.run_id, "seq": seq}, values, insert=True)
+    return Transition(lease.run_id, "action.refuse", [write], lease.fence(R.RUNNING))
+
+
+def succeed(lease: Lease, seq: int, values: dict[str, Any], ids: Mapping[str, str]) -> Transition:
     key = {"run_id": lease.run_id, "seq": seq}
     writes = [_action(lease.run_id, seq, (A.STARTED,), state=A.SUCCEEDED.value, **values)]
     writes += [
@@ -257,12 +273,13 @@ def request_approval(
         writes.append(Write("actions", {"run_id": lease.run_id, "seq": seq}, values, insert=True))
     if item is not None:
         writes.append(item)
+    # a run already awaiting approval may ask more in the same turn (a framework that asks
+    # about every call of a model turn before it runs any); the epoch fences out anyone else
+    paused = (R.RUNNING, R.AWAITING_APPROVAL)
     writes.append(
-        _run(
-            lease.run_id, (R.RUNNING,), status=R.AWAITING_APPROVAL.value, owner=None, reason=reason
-        )
+        _run(lease.run_id, paused, status=R.AWAITING_APPROVAL.value, owner=None, reason=reason)
     )
-    return Transition(lease.run_id, "approval.request", writes, lease.fence(R.RUNNING))
+    return Transition(lease.run_id, "approval.request", writes, lease.fence(*paused))
 
 
 def expire_approval(lease: Lease, seq: int, ttl: float) -> Transition:

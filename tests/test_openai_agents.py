@@ -16,7 +16,7 @@ from agents import Agent, FunctionTool, RunConfig, Runner, RunState, function_to
 from agents.exceptions import UserError
 from agents.testing import ScriptedModel, assistant_message, function_call
 
-from guardrail import Approval, Guard, Review, RunHalted, UndoTool
+from guardrail import Approval, Guard, Review, RunHalted, RunStateError, UndoTool
 from guardrail.adapters.openai_agents import apply_decisions, wrap_tool, wrap_tools
 
 NO_TRACES = RunConfig(tracing_disabled=True)
@@ -575,6 +575,44 @@ def test_undecided_requests_stay_paused(guard: Guard, shop: Shop) -> None:
     (waiting,) = apply_decisions(guard, run.id, state)
     assert waiting.call_id == "a2"
     assert guard.runs(status="awaiting_approval")[0].id == run.id
+
+
+def test_every_gated_call_of_a_turn_is_asked_at_once(store_url: str) -> None:
+    shop = Shop()
+    guard = Guard(store=store_url)
+    shop.declare(guard)
+    turn = [
+        [
+            call("charge_payment", "b1", amount=4500),
+            call("lookup", "b2", item="bag"),
+            call("charge_payment", "b3", amount=2500),
+        ],
+        [assistant_message("Paid twice.")],
+    ]
+    agent, model = agent_for(guard, shop, turn)
+    with guard.run(agent="shop") as run:
+        result = Runner.run_sync(agent, "pay both", run_config=NO_TRACES)
+    assert sorted(i.call_id for i in result.interruptions) == ["b1", "b3"]
+    requests = [i for i in guard.store.review_items(run_id=run.id) if i.reason == "approval"]
+    assert len(requests) == 2 and guard.require_run(run.id).status == "awaiting_approval"
+    with pytest.raises(RunStateError, match="approve or reject them first"):
+        guard.resume(run.id, by="ann")  # one decision is not enough: both are asked
+    for item in requests:
+        guard.approve(item.id, by="ann")
+    guard.resume(run.id, by="ann")
+
+    state = result.to_state()
+    assert apply_decisions(guard, run.id, state) == []
+    agent, model = agent_for(guard, shop, turn[1:])
+    with guard.run(run_id=run.id):
+        result = Runner.run_sync(agent, state, run_config=NO_TRACES)
+    assert result.final_output == "Paid twice."
+    charges = [e for e in shop.events if e[0] == "charge_payment"]
+    assert len(charges) == 2  # each approved call ran once
+    done = [(a.call_id, a.args["amount"]) for a in guard.log(run.id).actions if a.tool != "lookup"]
+    assert sorted(done) == [("b1", 4500), ("b3", 2500)]
+    assert guard.require_run(run.id).status == "completed"
+    guard.close()
 
 
 # -- timeouts are failures, recorded --------------------------------------------------------
