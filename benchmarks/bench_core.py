@@ -18,10 +18,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from typing import Annotated, Any
 
+from pydantic import BaseModel
 from run import bare, raw_sqlite_floor, shop_tools  # benchmarks/run.py, beside this file
 
-from guardrail import Guard
+from guardrail import Guard, Injected
 
 
 def per_call_us(fn: Callable[[], None], calls: int, batches: int) -> float:
@@ -32,6 +34,45 @@ def per_call_us(fn: Callable[[], None], calls: int, batches: int) -> float:
             fn()
         samples.append((time.perf_counter() - start) / calls * 1e6)
     return statistics.median(samples)
+
+
+class Conn:
+    """A live object a tool takes next to its arguments: injected, never recorded."""
+
+
+class Order(BaseModel):
+    id: str
+    item: str
+
+
+def hooked_tools(guard: Guard) -> dict[str, Callable[..., Any]]:
+    """The reversible tool again, with each newer hook: what each one adds to a call."""
+    conn = Conn()
+
+    def cancel(args: dict[str, Any]) -> None: ...
+
+    @guard.tool(name="with_injected", effect="reversible", undo=cancel)
+    def with_injected(item: str, conn: Annotated[Conn, Injected]) -> dict[str, str]:
+        return {"id": f"ord-{item}"}
+
+    @guard.tool(
+        name="with_capture",
+        effect="reversible",
+        undo=cancel,
+        capture=lambda result: {"order_id": result["id"]},
+    )
+    def with_capture(item: str) -> dict[str, str]:
+        return {"id": f"ord-{item}"}
+
+    @guard.tool(name="typed_result", effect="reversible", undo=cancel)
+    def typed_result(item: str) -> Order:
+        return Order(id=f"ord-{item}", item=item)
+
+    return {
+        "guarded reversible + injected parameter": lambda item: with_injected(item, conn=conn),
+        "guarded reversible + capture hook": with_capture,
+        "guarded reversible + typed (model) result": typed_result,
+    }
 
 
 def main() -> int:
@@ -58,6 +99,12 @@ def main() -> int:
     ):
         with guard.run(agent="bench"):
             # distinct args: no call is deduplicated against an earlier one
+            results[label] = per_call_us(
+                lambda tool=tool: tool(item=f"book-{next(counter)}"), opts.calls, opts.batches
+            )
+    hooks = hooked_tools(guard)
+    for label, tool in hooks.items():
+        with guard.run(agent="bench"):
             results[label] = per_call_us(
                 lambda tool=tool: tool(item=f"book-{next(counter)}"), opts.calls, opts.batches
             )
