@@ -144,11 +144,22 @@ def _finish(guard: Guard, run: RunRecord, lease: Lease, *, dead: bool) -> Steps[
 
 
 def _settle(guard: Guard, lease: Lease, action: Action, *, dead: bool) -> Steps[None]:
-    """An action that started but has no outcome: ask the probe, else mark it in doubt.
+    """An action that started but has no outcome: ask the probe, else mark it in doubt."""
+    yield from settle_by_probe(
+        guard, lease, action, believe_not_done=dead, reason="owner died during the call"
+    )
 
-    A probe's "it took effect" is always believed. Its "it did not" is believed only when the
-    owner provably died: a worker that was only paused may still be about to run the call, so
-    then the action stays in doubt for a person."""
+
+def settle_by_probe(
+    guard: Guard, lease: Lease, action: Action, *, believe_not_done: bool, reason: str
+) -> Steps[str]:
+    """Settle an action whose outcome is unknown (left ``started`` by a crash, or ``in_doubt``
+    after a call that raised without proving it did nothing): ask the policy's probe. Returns
+    the action's new state.
+
+    A probe's "it took effect" is always believed. Its "it did not" is believed only when
+    nothing can still be running the call (``believe_not_done``): a worker that was only paused
+    may still be about to run it, so then the action stays in doubt for a person."""
     from guardrail.call import finish_values, id_rows
 
     policy = guard.find_policy(action.tool)
@@ -160,8 +171,11 @@ def _settle(guard: Guard, lease: Lease, action: Action, *, dead: bool) -> Steps[
         kwargs.pop("result", None)
         outcome = yield from attempts(policy.undo_retry, Invoke(policy.probe, kwargs))
         verdict = outcome.value if outcome.error is None else None
-    if verdict is False and dead:
-        t = T.settled(lease, action.seq, T.ActionState.FAILED, "probe: it did not take effect")
+    was = action.state
+    if verdict is False and believe_not_done:
+        t = T.settled(
+            lease, action.seq, T.ActionState.FAILED, "probe: it did not take effect", was=was
+        )
     elif verdict is False:
         t = T.settled(
             lease,
@@ -169,6 +183,7 @@ def _settle(guard: Guard, lease: Lease, action: Action, *, dead: bool) -> Steps[
             T.ActionState.IN_DOUBT,
             "the probe found no effect yet, but the worker that started the call may still be "
             "running it (its lease expired; it did not provably die)",
+            was=was,
         )
     elif verdict is not None and policy is not None:
         result = None if verdict is True else verdict
@@ -177,8 +192,12 @@ def _settle(guard: Guard, lease: Lease, action: Action, *, dead: bool) -> Steps[
         except NotJSON:
             result = None
         values, ids = finish_values(guard, policy, action.run_id, dict(action.args), result)
-        t = T.succeed(lease, action.seq, values, id_rows(ids))
+        values["error"] = f"the probe found it took effect ({(action.error or reason)[:300]})"
+        t = T.succeed(lease, action.seq, values, id_rows(ids), was=was)
         t.kind = "action.settle"
+    elif was == T.ActionState.IN_DOUBT:
+        return was  # already in doubt, with its error: nothing to write
     else:
-        t = T.settled(lease, action.seq, T.ActionState.IN_DOUBT, "owner died during the call")
+        t = T.settled(lease, action.seq, T.ActionState.IN_DOUBT, reason, was=was)
     commit(guard, t)
+    return str(t.writes[0].values["state"])

@@ -225,9 +225,17 @@ def refuse(lease: Lease, seq: int, values: dict[str, Any]) -> Transition:
     return Transition(lease.run_id, "action.refuse", [write], lease.fence(R.RUNNING))
 
 
-def succeed(lease: Lease, seq: int, values: dict[str, Any], ids: Mapping[str, str]) -> Transition:
+def succeed(
+    lease: Lease,
+    seq: int,
+    values: dict[str, Any],
+    ids: Mapping[str, str],
+    *,
+    was: str = A.STARTED.value,
+) -> Transition:
+    """A call's success (``was`` ``started``; or ``in_doubt``, when its probe found it done)."""
     key = {"run_id": lease.run_id, "seq": seq}
-    writes = [_action(lease.run_id, seq, (A.STARTED,), state=A.SUCCEEDED.value, **values)]
+    writes = [_action(lease.run_id, seq, (was,), state=A.SUCCEEDED.value, **values)]
     writes += [
         Write("external_ids", {**key, "name": name}, {"value": value}, insert=True)
         for name, value in ids.items()
@@ -248,16 +256,17 @@ def fail(lease: Lease, seq: int, attempts: int, error: str) -> Transition:
     return Transition(lease.run_id, "action.fail", [write], lease.fence(*CALL_ENDS))
 
 
-def in_doubt(lease: Lease, seq: int, error: str) -> Transition:
-    """The call ran (or may have) but its outcome could not be recorded."""
-    write = _action(
-        lease.run_id,
-        seq,
-        (A.STARTED,),
-        state=A.IN_DOUBT.value,
-        error=error[:2000],
-        finished_at=now(),
-    )
+def in_doubt(lease: Lease, seq: int, error: str, attempts: int | None = None) -> Transition:
+    """The call ran (or may have) but its outcome is unknown: it raised an error that does not
+    prove it did nothing, or its outcome could not be recorded."""
+    values: dict[str, Any] = {
+        "state": A.IN_DOUBT.value,
+        "error": error[:2000],
+        "finished_at": now(),
+    }
+    if attempts is not None:
+        values["attempts"] = attempts
+    write = _action(lease.run_id, seq, (A.STARTED,), **values)
     return Transition(lease.run_id, "action.in_doubt", [write], lease.fence(*CALL_ENDS))
 
 
@@ -322,18 +331,23 @@ def listed(lease: Lease, status: str, reason: str, item: Write, *extra: Write) -
     return Transition(lease.run_id, f"review.{reason}", [*extra, item], lease.fence(status))
 
 
-def settle(lease: Lease, seq: int, state: str, error: str) -> Write:
-    """The new state of an action left ``started`` (in doubt, or failed per its probe)."""
-    return settle_write(lease.run_id, seq, state, error)
+def settle(lease: Lease, seq: int, state: str, error: str, was: str = A.STARTED.value) -> Write:
+    """The new state of an action left ``started`` (in doubt, or failed per its probe), or of
+    one ``in_doubt`` that its probe settled."""
+    return settle_write(lease.run_id, seq, state, error, was)
 
 
-def settle_write(run_id: str, seq: int, state: str, error: str) -> Write:
-    return _action(run_id, seq, (A.STARTED,), state=state, error=error, finished_at=now())
+def settle_write(
+    run_id: str, seq: int, state: str, error: str, was: str = A.STARTED.value
+) -> Write:
+    return _action(run_id, seq, (was,), state=state, error=error, finished_at=now())
 
 
-def settled(lease: Lease, seq: int, state: str, error: str) -> Transition:
-    """Recovery settles an action its dead owner left ``started``."""
-    write = settle(lease, seq, state, error)
+def settled(
+    lease: Lease, seq: int, state: str, error: str, *, was: str = A.STARTED.value
+) -> Transition:
+    """Settle an action whose outcome was unknown (recovery, or a probe after a failure)."""
+    write = settle(lease, seq, state, error, was)
     return Transition(lease.run_id, "action.settle", [write], lease.fence(R.RUNNING))
 
 
