@@ -80,11 +80,11 @@ class SQLStore:
         self._sqlite = parsed.get_backend_name() == "sqlite"
         self._busy_timeout = busy_timeout
         self._sync = _DURABILITY[durability]
-        self._local = threading.local()
         self._heads: dict[str, tuple[int, str, str | None]] = {}  # run -> (n, hash, key id)
         self._sql_cache: dict[tuple[Any, ...], str] = {}
         self._closed = False
-        self._all_conns: list[Any] = []
+        self._idle: list[Any] = []  # connections not in use (see _checkout)
+        self.max_idle = 8
         self._conns_lock = threading.Lock()
         if self._sqlite:
             path = parsed.database or ""
@@ -157,42 +157,57 @@ class SQLStore:
         conn.execute("SET idle_in_transaction_session_timeout = '5s'; SET lock_timeout = '5s'")
         return conn
 
-    def _conn(self) -> Any:
+    @contextmanager
+    def _checkout(self) -> Iterator[Any]:
+        """A connection for one operation, from a small pool shared by all threads.
+
+        Not one per thread: frameworks run each tool call on a new thread (``create_agent``
+        does), and a connection per thread would pile up with them. A connection that saw an
+        error other than our own refusals is closed, not reused (it may be dead).
+        """
         if self._closed:
             raise StoreError(f"the store at {self.url} is closed; open a new Guard")
-        conn = getattr(self._local, "conn", None)
+        with self._conns_lock:
+            conn = self._idle.pop() if self._idle else None
         if conn is None:
             try:
                 conn = self._connect()
             except Exception as exc:
                 raise StoreError(f"cannot connect to the store at {self.url}: {exc}") from exc
-            self._local.conn = conn
-            with self._conns_lock:
-                self._all_conns.append(conn)
-        return conn
+        try:
+            yield conn
+        except BaseException as exc:
+            if not _reusable_after(exc):
+                with suppress(Exception):
+                    conn.close()
+                raise
+            self._give_back(conn)
+            raise
+        self._give_back(conn)
+
+    def _give_back(self, conn: Any) -> None:
+        with self._conns_lock:
+            if not self._closed and len(self._idle) < self.max_idle:
+                self._idle.append(conn)
+                return
+        with suppress(Exception):
+            conn.close()
 
     @contextmanager
     def _transaction(self) -> Iterator[Any]:
-        conn = self._conn()
-        cur = conn.cursor()
-        cur.execute("BEGIN IMMEDIATE" if self._sqlite else "BEGIN")
-        try:
-            yield cur
-        except BaseException:
+        with self._checkout() as conn:
+            cur = conn.cursor()
+            cur.execute("BEGIN IMMEDIATE" if self._sqlite else "BEGIN")
             try:
-                cur.execute("ROLLBACK")
-            except Exception:
-                self._drop_conn()
-            raise
-        else:
-            cur.execute("COMMIT")
-
-    def _drop_conn(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        self._local.conn = None
-        if conn is not None:
-            with suppress(Exception):
-                conn.close()
+                yield cur
+            except BaseException:
+                try:
+                    cur.execute("ROLLBACK")
+                except Exception as exc:
+                    raise _Broken(str(exc)) from exc  # (closed by the checkout)
+                raise
+            else:
+                cur.execute("COMMIT")
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -269,7 +284,6 @@ class SQLStore:
                     continue  # (a run created twice is a duplicate: its head is always 0)
                 if _is_integrity_error(exc):
                     raise _Duplicate(str(exc)) from exc
-                self._drop_conn()
                 raise StoreError(
                     f"could not record {kind!r} for run {run_id} in {self.url}: {exc}",
                     run_id=run_id,
@@ -390,9 +404,8 @@ class SQLStore:
         except StoreError:
             raise
         except Exception as exc:
-            # a dead connection kept would fail every later beat, and other hosts would take
-            # this process's live runs for dead ones: reconnect on the next beat instead
-            self._drop_conn()
+            # (its connection is closed, not reused: a dead one kept would fail every later beat,
+            # and other hosts would take this process's live runs for dead ones)
             raise StoreError(f"heartbeat of {owner} in {self.url} failed: {exc}") from exc
 
     def head(self, run_id: str) -> tuple[int, str] | None:
@@ -456,12 +469,14 @@ class SQLStore:
         return 1 if row[0] is None else int(row[0]) + 1
 
     def _fetch(self, run_id: str, sql: str, params: tuple[Any, ...]) -> list[Any]:
-        cur = self._conn().cursor()
         try:
-            cur.execute(self._sql(sql), params)
-            return list(cur.fetchall())
+            with self._checkout() as conn:
+                cur = conn.cursor()
+                cur.execute(self._sql(sql), params)
+                return list(cur.fetchall())
+        except StoreError:
+            raise
         except Exception as exc:
-            self._drop_conn()
             raise StoreError(f"cannot read the store at {self.url}: {exc}", run_id=run_id) from exc
 
     def seqs_in_state(self, run_id: str, states: Sequence[str]) -> list[int]:
@@ -566,7 +581,7 @@ class SQLStore:
     def close(self) -> None:
         self._closed = True
         with self._conns_lock:
-            conns, self._all_conns = self._all_conns, []
+            conns, self._idle = self._idle, []
         for conn in conns:
             with suppress(Exception):
                 conn.close()
@@ -606,6 +621,20 @@ class _Rejected(Exception):
 
 class _StaleHead(Exception):
     pass
+
+
+class _Broken(Exception):
+    """A transaction could not even be rolled back: its connection is not reused."""
+
+
+def _reusable_after(exc: BaseException) -> bool:
+    """Whether a connection stays usable after ``exc`` (rolled back by the transaction): our
+    own refusals and a lost race on a key leave it healthy; anything else may mean it died."""
+    if isinstance(exc, _Broken):
+        return False
+    if isinstance(exc, _Rejected | Fenced | StoreError | GeneratorExit):
+        return True
+    return isinstance(exc, Exception) and _is_integrity_error(exc)
 
 
 class _Duplicate(StoreError):
