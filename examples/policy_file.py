@@ -12,6 +12,7 @@ names, and the confirmation email is listed for a person.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +55,8 @@ def cancel_shipment(order_id: str) -> None:
     WORLD["shipments"].pop(order_id, None)
 
 
-TOOLS = [create_order, charge_payment, send_confirmation, create_shipment]
-UNDO_TOOLS = [cancel_order, refund_payment, cancel_shipment]
+TOOLS: list[Callable[..., Any]] = [create_order, charge_payment, send_confirmation, create_shipment]
+UNDO_TOOLS: list[Callable[..., Any]] = [cancel_order, refund_payment, cancel_shipment]
 TOOLKIT = TOOLS + UNDO_TOOLS  # what `guardrail policy check --tools` should see
 
 

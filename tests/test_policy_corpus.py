@@ -1424,7 +1424,8 @@ def test_valid_controls_load(tmp_path: Path, filename: str, content: str, names:
 
 
 def test_retry_on_key_survives_yaml_1_1_booleans(tmp_path: Path) -> None:
-    (policy,) = policy_file.load(write(tmp_path, *VALID[0].values[:2]))
+    filename, content = VALID[0].values[:2]
+    (policy,) = policy_file.load(write(tmp_path, str(filename), content))
     assert policy.retry is not None
     assert policy.retry.on == (TimeoutError, ConnectionError)
     assert policy.retry.attempts == 2

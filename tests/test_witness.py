@@ -9,6 +9,7 @@ import os
 import sqlite3
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -176,10 +177,15 @@ def test_the_witness_goes_out_with_the_runs_end(tmp_path: Path) -> None:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    posted = []
+    posted: list[dict[str, Any]] = []
+
+    def post(url: str, body: dict[str, Any]) -> bool:
+        posted.append(body)
+        return True
+
     old_tracer, old_post = telemetry._tracer, notify.post
     telemetry._tracer = provider.get_tracer("test")
-    notify.post = lambda url, body: posted.append(body) or True  # type: ignore[assignment]
+    notify.post = post
     try:
         with Guard(store=f"sqlite:///{tmp_path / 'g.db'}", webhook_url="http://127.0.0.1:9/") as g:
             run_id = shop_run(g)
@@ -198,7 +204,8 @@ def test_the_witness_goes_out_with_the_runs_end(tmp_path: Path) -> None:
     ends = {
         s.attributes["guardrail.run.id"]: s.attributes
         for s in exporter.get_finished_spans()
-        if s.name in ("guardrail pending_review", "guardrail completed")
+        if s.attributes is not None
+        and s.name in ("guardrail pending_review", "guardrail completed")
     }
     assert ends[run_id]["guardrail.journal.head"] == head.head
     assert ends[done.id]["guardrail.journal.entries"] == done_head.entries
