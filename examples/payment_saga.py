@@ -40,6 +40,10 @@ class Services:
         )
 
 
+
+class CarrierUnavailable(ConnectionError):
+    """The carrier answered 503: it refused the request, so nothing was shipped."""
+
 def build(guard: Guard, svc: Services, *, fail_shipment: bool) -> Any:
     # -- undos: each receives what it asks for by name (args, result, external_ids) ----------
     def cancel_order(external_ids: dict[str, str]) -> None:
@@ -90,10 +94,16 @@ def build(guard: Guard, svc: Services, *, fail_shipment: bool) -> Any:
         svc.outbox.append(f"to {to}: order {order_id} confirmed")
         return {"message_id": f"msg_{next(svc.ids)}"}
 
-    @guard.tool(effect="reversible", undo=lambda args: svc.shipments.pop(args["order_id"]))
+    # A 503 proves the carrier refused the request: nothing was shipped (not_done). Any other
+    # error (a timeout after the request left) would leave the outcome unknown, for a person.
+    @guard.tool(
+        effect="reversible",
+        undo=lambda args: svc.shipments.pop(args["order_id"]),
+        not_done=[CarrierUnavailable],
+    )
     def create_shipment(order_id: str, address: str) -> dict[str, str]:
         if fail_shipment:
-            raise ConnectionError("carrier API returned 503 Service Unavailable")
+            raise CarrierUnavailable("carrier API returned 503 Service Unavailable")
         svc.shipments[order_id] = "label printed"
         return {"tracking": f"trk_{next(svc.ids)}"}
 

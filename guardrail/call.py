@@ -30,6 +30,7 @@ from guardrail.errors import (
 from guardrail.keys import seal
 from guardrail.lifecycle import commit, halt, now, still_holds
 from guardrail.policy import NO_RETRY, Policy, resolve_path
+from guardrail.recovery import settle_by_probe
 from guardrail.redact import (
     REDACTED,
     NotJSON,
@@ -105,9 +106,16 @@ def _guarded_call(
     )
     if outcome.error is None:
         crash_point("after_call")
+        wrong = policy.error_result
+        if wrong is not None and wrong.holds(outcome.value):
+            text = f"returned an error: {_as_text(outcome.value)}"
+            yield from _failed(guard, run, call, seq, span, text, wrong.means, outcome.attempts)
+            return outcome.value  # the model gets the error to correct (then="return")
         yield from _succeeded(guard, run, call, seq, span, outcome.value, outcome.attempts)
         return outcome.value
-    yield from _failed(guard, run, call, seq, span, outcome.error, outcome.attempts)
+    error = outcome.error
+    means = policy.outcome_of(error)
+    yield from _failed(guard, run, call, seq, span, error, means, outcome.attempts)
     raise AssertionError("unreachable: a failed call halts the run")  # pragma: no cover
 
 
@@ -276,22 +284,72 @@ def _failed(
     call: Call,
     seq: int,
     span: telemetry.Span,
-    error: Exception,
+    error: Exception | str,
+    means: str,
     attempts: int,
 ) -> Steps[None]:
-    """Record the failure, halt the run, and stop the agent with RunHalted."""
-    tool, message = call.tool, describe(error)
-    yield from _record(guard, run, tool, seq, T.fail(run.lease, seq, attempts, message), span)
-    telemetry.end(span, error=error, attributes={"action.seq": seq})
+    """Record a failed call and halt the run (RunHalted for the agent), unless the policy
+    returns a result that is an error to the model.
+
+    ``means`` is what the failure tells about the call's effect: ``not_done`` (it proves the
+    call did nothing: the action is ``failed``) or ``unknown`` (it may have taken effect: the
+    action is ``in_doubt``, the probe may settle it, else a person says whether it happened)."""
+    tool = call.tool
+    message = error if isinstance(error, str) else describe(error)
+    if means == "not_done":
+        t = T.fail(run.lease, seq, attempts, message)
+        yield from _record(guard, run, tool, seq, t, span)
+        telemetry.end(span, error=error if isinstance(error, Exception) else None)
+        wrong = call.policy.error_result
+        if isinstance(error, str) and wrong is not None and wrong.then == "return":
+            return  # recorded as failed; nothing happened, the model may correct itself
+        what = f"{tool} failed"
+    else:
+        message = f"outcome unknown: {message}"
+        t = T.in_doubt(run.lease, seq, message, attempts)
+        yield from _record(guard, run, tool, seq, t, span)
+        telemetry.end(span, error=error if isinstance(error, Exception) else None)
+        yield from _probe(guard, run, call, seq, message)
+        what = f"{tool} may or may not have taken effect"
     record = yield from _stop(
         guard,
         run,
-        reason=f"{tool} failed: {message[:500]}",
+        reason=f"{what}: {message[:500]}",
         hold=(run.on_failure or call.policy.on_failure) == "hold",
         failed_seq=seq,
     )
     # the tool's own exception is not chained: its text may hold secrets
-    raise _halted(guard, run, tool, f"{tool} failed ({message[:200]})", record) from None
+    raise _halted(guard, run, tool, f"{what} ({message[:200]})", record) from None
+
+
+def _probe(guard: Guard, run: Run, call: Call, seq: int, message: str) -> Steps[None]:
+    """Ask the policy's probe whether a call whose outcome is unknown took effect. The call
+    has returned here, so a "no" is believed; no answer leaves it in doubt, for a person."""
+    policy = call.policy
+    if policy.probe is None:
+        return
+    try:  # as stored (with its snapshot), for the probe to ask for
+        found = [a for a in guard.store.keyed_actions(run.id, call.key) if a.seq == seq]
+    except StoreError:
+        return  # it stays in doubt: the halt lists it for a person
+    if not found or found[0].state != T.ActionState.IN_DOUBT:
+        return
+    action = found[0]
+    try:
+        yield from settle_by_probe(guard, run.lease, action, believe_not_done=True, reason=message)
+    except OwnershipLost:
+        run.halted = True
+        raise
+    except StoreError:
+        pass  # it stays in doubt: the halt lists it for a person
+
+
+def _as_text(value: Any) -> str:
+    try:
+        text = value if isinstance(value, str) else canonical(codec.encode(value))
+    except NotJSON:
+        text = repr(value)
+    return redact_text(text)[:1000]
 
 
 def _retry_allowed(guard: Guard, run: Run) -> None:

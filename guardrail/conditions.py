@@ -37,7 +37,7 @@ class Condition:
 
     __slots__ = ("program", "source")
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, variables: frozenset[str] = VARIABLES) -> None:
         if not isinstance(source, str) or not source.strip():
             raise ConditionError("expected a CEL expression such as 'args.amount > 1000'")
         if len(source) > MAX_LENGTH:
@@ -49,7 +49,7 @@ class Condition:
         except Exception as exc:  # the library raises ValueError, but be sure nothing leaks
             raise ConditionError(f"not valid CEL: {_parse_error(exc, source)}") from None
         bound, free = loop_variables(source)
-        unknown = sorted(set(self.program.variables()) - VARIABLES - (bound - free))
+        unknown = sorted(set(self.program.variables()) - variables - (bound - free))
         if unknown:
             outside = sorted(set(unknown) & bound)
             hint = (
@@ -57,9 +57,12 @@ class Condition:
                 if outside
                 else ""
             )
+            names = (
+                "args, tool and run" if variables == VARIABLES else ", ".join(sorted(variables))
+            )
             raise ConditionError(
                 f"unknown name(s) {', '.join(unknown)} in {source!r}; an expression can use "
-                "args, tool and run, and inside a macro (all, exists, exists_one, map, filter) "
+                f"{names}, and inside a macro (all, exists, exists_one, map, filter) "
                 f"the variable it binds, as in args.items.all(i, i.qty < 10){hint}"
             )
         self.source = source

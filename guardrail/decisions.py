@@ -2,26 +2,59 @@
 
 Each is one expect-guarded `Store.transact`, so a repeat of the same decision does not land
 (``landed=False``) and two people racing on one run or item see exactly one decision land; the
-other gets Conflict.
+other gets Conflict. A resume or an abort also closes the run's open ``held`` item ("resume or
+abort the run") in the same transaction: it is what the item asked for.
+
+What a process needs to abort a run as it should (the undos of its actions) is checked here too,
+so that every surface can refuse before it changes anything (`missing_undos`), and so can tell
+whether it runs under the policies the run started with (`policy_mismatch`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from guardrail import telemetry
 from guardrail import transitions as T
 from guardrail.drive import Steps
-from guardrail.errors import Conflict, RunNotFound, RunStateError, StoreError
-from guardrail.lifecycle import commit, compensate, review_write
-from guardrail.store import ReviewItem
+from guardrail.errors import Conflict, PolicyError, RunNotFound, RunStateError, StoreError
+from guardrail.fingerprint import EMPTY
+from guardrail.lifecycle import PlannedStep, commit, compensate, plan, review_write
+from guardrail.policy import UndoTool
+from guardrail.store import Action, ReviewItem, RunRecord, Write
 from guardrail.testing import crash_point
 
 if TYPE_CHECKING:
     from guardrail.guard import Guard
 
-RESOLUTIONS = ("done_manually", "retried", "skipped", "approved", "rejected")
+RESOLUTIONS = (
+    "done_manually",
+    "retried",
+    "skipped",
+    "approved",
+    "rejected",
+    "happened",
+    "not_happened",
+)
+DOUBT_WORDS = ("happened", "not_happened")  # for an `in_doubt` item: did the call take effect?
+# A `held` item is closed by the run's decision itself: resolved as "resumed" or "aborted".
+TRIES = 5  # a decision that lost only to a concurrent change of a held item is made again
+
+
+class UndosMissing(PolicyError):
+    """Compensating here would leave undos to people: this process lacks them (no policy with
+    an undo for a reversible action, or an undo tool that is not registered).
+
+    ``steps`` are the actions concerned (see :func:`missing_undos`). Nothing was changed; load
+    the application's guard or the policies that name the undos, or decide to go on without
+    them (the command line's ``--force``).
+    """
+
+    def __init__(self, message: str, *, run_id: str, steps: Sequence[PlannedStep]) -> None:
+        super().__init__(message, run_id=run_id, field="undo")
+        self.steps = tuple(steps)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,26 +70,46 @@ class Decision:
 
 def resume(guard: Guard, run_id: str, by: str, note: str | None) -> Decision:
     store = guard.store
-    run = guard.require_run(run_id)
-    if run.status == T.RunStatus.AWAITING_APPROVAL:
-        waiting = [i.id for i in open_approvals(guard, run_id)]
-        if waiting:
+    landed = False
+    for _ in range(TRIES):
+        run = guard.require_run(run_id)
+        if run.status not in T.DECIDABLE:
+            break
+        if run.status == T.RunStatus.AWAITING_APPROVAL:
+            waiting = [i.id for i in open_approvals(guard, run_id)]
+            if waiting:
+                raise RunStateError(
+                    f"run {run_id} awaits approval of item(s) {', '.join(waiting)}; approve or "
+                    "reject them first (guard.approve / guard.reject), or abort the run",
+                    run_id=run_id,
+                    status=run.status,
+                )
+        doubts = [
+            i.id for i in store.review_items(run_id=run_id, status="open") if i.reason == "in_doubt"
+        ]
+        if doubts:
             raise RunStateError(
-                f"run {run_id} awaits approval of item(s) {', '.join(waiting)}; approve or "
-                "reject them first (guard.approve / guard.reject), or abort the run",
+                f"run {run_id} has call(s) whose outcome is unknown (review item(s) "
+                f"{', '.join(doubts)}); a person must say whether each happened before the run "
+                "resumes, or a replay could run it twice: resolve each as `happened` or "
+                "`not_happened` (guardrail resolve ITEM --as happened), or abort the run",
                 run_id=run_id,
                 status=run.status,
             )
-    t = T.resume(run, by, note)
-    # The resume raises the epoch, so a call the previous worker left `started` can never
-    # record its outcome now: it may or may not have taken effect, and a person must know.
-    for seq in store.seqs_in_state(run_id, (T.ActionState.STARTED,)):
-        detail = (
-            "its worker lost the run before the outcome was recorded; check whether it took effect"
-        )
-        t.writes.append(T.settle_write(run_id, seq, T.ActionState.IN_DOUBT, detail))
-        t.writes.append(review_write(run_id, seq, "in_doubt", None, detail))
-    landed = commit(guard, t) if run.status in T.DECIDABLE else False
+        t = T.resume(run, by, note)
+        # The resume raises the epoch, so a call the previous worker left `started` can never
+        # record its outcome now: it may or may not have taken effect, and a person must know.
+        for seq in store.seqs_in_state(run_id, (T.ActionState.STARTED,)):
+            detail = (
+                "its worker lost the run before the outcome was recorded; check whether it took "
+                "effect"
+            )
+            t.writes.append(T.settle_write(run_id, seq, T.ActionState.IN_DOUBT, detail))
+            t.writes.append(review_write(run_id, seq, "in_doubt", None, detail))
+        t.writes += close_held(guard, run_id, "resumed", by, note)
+        landed = commit(guard, t)
+        if landed or not _unchanged(guard, run):
+            break
     run = guard.require_run(run_id)
     if not landed and run.status != T.RunStatus.RUNNING:
         raise Conflict(
@@ -69,10 +122,28 @@ def resume(guard: Guard, run_id: str, by: str, note: str | None) -> Decision:
     return Decision(run_id, run.status, landed, by)
 
 
-def abort(guard: Guard, run_id: str, by: str, reason: str | None) -> Steps[Decision]:
-    run = guard.require_run(run_id)
-    t = T.abort(run, guard.owner, by, reason)
-    landed = commit(guard, t) if run.status in T.DECIDABLE else False
+def abort(
+    guard: Guard, run_id: str, by: str, reason: str | None, *, require_undos: bool = False
+) -> Steps[Decision]:
+    """Undo what is still undoable and end the run as aborted.
+
+    ``require_undos``: refuse (`UndosMissing`, nothing changed) when an undo the abort needs is
+    not available in this process, instead of listing those actions for review.
+    """
+    landed = False
+    for _ in range(TRIES):
+        run = guard.require_run(run_id)
+        if run.status not in T.DECIDABLE:
+            break
+        if require_undos:
+            missing = missing_undos(guard, guard.store.actions(run_id))
+            if missing:
+                raise UndosMissing(explain_missing(run_id, missing), run_id=run_id, steps=missing)
+        t = T.abort(run, guard.owner, by, reason)
+        t.writes += close_held(guard, run_id, "aborted", by, reason)
+        landed = commit(guard, t)
+        if landed or not _unchanged(guard, run):
+            break
     if not landed:
         run = guard.require_run(run_id)
         if run.status in (T.RunStatus.ABORTING, T.RunStatus.ABORTED):
@@ -122,9 +193,19 @@ def resolve(guard: Guard, item_id: str, resolution: str, by: str, note: str | No
                 status=item.status,
             )
         return decide(guard, item_id, resolution == "approved", by, note)
-    landed = commit(
-        guard, T.resolve_item(item.run_id, item_id, resolution, by, note, "review.resolve")
-    )
+    if resolution in DOUBT_WORDS and (item.reason != "in_doubt" or item.seq is None):
+        raise RunStateError(
+            f"review item {item_id} is {item.reason}, not a call whose outcome is unknown; "
+            f"`{resolution}` answers only in_doubt items",
+            run_id=item.run_id,
+            status=item.status,
+        )
+    if resolution in DOUBT_WORDS:
+        assert item.seq is not None
+        t = T.resolve_doubt(item.run_id, item_id, item.seq, resolution == "happened", by, note)
+    else:
+        t = T.resolve_item(item.run_id, item_id, resolution, by, note, "review.resolve")
+    landed = commit(guard, t)
     if not landed:
         item = store.review_item(item_id)
         assert item is not None
@@ -137,6 +218,86 @@ def resolve(guard: Guard, item_id: str, resolution: str, by: str, note: str | No
             )
     telemetry.decision("resolve", item.run_id, by, resolution)
     return Decision(item.run_id, resolution, landed, by)
+
+
+def close_held(
+    guard: Guard, run_id: str, resolution: str, by: str, note: str | None
+) -> list[Write]:
+    """Writes closing the run's open ``held`` items, for the decision's own transaction (each
+    expects the item still open: a person who resolved it meanwhile makes the decision retry)."""
+    items = guard.store.review_items(run_id=run_id, status="open")
+    return [
+        write
+        for item in items
+        if item.reason == "held"
+        for write in T.resolve_item(run_id, item.id, resolution, by, note, "review.held").writes
+    ]
+
+
+def _unchanged(guard: Guard, before: RunRecord) -> bool:
+    """The run is still where a decision that did not land found it: what stopped the decision
+    was something else (a held item resolved meanwhile), so it may be made again."""
+    now = guard.require_run(before.id)
+    return now.status == before.status and now.epoch == before.epoch
+
+
+def missing_undos(guard: Guard, actions: list[Action]) -> list[PlannedStep]:
+    """The steps of the run's compensation that this guard cannot perform as the run's policies
+    would: a reversible action with no undo here (it would become a ``no_undo`` review item), an
+    undo tool that is not registered here, or an interrupted undo whose policy is unknown here.
+    Each step's ``detail`` says which. Empty when compensating here does what it should."""
+    found: list[PlannedStep] = []
+    for step in plan(actions, guard.find_policy):
+        policy = guard.find_policy(step.tool)
+        if step.reason == "no_undo":
+            found.append(step)
+        elif step.do == "undo" and policy is not None and isinstance(policy.undo, UndoTool):
+            if guard.tool_function(policy.undo.tool) is None:
+                found.append(
+                    replace(
+                        step,
+                        detail=f"its undo is the tool {policy.undo.tool!r}, which is not "
+                        "registered here",
+                    )
+                )
+        elif step.reason == "compensation_in_doubt" and policy is None:
+            found.append(
+                replace(
+                    step,
+                    detail=f"its undo was interrupted and no policy for {step.tool} is "
+                    "loaded here to tell whether it may run again",
+                )
+            )
+    return found
+
+
+def explain_missing(
+    run_id: str,
+    steps: Sequence[PlannedStep],
+    remedy: str = "load the application's guard or the policies that name these undos",
+) -> str:
+    """What `UndosMissing` says: the run, each action concerned and why, and ``remedy``."""
+    listed = "; ".join(f"action {s.seq} ({s.tool}): {s.detail}" for s in steps[:10])
+    more = f"; and {len(steps) - 10} more" if len(steps) > 10 else ""
+    return (
+        f"run {run_id}: {len(steps)} undo(s) it needs are not available here, so compensating "
+        f"here would leave them to people ({listed}{more}). Nothing was changed; {remedy}"
+    )
+
+
+def policy_mismatch(guard: Guard, run: RunRecord) -> str | None:
+    """A warning when the run started under other policies than this guard's declared ones
+    (by fingerprint); None when they match, when the run predates fingerprints, or when this
+    guard declares no policies at all (nothing to compare: `missing_undos` says what it lacks).
+    """
+    theirs, ours = run.policy_fingerprint, guard.policy_fingerprint
+    if theirs is None or theirs == ours or ours == EMPTY:
+        return None
+    started = "no declared policies" if theirs == EMPTY else "policies"
+    return (
+        f"run {run.id} started under {started} {theirs}, but the policies loaded here have the "
+        f"fingerprint {ours}: its undos and reviews may not be the ones the run was promised"
+    )
 
 
 def open_approvals(guard: Guard, run_id: str) -> list[ReviewItem]:

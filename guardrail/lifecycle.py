@@ -19,7 +19,7 @@ from guardrail.drive import Invoke, Steps, attempts
 from guardrail.errors import GuardrailError, OwnershipLost, StoreError, UnknownTool
 from guardrail.keys import unseal
 from guardrail.policy import NO_RETRY, Policy, UndoTool
-from guardrail.redact import describe
+from guardrail.redact import canonical, describe
 from guardrail.store import Action, Fenced, RunRecord, Write
 from guardrail.testing import crash_point
 from guardrail.transitions import HALTABLE, Lease, Transition, new_id, now
@@ -101,14 +101,17 @@ def halt(
     try:
         if hold:
             policy = None
+            doubts: list[Write] = []
             if failed_seq is not None:
                 failed = next((a for a in guard.store.actions(run_id) if a.seq == failed_seq), None)
                 policy = guard.find_policy(failed.tool) if failed else None
+                if failed is not None and failed.state == T.ActionState.IN_DOUBT:
+                    # a person must say whether it happened before a resume or an abort
+                    why = doubt_detail(failed)
+                    doubts.append(review_write(run_id, failed_seq, "in_doubt", policy, why))
             detail = f"held on failure: {reason}; nothing was undone. Resume or abort the run"
-            commit(
-                guard,
-                T.hold(lease, reason, review_write(run_id, failed_seq, "held", policy, detail)),
-            )
+            held = review_write(run_id, failed_seq, "held", policy, detail)
+            commit(guard, T.hold(lease, reason, held, *doubts))
         else:
             commit(guard, T.halt(lease, reason))
             yield from compensate(guard, lease, T.RunStatus.COMPENSATING)
@@ -169,11 +172,7 @@ def plan(actions: list[Action], find_policy: Callable[[str], Policy | None]) -> 
                     )
                 )
         elif action.state == T.ActionState.IN_DOUBT:
-            steps.append(
-                PlannedStep(
-                    *base, "review", "in_doubt", f"{action.tool} may or may not have taken effect"
-                )
-            )
+            steps.append(PlannedStep(*base, "review", "in_doubt", doubt_detail(action)))
         elif action.state == T.ActionState.STARTED:
             # halting waits for the run's calls in flight, so a `started` action here ran (or
             # may have) but its outcome could not be recorded: the store failed after the call
@@ -189,6 +188,18 @@ def plan(actions: list[Action], find_policy: Callable[[str], Policy | None]) -> 
         else:
             steps.append(PlannedStep(*base, "nothing"))
     return steps
+
+
+def doubt_detail(action: Action) -> str:
+    """What a person must find out about an action whose outcome is unknown."""
+    why = f" ({action.error[:300]})" if action.error else ""
+    args = canonical(action.args)[:300] if action.args is not None else "{}"
+    return (
+        f"{action.tool} may or may not have taken effect{why}; its arguments were {args}. "
+        "Check whether it happened, then resolve this item as `happened` (it is then undone or "
+        "reviewed like a call that succeeded, and a resume does not run it again) or "
+        "`not_happened` (a resume runs it again)"
+    )
 
 
 def undo_name(policy: Policy) -> str:

@@ -105,6 +105,63 @@ def condition(source: str) -> Condition:
     return Condition(source)
 
 
+@functools.lru_cache(maxsize=256)
+def result_condition(source: str) -> Condition:
+    """A condition over a tool's ``result`` (see :class:`ErrorResult`)."""
+    return Condition(source, frozenset({"result"}))
+
+
+class ErrorResult(BaseModel):
+    """A tool that reports failure in its result instead of raising (an MCP ``isError`` result,
+    a string starting ``"Error:"``): ``when`` says which results are errors, as a CEL expression
+    over ``result`` or a callable taking the result.
+
+    ``means``: ``unknown`` (the tool may have done something before it failed; the default) or
+    ``not_done`` (an error result proves nothing happened). ``then``: ``halt`` the run (the
+    default) or ``return`` the error to the model to correct, for ``not_done`` errors only.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    when: str | Callable[[Any], bool]
+    means: Literal["not_done", "unknown"] = "unknown"
+    then: Literal["halt", "return"] = "halt"
+
+    @field_validator("when")
+    @classmethod
+    def _compiles(cls, when: Any) -> Any:
+        if isinstance(when, str):
+            result_condition(when)
+        return when
+
+    @model_validator(mode="after")
+    def _returns_only_what_did_not_happen(self) -> ErrorResult:
+        if self.then == "return" and self.means != "not_done":
+            raise ValueError(
+                "then='return' gives the error back to the model and lets the run go on; that "
+                "is safe only for errors that prove nothing happened: set means='not_done'"
+            )
+        return self
+
+    def holds(self, result: Any) -> bool:
+        """Whether ``result`` is an error; a condition that fails counts as yes (fail closed)."""
+        if isinstance(self.when, str):
+            from guardrail.redact import NotJSON, to_jsonable
+
+            try:
+                plain = to_jsonable(result)
+            except NotJSON:
+                plain = str(result)
+            try:
+                return result_condition(self.when).holds({"result": plain})
+            except ConditionError:
+                return True  # cannot tell: fail closed
+        try:
+            return bool(self.when(result))
+        except Exception:
+            return True
+
+
 NO_RETRY = Retry(attempts=1)
 SAFE_RETRY = Retry(attempts=3)
 UNDO_RETRY = Retry(attempts=3)
@@ -139,6 +196,13 @@ class Policy(BaseModel):
     - ``injected``: parameters the caller supplies (a connection, an inbox): passed to the tool
       and, by name, to its hooks, but never recorded, hashed or part of the dedup key (also
       marked in the signature with ``Annotated[T, Injected]``; see :mod:`guardrail.inject`).
+    - ``not_done`` / ``unknown``: exception types that prove the call did not take effect
+      (validation errors, a declined card), and ones that leave its outcome unknown (a
+      timeout after the request was sent). An exception declared neither way leaves the
+      outcome **unknown** for reversible and irreversible tools (the action is ``in_doubt``:
+      the probe, else a person, says whether it happened) and proves nothing happened for
+      read-only ones. ``unknown`` wins when an exception matches both.
+    - ``error_result``: an :class:`ErrorResult`, for tools that report failure in their result.
     - ``capture``: a callable run after a successful call that returns more external ids (or
       data the undo needs) read from state or a follow-up query, as a mapping of names to JSON
       values; it receives ``args``, ``result`` and injected values by name. If it fails, the
@@ -164,6 +228,9 @@ class Policy(BaseModel):
     approval: Approval | None = None
     injected: tuple[str, ...] = ()
     capture: Callable[..., Any] | None = None
+    not_done: tuple[type[BaseException], ...] = ()
+    unknown: tuple[type[BaseException], ...] = ()
+    error_result: ErrorResult | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Policy:
@@ -205,6 +272,14 @@ class Policy(BaseModel):
                     field="injected",
                 )
         return self
+
+    def outcome_of(self, error: BaseException) -> Literal["not_done", "unknown"]:
+        """What a call that raised ``error`` (after its retries) tells about its effect."""
+        if self.unknown and isinstance(error, self.unknown):
+            return "unknown"
+        if self.not_done and isinstance(error, self.not_done):
+            return "not_done"
+        return "not_done" if self.effect == "read_only" else "unknown"
 
     @property
     def call_retry(self) -> Retry:
@@ -299,7 +374,12 @@ def make_policy(name: str, **fields: Any) -> Policy:
                 raise _policy_error(name, exc, prefix=(key,)) from None
     if isinstance(fields.get("approval"), str):
         fields["approval"] = {"when": fields["approval"]}
-    for key in ("redact", "injected"):
+    if isinstance(fields.get("error_result"), Mapping):
+        try:
+            fields["error_result"] = ErrorResult(**fields["error_result"])
+        except ValidationError as exc:
+            raise _policy_error(name, exc, prefix=("error_result",)) from None
+    for key in ("redact", "injected", "not_done", "unknown"):
         if isinstance(fields.get(key), list):
             fields[key] = tuple(fields[key])
     try:

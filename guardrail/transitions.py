@@ -310,9 +310,9 @@ def halt(lease: Lease, reason: str) -> Transition:
     return Transition(lease.run_id, "run.halt", [write], lease.fence(*HALTABLE))
 
 
-def hold(lease: Lease, reason: str, item: Write) -> Transition:
+def hold(lease: Lease, reason: str, item: Write, *more: Write) -> Transition:
     write = _run(lease.run_id, HALTABLE, status=R.PENDING_REVIEW.value, reason=reason)
-    return Transition(lease.run_id, "run.hold", [write, item], lease.fence(*HALTABLE))
+    return Transition(lease.run_id, "run.hold", [write, item, *more], lease.fence(*HALTABLE))
 
 
 def to_review(lease: Lease) -> Transition:
@@ -464,6 +464,20 @@ def resolve_item(
         expect={"status": ("open",)},
     )
     return Transition(run_id, kind, [write])
+
+
+def resolve_doubt(
+    run_id: str, item_id: str, seq: int, happened: bool, by: str, note: str | None
+) -> Transition:
+    """A person says whether a call whose outcome was unknown took effect: ``happened`` makes
+    it succeeded (undone or reviewed like one; a replay does not run it again), else failed (a
+    replay runs it again)."""
+    resolution = "happened" if happened else "not_happened"
+    t = resolve_item(run_id, item_id, resolution, by, note, f"review.{resolution}")
+    state = A.SUCCEEDED if happened else A.FAILED
+    word = f"{by} says it {'happened' if happened else 'did not happen'}"
+    t.writes.append(_action(run_id, seq, (A.IN_DOUBT,), state=state.value, error=word[:2000]))
+    return t
 
 
 def decide_approval(

@@ -41,14 +41,12 @@ MYPY_TESTS = (
 # `mypy` on it (with the flags above) is clean.
 MYPY_TESTS_EXCLUDED = (
     "examples/openai_agents_shop.py",
-    "examples/pydantic_ai_agent.py",
     "tests/test_app_loading.py",
     "tests/test_inject.py",
     "tests/test_langchain.py",
     "tests/test_mcp.py",
     "tests/test_memory_pack.py",
     "tests/test_openai_agents.py",
-    "tests/test_pydantic_ai.py",
     "tests/test_resources.py",
     "tests/test_web.py",
 )

@@ -489,23 +489,24 @@ class SQLStore:
         return [int(r[0]) for r in rows]
 
     def done_keys(self, run_id: str) -> dict[str, int]:
-        """Idempotency key -> seq of the run's actions that took effect and were not undone:
-        succeeded, or compensation_failed (the undo failed, so the effect is still there)."""
+        """Idempotency key -> seq of the run's actions that may have taken effect and were not
+        undone: succeeded, compensation_failed (the undo failed, so the effect is still there)
+        or in_doubt (until a person says it did not happen, it is never run again)."""
         rows = self._fetch(
             run_id,
             "SELECT idempotency_key, seq FROM actions WHERE run_id = ? "
-            "AND state IN ('succeeded', 'compensation_failed') ORDER BY seq",
+            f"AND state IN ({DONE_STATES}) ORDER BY seq",
             (run_id,),
         )
         return {str(key): int(seq) for key, seq in rows}
 
     def recorded_result(self, run_id: str, seq: int, key: str) -> Recorded | None:
         """The recorded call behind idempotency key ``key`` (action ``seq``) if it took effect
-        (succeeded, or its undo failed); else None."""
+        (succeeded, or its undo failed) or may have (in doubt); else None."""
         rows = self._fetch(
             run_id,
             "SELECT tool, args_hash, result, result_note FROM actions WHERE run_id = ? "
-            "AND seq = ? AND idempotency_key = ? AND state IN ('succeeded', 'compensation_failed')",
+            f"AND seq = ? AND idempotency_key = ? AND state IN ({DONE_STATES})",
             (run_id, seq, key),
         )
         if not rows:
@@ -613,6 +614,10 @@ def _prepare(w: Write) -> tuple[Write, dict[str, Any], dict[str, Any]]:
     }
     journaled = {c: _journal_text(v) if c in JSON_COLUMNS else v for c, v in values.items()}
     return w, values, journaled
+
+
+# the states whose call a replay must not run again (see done_keys)
+DONE_STATES = "'succeeded', 'compensation_failed', 'in_doubt'"
 
 
 class _Rejected(Exception):
