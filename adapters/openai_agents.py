@@ -82,7 +82,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-from agents import FunctionTool, RunContextWrapper, RunState, ToolApprovalItem
+from agents import FunctionTool, RunContextWrapper, RunState, Tool, ToolApprovalItem
 from agents.exceptions import ModelBehaviorError
 from agents.function_schema import function_schema
 from agents.tool import (
@@ -122,8 +122,9 @@ def wrap_tool(guard: Guard, tool: FunctionTool) -> FunctionTool:
     return wrapped
 
 
-def wrap_tools(guard: Guard, tools: Iterable[FunctionTool]) -> list[FunctionTool]:
-    """Every tool under the guard, with the same names, descriptions and schemas."""
+def wrap_tools(guard: Guard, tools: Iterable[FunctionTool]) -> list[Tool]:
+    """Every tool under the guard, with the same names, descriptions and schemas (typed as
+    the SDK's ``Tool``, so the list goes straight into ``Agent(tools=...)``)."""
     return [wrap_tool(guard, tool) for tool in tools]
 
 

@@ -25,7 +25,7 @@ from guardrail.adapters.langchain import wrap_tools as lc_wrap_tools
 from guardrail.adapters.openai_agents import wrap_tools as oa_wrap_tools
 from guardrail.errors import PolicyError
 from guardrail.policy import make_policy
-from tests.langchain_shop import ScriptedModel as LCScriptedModel
+from langchain_shop import ScriptedModel as LCScriptedModel
 
 SECRET = "INJECTED-OBJECT-SENTINEL"
 

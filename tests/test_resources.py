@@ -18,7 +18,7 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def on_new_threads(fn: Callable[[], None], times: int) -> None:
+def on_new_threads(fn: Callable[[], object], times: int) -> None:
     """As frameworks do: each call on a new thread, with a copy of the caller's context."""
     for _ in range(times):
         thread = threading.Thread(target=contextvars.copy_context().run, args=(fn,))
