@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +56,9 @@ class ResultWarning(UserWarning):
 
 
 SIBLING_WAIT = 60.0  # seconds a failing call waits for parallel calls of its run to finish
+# the runs of the guarded calls this context is inside, outermost first: a tool that runs
+# another agent in the same run encloses that agent's calls, which must not wait for it
+_calls: ContextVar[tuple[str, ...]] = ContextVar("guardrail_calls", default=())
 
 
 def guarded_call(
@@ -68,9 +72,11 @@ def guarded_call(
 ) -> Steps[Any]:
     run.check_open()
     run.begin_call()
+    token = _calls.set((*_calls.get(), run.id))
     try:
         return (yield from _guarded_call(guard, run, policy, fn, args, call_id, injected))
     finally:
+        _calls.reset(token)
         run.end_call()
 
 
@@ -436,8 +442,12 @@ def _stop(
     If the store fails while halting, the run stops in this process (every further call is
     refused) and its lease is no longer renewed, so recovery takes it over when it expires."""
     halter = run.fail_call()
+    # the calls enclosing this one wait for it: they are not siblings to wait for
+    enclosing = sum(1 for r in _calls.get()[:-1] if r == run.id)
     waited = 0.0
-    while (run.inflight > run.failing if halter else not run.halt_done) and waited < SIBLING_WAIT:
+    while (
+        run.inflight - enclosing > run.failing if halter else not run.halt_done
+    ) and waited < SIBLING_WAIT:
         yield Sleep(0.002)
         waited += 0.002
     if not halter:

@@ -99,8 +99,6 @@ def missing(fn: Callable[..., Any], kwargs: Mapping[str, Any]) -> list[str]:
         params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):
         return []
-    if any(p.kind is p.VAR_KEYWORD for p in params) and not kwargs:
-        return []
     return [
         p.name
         for p in params
