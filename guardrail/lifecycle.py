@@ -223,18 +223,16 @@ def compensate(guard: Guard, lease: Lease, status: str) -> Steps[None]:
     comps = {c.seq: c for c in store.compensations(run_id)}
     listed = {(i.seq, i.reason) for i in store.review_items(run_id=run_id)}
 
+    position = max((c.position or 0 for c in comps.values()), default=0)
     for step in plan(list(actions.values()), guard.find_policy):
         action = actions[step.seq]
         policy = guard.find_policy(action.tool)
         if step.do == "undo":
             assert policy is not None
+            interrupted = step.state == T.ActionState.COMPENSATING
+            position += 0 if interrupted else 1
             yield from _undo(
-                guard,
-                lease,
-                status,
-                action,
-                policy,
-                interrupted=step.state == T.ActionState.COMPENSATING,
+                guard, lease, status, action, policy, interrupted=interrupted, position=position
             )
         elif step.do == "review" and (step.seq, step.reason) not in listed:
             assert step.reason is not None
@@ -249,12 +247,20 @@ def compensate(guard: Guard, lease: Lease, status: str) -> Steps[None]:
 
 
 def _undo(
-    guard: Guard, lease: Lease, status: str, action: Action, policy: Policy, *, interrupted: bool
+    guard: Guard,
+    lease: Lease,
+    status: str,
+    action: Action,
+    policy: Policy,
+    *,
+    interrupted: bool,
+    position: int,
 ) -> Steps[None]:
     name = undo_name(policy)
-    begun = commit(
-        guard, T.compensation_start(lease, status, action.seq, name, interrupted=interrupted)
+    t = T.compensation_start(
+        lease, status, action.seq, name, interrupted=interrupted, position=position
     )
+    begun = commit(guard, t)
     if not begun:
         return  # someone else compensated it
     crash_point("after_compensation_start")

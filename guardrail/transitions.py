@@ -369,16 +369,18 @@ def interrupted_undo(lease: Lease, seq: int, had_row: bool) -> list[Write]:
 
 
 def compensation_start(
-    lease: Lease, status: str, seq: int, undo: str, *, interrupted: bool
+    lease: Lease, status: str, seq: int, undo: str, *, interrupted: bool, position: int
 ) -> Transition:
+    """An undo starts; ``position`` is its place in the order the run's undos ran (an
+    interrupted undo run again keeps the place it had)."""
     key = {"run_id": lease.run_id, "seq": seq}
-    comp = {"undo": undo, "state": "started", "attempts": 0, "started_at": now()}
+    comp: dict[str, Any] = {"undo": undo, "state": "started", "attempts": 0, "started_at": now()}
     writes = (
         [Write("compensations", key, comp)]
         if interrupted
         else [
             _action(lease.run_id, seq, (A.SUCCEEDED,), state=A.COMPENSATING.value),
-            Write("compensations", key, comp, insert=True),
+            Write("compensations", key, {**comp, "position": position}, insert=True),
         ]
     )
     return Transition(lease.run_id, "compensation.start", writes, lease.fence(status))

@@ -453,7 +453,11 @@ def test_a_failing_tool_halts_the_run_and_compensates_newest_first(
     ]
     # the guard saw the tool's own exception
     assert log.action(5).error == "ConnectionError: carrier API returned 503 Service Unavailable"
-    assert [(c.seq, c.state) for c in log.compensations] == [(2, "succeeded"), (3, "succeeded")]
+    # in the order they ran: newest action first
+    assert [(c.position, c.seq, c.state) for c in log.compensations] == [
+        (1, 3, "succeeded"),
+        (2, 2, "succeeded"),
+    ]
     assert [(i.seq, i.reason, i.status) for i in log.review_items] == [(4, "irreversible", "open")]
     assert guard.verify(run_id).ok
 

@@ -238,3 +238,24 @@ def test_a_rejected_call_is_not_asked_again_under_a_new_call_id(guard: Guard) ->
             again.call("refund", {"amount": 400}, fn=refund, call_id="turn-3")
     approvals = [i for i in guard.store.review_items(run_id=run.id) if i.reason == "approval"]
     assert len(approvals) == 2 and refunds == []
+
+
+def test_compensations_carry_the_order_they_ran_in(guard: Guard) -> None:
+    undone: list[int] = []
+
+    @guard.tool(effect="reversible", undo=lambda args: undone.append(args["n"]))
+    def step(n: int) -> int:
+        return n
+
+    @guard.tool(effect="read_only")
+    def fail() -> None:
+        _fail()
+
+    with pytest.raises(RunHalted), guard.run() as run:
+        for n in (1, 2, 3):
+            step(n)
+        fail()
+    log = guard.log(run.id)
+    assert undone == [3, 2, 1]
+    assert [(c.position, c.seq) for c in log.compensations] == [(1, 3), (2, 2), (3, 1)]
+    assert guard.verify(run.id).ok

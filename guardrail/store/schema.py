@@ -24,6 +24,8 @@ class RunRecord(SQLModel, table=True):
     # the fencing token: raised by every takeover, resume and abort (see guardrail.transitions)
     epoch: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     key_id: str | None = None  # the hash key of its chain and args hashes (None: unkeyed, old)
+    # the policies it started under (guardrail.fingerprint; None: a run made before 0005)
+    policy_fingerprint: str | None = None
     heartbeat_at: float | None = None
     meta: dict[str, Any] = Field(default_factory=dict, sa_column=Column("metadata", JSON))
     reason: str | None = None
@@ -52,7 +54,8 @@ class Action(SQLModel, table=True):
     result: Any = Field(default=None, sa_column=Column(JSON))
     result_note: str | None = None
     error: str | None = None
-    external_ids: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON))
+    # name -> JSON value, its type kept (the external_ids rows hold them as searchable text)
+    external_ids: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
     snapshot: Any = Field(default=None, sa_column=Column(JSON))
     trace_id: str | None = None
     span_id: str | None = None
@@ -83,6 +86,7 @@ class Compensation(SQLModel, table=True):
     seq: int = Field(primary_key=True)
     undo: str
     state: str  # started | succeeded | failed | interrupted
+    position: int | None = None  # 1 for the first undo the run ran, 2 for the next...
     attempts: int = 0
     error: str | None = None
     started_at: float

@@ -527,10 +527,14 @@ class SQLStore:
         return self._read(lambda s: list(s.exec(q).all()))
 
     def compensations(self, run_id: str) -> list[Compensation]:
-        q = (
+        q = (  # in the order they ran (older rows, without a position: by their start)
             select(Compensation)
             .where(Compensation.run_id == run_id)
-            .order_by(col(Compensation.seq))
+            .order_by(
+                col(Compensation.position).asc().nulls_last(),
+                col(Compensation.started_at),
+                col(Compensation.seq),
+            )
         )
         return self._read(lambda s: list(s.exec(q).all()))
 
