@@ -25,7 +25,7 @@ from guardrail.errors import (
 from guardrail.guard import Guard
 from guardrail.inject import Injected
 from guardrail.lifecycle import PlannedStep
-from guardrail.policy import Approval, Policy, Retry, Review, UndoTool
+from guardrail.policy import Approval, ErrorResult, Policy, Retry, Review, UndoTool
 from guardrail.run import Run, current_run
 from guardrail.store import Action, Compensation, ReviewItem, RunRecord
 
@@ -38,6 +38,7 @@ __all__ = [
     "Compensation",
     "Conflict",
     "Decision",
+    "ErrorResult",
     "Guard",
     "GuardrailError",
     "Injected",

@@ -52,6 +52,7 @@ from guardrail.errors import PolicyError
 from guardrail.policy import (
     Approval,
     Effect,
+    ErrorResult,
     OnFailure,
     Policy,
     Retry,
@@ -59,6 +60,7 @@ from guardrail.policy import (
     UndoTool,
     condition,
     make_policy,
+    result_condition,
 )
 from guardrail.policy_source import (
     MAX_DEPTH,
@@ -158,6 +160,26 @@ class ApprovalSpec(_Strict):
         return duration(value) if isinstance(value, str) else value
 
 
+class ErrorResultSpec(_Strict):
+    when: str
+    means: Literal["not_done", "unknown"] = "unknown"
+    then: Literal["halt", "return"] = "halt"
+
+    @field_validator("when")
+    @classmethod
+    def _compiles(cls, when: str) -> str:
+        result_condition(when)
+        return when
+
+
+def _exception_names(names: list[str], info: ValidationInfo) -> list[str]:
+    context = info.context if isinstance(info.context, Mapping) else {}
+    allowed = context.get("allowed")
+    for name in names:
+        exception_type(name, allowed if isinstance(allowed, Allowed) else Allowed())
+    return names
+
+
 class ToolSpec(_Strict):
     effect: Effect
     undo: UndoSpec | None = None
@@ -173,6 +195,13 @@ class ToolSpec(_Strict):
     on_failure: OnFailure = "compensate"
     probe: str | None = None
     snapshot: str | None = None
+    capture: str | None = None
+    injected: list[str] = Field(default_factory=list)
+    not_done: list[str] = Field(default_factory=list)
+    unknown: list[str] = Field(default_factory=list)
+    error_result: ErrorResultSpec | None = None
+
+    _check_not_done = field_validator("not_done", "unknown")(_exception_names)
 
 
 class PolicyFile(_Strict):
@@ -493,7 +522,18 @@ class _FieldError(ValueError):
 def _policy(name: str, spec: ToolSpec, allowed: Allowed) -> Policy:
     fields: dict[str, Any] = spec.model_dump(
         exclude_defaults=True,
-        exclude={"undo", "retry", "undo_retry", "approval", "probe", "snapshot"},
+        exclude={
+            "undo",
+            "retry",
+            "undo_retry",
+            "approval",
+            "probe",
+            "snapshot",
+            "capture",
+            "not_done",
+            "unknown",
+            "error_result",
+        },
     )
     fields["effect"] = spec.effect
     if spec.undo is not None:
@@ -511,6 +551,14 @@ def _policy(name: str, spec: ToolSpec, allowed: Allowed) -> Policy:
         fields["probe"] = _hook(spec.probe, "probe", allowed)
     if spec.snapshot is not None:
         fields["snapshot"] = _hook(spec.snapshot, "snapshot", allowed)
+    if spec.capture is not None:
+        fields["capture"] = _hook(spec.capture, "capture", allowed)
+    for key in ("not_done", "unknown"):
+        names: list[str] = getattr(spec, key)
+        if names:
+            fields[key] = tuple(exception_type(n, allowed) for n in names)
+    if spec.error_result is not None:
+        fields["error_result"] = ErrorResult(**spec.error_result.model_dump())
     if "redact" in fields:
         fields["redact"] = tuple(fields["redact"])
     return make_policy(name, **fields)

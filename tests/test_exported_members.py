@@ -23,6 +23,7 @@ EXPECTED = [
     "Compensation",
     "Conflict",
     "Decision",
+    "ErrorResult",
     "Guard",
     "GuardrailError",
     "Injected",

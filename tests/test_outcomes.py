@@ -226,3 +226,29 @@ def test_an_error_result_of_unknown_meaning_halts_in_doubt(guard: Guard) -> None
 def test_returning_an_error_whose_outcome_is_unknown_is_refused() -> None:
     with pytest.raises(PolicyError, match="means='not_done'"):
         make_policy("t", effect="read_only", error_result={"when": "true", "then": "return"})
+
+
+def test_a_policy_file_declares_outcomes(tmp_path: Any, guard: Guard) -> None:
+    path = tmp_path / "policies.yaml"
+    path.write_text(
+        """
+tools:
+  refund:
+    effect: irreversible
+    not_done: [ValueError, ConnectionRefusedError]
+    unknown: [TimeoutError]
+    injected: [bank]
+  send:
+    effect: irreversible
+    error_result: {when: "result.startsWith('Error:')", means: not_done, then: return}
+"""
+    )
+    [refund, send] = sorted(guard.load_policies(path), key=lambda p: p.name)
+    assert refund.not_done == (ValueError, ConnectionRefusedError)
+    assert refund.unknown == (TimeoutError,) and refund.injected == ("bank",)
+    assert refund.outcome_of(ValueError()) == "not_done"
+    assert send.error_result is not None and send.error_result.then == "return"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tools:\n  t:\n    effect: irreversible\n    not_done: [os.system]\n")
+    with pytest.raises(PolicyError, match="not_done"):
+        guard.load_policies(bad)
