@@ -21,8 +21,6 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import cel
-
 VARIABLES = frozenset({"args", "tool", "run"})
 MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})
 MAX_LENGTH = 4_000
@@ -44,6 +42,8 @@ class Condition:
             raise ConditionError(
                 f"the expression is {len(source):,} characters, over the limit of {MAX_LENGTH:,}"
             )
+        import cel  # here, not at import: it loads its own CLI (prompt_toolkit), ~0.1 s
+
         try:
             self.program = cel.compile(source)
         except Exception as exc:  # the library raises ValueError, but be sure nothing leaks
@@ -57,9 +57,7 @@ class Condition:
                 if outside
                 else ""
             )
-            names = (
-                "args, tool and run" if variables == VARIABLES else ", ".join(sorted(variables))
-            )
+            names = "args, tool and run" if variables == VARIABLES else ", ".join(sorted(variables))
             raise ConditionError(
                 f"unknown name(s) {', '.join(unknown)} in {source!r}; an expression can use "
                 f"{names}, and inside a macro (all, exists, exists_one, map, filter) "

@@ -81,3 +81,14 @@ def test_parallel_threads_share_a_bounded_pool(sqlite_url: str) -> None:
     assert len(guard.log(run.id).actions) == 320
     assert len(guard.store._idle) <= guard.store.max_idle  # type: ignore[attr-defined]
     guard.close()
+
+
+def test_importing_guardrail_does_not_load_cel() -> None:
+    """CEL (whose import loads its own CLI) is loaded when a condition is compiled, not by
+    every process that imports guardrail (the CLI's read paths, a worker without gates)."""
+    import subprocess
+    import sys
+
+    code = "import guardrail, sys; print('cel' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
