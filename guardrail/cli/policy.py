@@ -1,4 +1,5 @@
-"""``guardrail policy check FILE [--tools MODULE:OBJECT] [--allow PREFIX]... [--json]``."""
+"""``guardrail policy check FILE [--tools MODULE:OBJECT] [--allow PREFIX]... [--json]
+[-- SERVER [ARGS]...]``."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import importlib
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -44,15 +46,29 @@ def check(
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    server: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="-- SERVER [ARGS]",
+            help="An MCP server to check against instead of --tools, started over stdio after "
+            "`--` (e.g. `-- uvx mcp-server-git`): the tools it lists are the toolkit.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Report every problem in a policy file; exit 0 only when it is clean.
 
     Errors: malformed files, bad expressions and paths, a dotted path outside the allowed
     modules (--allow), a tool that changes the world with neither undo nor review, an undo
-    naming a tool that does not exist, a toolkit tool with no policy. Warnings (do not fail):
-    policies for tools the toolkit lacks.
+    naming a tool that does not exist, a toolkit tool with no policy (e.g. one that a newer
+    version of an MCP server added). Warnings (do not fail): policies for tools the toolkit
+    lacks.
     """
+    if tools is not None and server:
+        raise typer.BadParameter("give --tools or an MCP server command, not both")
     names = tool_names(tools) if tools is not None else None
+    if server:
+        names = server_tool_names(server)
     if Path(file).suffix.lower() in policy_source.SUFFIXES:
         if allow and os.getcwd() not in sys.path:
             sys.path.insert(0, os.getcwd())
@@ -135,3 +151,63 @@ def tool_names(spec: str) -> list[str]:
             raise typer.BadParameter(f"{spec!r}: {tool!r} has no name", param_hint="--tools")
         names.append(name)
     return names
+
+
+SERVER_TIMEOUT = 60.0  # seconds to start an MCP server and list its tools
+
+
+def server_tool_names(command: list[str]) -> list[str]:
+    """The names of the tools an MCP server lists, started over stdio (needs the mcp package).
+
+    The server inherits this process's environment; its stderr is shown only if it fails.
+    """
+    try:
+        import anyio
+
+        mcp: Any = importlib.import_module("mcp")
+    except ImportError as exc:
+        raise typer.BadParameter(
+            f"checking against an MCP server needs the mcp package ({exc}); install "
+            "agent-guardrail[mcp]",
+            param_hint="SERVER",
+        ) from None
+
+    async def listing(errlog: Any) -> list[str]:
+        params = mcp.StdioServerParameters(
+            command=command[0], args=command[1:], env=dict(os.environ)
+        )
+        names: list[str] = []
+        with anyio.fail_after(SERVER_TIMEOUT):
+            async with (
+                mcp.stdio_client(params, errlog=errlog) as (read, write),
+                mcp.ClientSession(read, write) as session,
+            ):
+                await session.initialize()
+                cursor = None
+                while True:
+                    page = await session.list_tools(
+                        params=mcp.types.PaginatedRequestParams(cursor=cursor) if cursor else None
+                    )
+                    names.extend(tool.name for tool in page.tools)
+                    cursor = page.next_cursor
+                    if not cursor:
+                        return names
+
+    with tempfile.TemporaryFile("w+") as errlog:
+        try:
+            return anyio.run(listing, errlog)
+        except Exception as exc:  # an OSError, a protocol error, a timeout, or a group of them
+            errlog.seek(0)
+            said = " ".join(errlog.read().split())[-500:]
+            leaf = _first_leaf(exc)
+            raise typer.BadParameter(
+                f"cannot list the tools of {' '.join(command)}: {type(leaf).__name__}: {leaf}"
+                + (f" (it said: {said})" if said else ""),
+                param_hint="SERVER",
+            ) from None
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
