@@ -40,9 +40,9 @@ class Services:
         )
 
 
-
 class CarrierUnavailable(ConnectionError):
     """The carrier answered 503: it refused the request, so nothing was shipped."""
+
 
 def build(guard: Guard, svc: Services, *, fail_shipment: bool) -> Any:
     # -- undos: each receives what it asks for by name (args, result, external_ids) ----------

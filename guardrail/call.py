@@ -315,8 +315,11 @@ def _failed(
         t = T.in_doubt(run.lease, seq, message, attempts)
         yield from _record(guard, run, tool, seq, t, span)
         telemetry.end(span, error=error if isinstance(error, Exception) else None)
-        yield from _probe(guard, run, call, seq, message)
-        what = f"{tool} may or may not have taken effect"
+        settled = yield from _probe(guard, run, call, seq, message)
+        what = {
+            "failed": f"{tool} failed (its probe found it did not take effect)",
+            "succeeded": f"{tool} failed after it took effect (its probe found it)",
+        }.get(settled, f"{tool} may or may not have taken effect")
     record = yield from _stop(
         guard,
         run,
@@ -328,26 +331,30 @@ def _failed(
     raise _halted(guard, run, tool, f"{what} ({message[:200]})", record) from None
 
 
-def _probe(guard: Guard, run: Run, call: Call, seq: int, message: str) -> Steps[None]:
-    """Ask the policy's probe whether a call whose outcome is unknown took effect. The call
-    has returned here, so a "no" is believed; no answer leaves it in doubt, for a person."""
-    policy = call.policy
-    if policy.probe is None:
-        return
+def _probe(guard: Guard, run: Run, call: Call, seq: int, message: str) -> Steps[str]:
+    """Ask the policy's probe whether a call whose outcome is unknown took effect, and return
+    the action's state. The call has returned here, so a "no" is believed; no answer leaves it
+    in doubt, for a person."""
+    doubt = T.ActionState.IN_DOUBT.value
+    if call.policy.probe is None:
+        return doubt
     try:  # as stored (with its snapshot), for the probe to ask for
         found = [a for a in guard.store.keyed_actions(run.id, call.key) if a.seq == seq]
     except StoreError:
-        return  # it stays in doubt: the halt lists it for a person
+        return doubt  # it stays in doubt: the halt lists it for a person
     if not found or found[0].state != T.ActionState.IN_DOUBT:
-        return
-    action = found[0]
+        return found[0].state if found else doubt
     try:
-        yield from settle_by_probe(guard, run.lease, action, believe_not_done=True, reason=message)
+        return (
+            yield from settle_by_probe(
+                guard, run.lease, found[0], believe_not_done=True, reason=message
+            )
+        )
     except OwnershipLost:
         run.halted = True
         raise
     except StoreError:
-        pass  # it stays in doubt: the halt lists it for a person
+        return doubt  # it stays in doubt: the halt lists it for a person
 
 
 def _as_text(value: Any) -> str:

@@ -17,6 +17,7 @@ from langchain.agents import create_agent
 from langchain.tools import ToolRuntime
 from langchain_core.messages import AIMessage
 from langchain_core.tools import InjectedToolArg, tool
+from langchain_shop import ScriptedModel as LCScriptedModel
 from langgraph.checkpoint.memory import InMemorySaver
 
 from guardrail import Guard, Injected, Review, RunHalted, UndoTool
@@ -25,7 +26,6 @@ from guardrail.adapters.langchain import wrap_tools as lc_wrap_tools
 from guardrail.adapters.openai_agents import wrap_tools as oa_wrap_tools
 from guardrail.errors import PolicyError
 from guardrail.policy import make_policy
-from langchain_shop import ScriptedModel as LCScriptedModel
 
 SECRET = "INJECTED-OBJECT-SENTINEL"
 
