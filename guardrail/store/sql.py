@@ -229,14 +229,13 @@ class SQLStore:
         )
         created = next((w for w in writes if w.insert and w.table == "runs"), None)
         creates_run = created is not None
-        # PostgreSQL: every statement is a round trip, so the fence rides with the journal entry
-        fused = fence is not None and not self._sqlite
+        # The fence rides with the journal entry: one statement fewer (on PostgreSQL, one
+        # round trip fewer)
+        fused = fence is not None
         for _ in range(20):
             head = (0, "", created.values.get("key_id")) if created else self._heads.get(run_id)
             try:
                 with self._transaction() as cur:
-                    if fence is not None and not fused and not self._fence(cur, run_id, fence):
-                        raise Fenced(run_id, kind)
                     if not fused:
                         self._apply_all(cur, first, "", "")
                     if head is None:
@@ -248,11 +247,12 @@ class SQLStore:
                     entry = (run_id, n, time.time(), kind, body, prev, h)
                     if fused:
                         assert fence is not None
-                        # one round trip checks the run (locked FOR SHARE: a takeover waits for
-                        # this commit) and appends the entry
+                        # one statement checks the run (on PostgreSQL locked FOR SHARE: a
+                        # takeover waits for this commit) and appends the entry
+                        check = (run_id, fence.epoch, *fence.statuses)
                         cur.execute(
                             self._fused_sql(len(fence.statuses), exclusive=bool(first)),
-                            (run_id, fence.epoch, *fence.statuses, *entry),
+                            (*entry, *check) if self._sqlite else (*check, *entry),
                         )
                         if cur.rowcount != 1:
                             raise Fenced(run_id, kind)
@@ -361,27 +361,26 @@ class SQLStore:
         # of them never both hold a share and wait for each other to upgrade it.
         sql = self._sql_cache.get(("fused", statuses, exclusive))
         if sql is None:
-            marks = ", ".join("%s" for _ in range(statuses))
-            lock = "FOR UPDATE" if exclusive else "FOR SHARE"
-            sql = self._sql_cache[("fused", statuses, exclusive)] = (
-                "WITH fence AS (SELECT 1 FROM runs WHERE id = %s AND epoch = %s "
-                f"AND status IN ({marks}) {lock}) "
-                "INSERT INTO journal (run_id, n, at, kind, body, prev_hash, hash) "
-                "SELECT %s, %s, %s, %s, %s, %s, %s FROM fence"
-            )
+            marks = ", ".join("?" for _ in range(statuses))
+            if self._sqlite:
+                # the transaction holds the database's write lock (BEGIN IMMEDIATE): nobody
+                # changes the run before it commits, no row lock is needed. (The statement
+                # starts with INSERT: sqlite3 reports no rowcount for one starting with WITH.)
+                sql = (
+                    "INSERT INTO journal (run_id, n, at, kind, body, prev_hash, hash) "
+                    "SELECT ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM runs WHERE id = ? "
+                    f"AND epoch = ? AND status IN ({marks}))"
+                )
+            else:
+                lock = "FOR UPDATE" if exclusive else "FOR SHARE"
+                sql = self._sql(
+                    "WITH fence AS (SELECT 1 FROM runs WHERE id = ? AND epoch = ? "
+                    f"AND status IN ({marks}) {lock}) "
+                    "INSERT INTO journal (run_id, n, at, kind, body, prev_hash, hash) "
+                    "SELECT ?, ?, ?, ?, ?, ?, ? FROM fence"
+                )
+            self._sql_cache[("fused", statuses, exclusive)] = sql
         return sql
-
-    def _fence(self, cur: Any, run_id: str, fence: Fence) -> bool:
-        """The run is still at the fence's epoch and statuses (SQLite: the transaction holds
-        the database's write lock, so nobody can change that before it commits)."""
-        marks = ", ".join("?" for _ in fence.statuses)
-        sql = self._sql_cache.get(("fence", len(fence.statuses)))
-        if sql is None:
-            sql = self._sql_cache[("fence", len(fence.statuses))] = self._sql(
-                f"SELECT 1 FROM runs WHERE id = ? AND epoch = ? AND status IN ({marks})"
-            )
-        cur.execute(sql, (run_id, fence.epoch, *fence.statuses))
-        return bool(cur.fetchall())
 
     def heartbeat(self, owner: str, run_ids: Collection[str], now: float) -> None:
         """Renew the leases of the runs this owner is executing now (and no others: a run its
