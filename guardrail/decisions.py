@@ -172,6 +172,7 @@ def abort(
         ) from exc
     finally:
         guard.drop_lease(run_id, lease.epoch)
+    guard.live.drop(run_id)  # nothing of this run is undone any more: let its objects go
     telemetry.decision("abort", run_id, by, "landed")
     return Decision(run_id, "aborted", True, by)
 
