@@ -19,6 +19,9 @@ stdin and stdout. Every ``tools/call`` goes through the guard:
 - **Policies.** Declared policies (files, packs, code) win. For the other tools, the annotations
   ``readOnlyHint``, ``destructiveHint`` and ``idempotentHint`` seed defaults (``guard.hint``:
   read-only, or irreversible with a review). A tool with neither is refused (strict guard).
+  The proxy does not start when an undo it could need is missing: a policy's undo tool that the
+  server does not have (nor the guard), or an undo of the continued run (``run_id=``) that this
+  guard lacks; ``force=True`` (``--force``) serves anyway, and those undos become review items.
 - **Results.** The upstream's ``CallToolResult`` as JSON (``content``, ``structuredContent``,
   ``isError``) is the recorded result, so policy paths read ``result.structuredContent.id`` or
   ``result.content.0.text``; undo tools (``undo: {tool: ...}``) are the upstream's tools.
@@ -65,8 +68,11 @@ from mcp.server.lowlevel import Server
 from mcp.shared.exceptions import MCPError
 from referencing import Registry
 
-from guardrail.errors import GuardrailError, RunHalted, RunStateError
+from guardrail.audit import ActionLog
+from guardrail.decisions import missing_undos, policy_mismatch
+from guardrail.errors import GuardrailError, PolicyError, RunHalted, RunStateError
 from guardrail.guard import Guard
+from guardrail.policy import UndoTool
 from guardrail.run import Run
 
 log = logging.getLogger("guardrail.mcp")
@@ -284,26 +290,17 @@ class Proxy:
         )
 
     def _halted(self, halt: RunHalted) -> mcp_types.CallToolResult:
-        actions = self.guard.log(halt.run_id)
-        undone = [a.tool for a in actions.actions if a.state == "compensated"]
-        open_items = [i for i in actions.review_items if i.status == "open"]
+        log = self.guard.log(halt.run_id)
+        open_items = [i for i in log.review_items if i.status == "open"]
         if halt.status == "awaiting_approval":
             what = f"guardrail: {halt}"
         elif any(i.reason == "held" for i in open_items):
             what = (
-                f"guardrail halted run {halt.run_id}: {actions.run.reason or halt}. Nothing was "
+                f"guardrail halted run {halt.run_id}: {log.run.reason or halt}. Nothing was "
                 "undone: the run holds its failure for a person (an abort undoes what it can)."
             )
         else:
-            what = (
-                f"guardrail halted run {halt.run_id}: {actions.run.reason or halt}. "
-                + (
-                    f"Undone, newest first: {', '.join(reversed(undone))}. "
-                    if undone
-                    else "Nothing needed undoing. "
-                )
-                + f"{len(open_items)} item(s) wait for a person."
-            )
+            what = f"guardrail halted run {halt.run_id}: {log.run.reason or halt}. " + _outcome(log)
         return error_result(
             f"{what} The run awaits review: a person inspects it with `guardrail show "
             f"{halt.run_id}` and resumes it (`guardrail resume {halt.run_id}`) or aborts it. "
@@ -334,6 +331,75 @@ class Proxy:
         return call_upstream
 
 
+def _outcome(log: ActionLog) -> str:
+    """What this halt's compensation did, truthfully: what was undone, which undos failed, what
+    waits for a person (by reason). The halt's undos are those started after its failing call
+    (the proxy runs one call at a time), so undos of an earlier halt of the run are not counted.
+    """
+    tools = {a.seq: a.tool for a in log.actions}
+    since = max((a.started_at for a in log.actions), default=0.0)
+    mine = sorted(
+        (c for c in log.compensations if c.started_at >= since),
+        key=lambda c: c.seq,
+        reverse=True,
+    )
+    undone = [tools.get(c.seq, "?") for c in mine if c.state == "succeeded"]
+    failed = [tools.get(c.seq, "?") for c in mine if c.state != "succeeded"]
+    waiting: dict[str, int] = {}
+    for item in log.review_items:
+        if item.status == "open":
+            waiting[item.reason] = waiting.get(item.reason, 0) + 1
+    parts = []
+    if undone:
+        parts.append(f"Undone, newest first: {', '.join(undone)}.")
+    if failed:
+        parts.append(
+            f"Undo failed, newest first: {', '.join(failed)} (still in effect; a person must "
+            "undo it)."
+        )
+    if not undone and not failed:
+        parts.append("Nothing was undone." if waiting else "Nothing needed undoing.")
+    count = sum(waiting.values())
+    reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(waiting.items()))
+    parts.append(f"{count} item(s) wait for a person" + (f" ({reasons})." if count else "."))
+    return " ".join(parts)
+
+
+def check_undos(guard: Guard, tools: Sequence[str], run_id: str | None, *, force: bool) -> None:
+    """Refuse to serve (PolicyError) when an undo the proxy could need is missing: an undo tool
+    of a served tool's policy that neither the server nor the guard has, or an undo of the
+    continued run that this guard lacks. With ``force`` log them and go on."""
+    problems = []
+    for name in tools:
+        policy = guard.find_policy(name)
+        undo = policy.undo if policy is not None else None
+        if isinstance(undo, UndoTool) and guard.tool_function(undo.tool) is None:
+            problems.append(
+                f"the undo of {name} is the tool {undo.tool!r}, which this MCP server does not "
+                "have (nor the guard)"
+            )
+    record = guard.store.run(run_id) if run_id else None
+    if record is not None:
+        mismatch = policy_mismatch(guard, record)
+        if mismatch:
+            log.warning("%s", mismatch)
+        problems += [
+            f"run {record.id}, action {s.seq} ({s.tool}): {s.detail}"
+            for s in missing_undos(guard, guard.store.actions(record.id))
+        ]
+    if not problems:
+        return
+    if force:
+        log.warning("serving without these undos (force): %s", "; ".join(problems))
+        return
+    raise PolicyError(
+        "; ".join(problems) + ". Load the policies or the application's guard that provide "
+        "them (--policy, --pack, --app), or pass --force to serve anyway (what would need "
+        "them becomes a review item)",
+        field="undo",
+    )
+
+
 def _validator(tool: mcp_types.Tool) -> Any:
     """A compiled validator of the tool's input schema; None if the schema itself is invalid
     (then the upstream server judges the arguments alone)."""
@@ -361,13 +427,16 @@ async def serve(
     on_failure: str | None = None,
     env: dict[str, str] | None = None,
     cwd: str | None = None,
+    force: bool = False,
 ) -> str | None:
     """Run the upstream ``command`` and serve its tools on stdin/stdout until the client leaves.
 
     ``run_id`` names the session's run (continued if it exists, e.g. after a person resumed
     it); ``on_failure="hold"`` holds every failure for a person instead of compensating at
     once. The upstream inherits this process's environment (pass ``env`` to replace it).
-    Returns the id of the session's run, or None when the client made no call.
+    Raises PolicyError before serving when an undo could not run (see :func:`check_undos`;
+    ``force`` serves anyway). Returns the id of the session's run, or None when the client
+    made no call.
     """
     if not command:
         raise ValueError("no upstream MCP server command given")
@@ -399,6 +468,7 @@ async def serve(
             on_failure=on_failure,
             metadata={"mcp.server": server_info.name, "mcp.server.version": server_info.version},
         )
+        check_undos(guard, list(proxy.tools), run_id, force=force)
         unguarded = [t for t in proxy.tools if guard.find_policy(t) is None]
         log.info(
             "serving %d tool(s) of %s through the guard (%d with hint defaults%s)",

@@ -145,9 +145,11 @@ def test_recover_watch_with_the_undos_from_a_policy_file(
     run_id = (tmp_path / "run.txt").read_text().strip()
     policy = str(tmp_path / "policies.yaml")
     args = ["--interval", "0", "--iterations", "3", "--json", "--store", sqlite_url]
-    code, out = cli("recover", "--watch", "--policy", policy, *args)
-    assert code == 0, out
-    [line] = [json.loads(x) for x in out.splitlines()]
+    result = runner.invoke(app, ["recover", "--watch", "--policy", policy, *args])
+    assert result.exit_code == 0, result.output
+    [line] = [json.loads(x) for x in result.stdout.splitlines()]
+    # the agent declared its undo in code, the watcher loads it from a file: other policies
+    assert "started under policies" in result.stderr
     assert line["recovered"] == [run_id]
     assert undone.read_text() == "book\n"
     assert cli("recover", "--watch", *args) == (0, "")  # nothing left to do
@@ -156,3 +158,50 @@ def test_recover_watch_with_the_undos_from_a_policy_file(
         log = guard.log(run_id)
         assert (log.run.status, log.action(1).state) == ("pending_review", "compensated")
         assert guard.verify(run_id).ok
+
+
+@pytest.fixture
+def held(sqlite_url: str) -> tuple[str, str]:
+    """A run held on failure after an order whose undo lives in this test's code (so the CLI
+    cannot run it): nothing was undone yet."""
+    with Guard(store=sqlite_url) as guard:
+        guard.policy("create_order", effect="reversible", undo=lambda args: None)
+        guard.policy("ship", effect="read_only", retry={"attempts": 1})
+        with pytest.raises(RunHalted), guard.run(agent="shop", on_failure="hold") as run:
+            run.call("create_order", {"item": "book"}, fn=lambda item: {"id": "ord_1"})
+            run.call("ship", {}, fn=lambda: (_ for _ in ()).throw(RuntimeError("carrier down")))
+        return sqlite_url, run.id
+
+
+def test_abort_refuses_before_asking_and_force_lists_the_undo(held: tuple[str, str]) -> None:
+    store, run_id = held
+    with Guard(store=store) as guard:
+        before = guard.log(run_id).model_dump(exclude={"run": {"heartbeat_at"}})
+        entries = len(guard.store.entries(run_id))
+    result = runner.invoke(app, ["abort", run_id, "--store", store, "--by", "ann"], input="y\n")
+    assert result.exit_code == 2
+    assert "abort " + run_id + "?" not in result.output  # refused before the question
+    assert "action 1 (create_order): no undo is registered" in result.stderr
+    with Guard(store=store) as guard:
+        assert guard.log(run_id).model_dump(exclude={"run": {"heartbeat_at"}}) == before
+        assert len(guard.store.entries(run_id)) == entries
+
+    code, out = cli("abort", run_id, "--store", store, "--force", "--by", "ann", "-y")
+    assert code == 0 and "aborted" in out
+    with Guard(store=store) as guard:
+        log = guard.log(run_id)
+        assert (log.run.status, log.action(1).state) == ("aborted", "succeeded")
+        items = {i.reason: (i.status, i.resolution) for i in log.review_items}
+        assert items == {"held": ("resolved", "aborted"), "no_undo": ("open", None)}
+        assert guard.verify(run_id).ok
+
+
+def test_resume_from_the_cli_closes_the_held_item(held: tuple[str, str]) -> None:
+    store, run_id = held
+    code, out = cli("show", run_id, "--store", store)
+    assert code == 0 and "policies: " in out and "held (open)" in out
+    code, out = cli("resume", run_id, "--store", store, "--by", "ann", "--note", "ok", "-y")
+    assert code == 0, out
+    code, out = cli("show", run_id, "--store", store, "--json")
+    [item] = json.loads(out)["review_items"]
+    assert (item["reason"], item["resolution"], item["resolved_by"]) == ("held", "resumed", "ann")

@@ -43,9 +43,10 @@ class World:
 
 def declare(guard: Guard, world: World) -> None:
     """A reversible ``create`` (whose undo the world counts) and a ``ship`` that is held on
-    failure, so a run halts with nothing undone yet and an abort has something to undo."""
+    failure, so a run halts with nothing undone yet and an abort has something to undo. The
+    ship is a read-only check that is not retried: its failure proves it did nothing."""
     guard.policy("create", effect="reversible", undo=world.undo)
-    guard.policy("ship", effect="reversible", undo=lambda: None, on_failure="hold")
+    guard.policy("ship", effect="read_only", on_failure="hold", retry={"attempts": 1})
 
 
 def held_run(guard: Guard, world: World) -> str:
@@ -187,15 +188,16 @@ def test_decisions_record_reviewer_and_note(shop: Guard, world: World) -> None:
     run = shop.log(aborted).run
     assert (run.decided_by, run.decision_note) == ("bob", "customer cancelled")
 
-    [item] = shop.log(aborted).review_items
+    waiting = held_run(shop, world)
+    [item] = shop.log(waiting).review_items
     decision = shop.resolve(item.id, "done_manually", by="carol", note="shipped by hand")
     assert (decision.landed, decision.run_id, decision.status, decision.by) == (
         True,
-        aborted,
+        waiting,
         "done_manually",
         "carol",
     )
-    [item] = shop.log(aborted).review_items
+    [item] = shop.log(waiting).review_items
     assert (item.status, item.resolution, item.resolved_by, item.note) == (
         "resolved",
         "done_manually",
@@ -203,7 +205,8 @@ def test_decisions_record_reviewer_and_note(shop: Guard, world: World) -> None:
         "shipped by hand",
     )
     assert item.resolved_at is not None
-    assert shop.verify(resumed).ok and shop.verify(aborted).ok
+    assert shop.log(waiting).run.status == "pending_review"  # an item is not the run's decision
+    assert shop.verify(resumed).ok and shop.verify(aborted).ok and shop.verify(waiting).ok
 
 
 def test_resolve_twice(shop: Guard, world: World) -> None:
@@ -441,3 +444,111 @@ def test_processes_racing_resume_abort_and_abort_abort(store_url: str, tmp_path:
             assert (run.status, run.decided_by) == ("aborted", winner)
             assert undone.count(f"{run_id} 1") == 1
             assert guard.verify(run_id).ok
+
+
+# -- the held item, the undos a decision needs, the policies it runs under ---------------------
+
+
+def test_resume_and_abort_close_the_held_item_in_their_own_transaction(
+    shop: Guard, world: World
+) -> None:
+    for decide, resolution in (
+        (lambda r: shop.resume(r, by="ann", note="carrier is back"), "resumed"),
+        (lambda r: shop.abort(r, by="ann", reason="carrier is back"), "aborted"),
+    ):
+        run_id = held_run(shop, world)
+        entries = len(shop.store.entries(run_id))
+        assert decide(run_id).landed
+        [held] = shop.log(run_id).review_items
+        assert (held.reason, held.status, held.resolution, held.resolved_by, held.note) == (
+            "held",
+            "resolved",
+            resolution,
+            "ann",
+            "carrier is back",
+        )
+        # one journal entry holds both the decision and the item it answers
+        decided = shop.store.entries(run_id)[entries]
+        assert decided.kind == ("run.resume" if resolution == "resumed" else "run.abort")
+        assert '"review_items"' in decided.body and '"runs"' in decided.body
+        assert shop.verify(run_id).ok
+
+
+def test_a_held_item_a_person_resolved_keeps_their_resolution(shop: Guard, world: World) -> None:
+    run_id = held_run(shop, world)
+    [item] = shop.log(run_id).review_items
+    shop.resolve(item.id, "retried", by="bob", note="shipped by hand")
+    assert shop.resume(run_id, by="ann").landed
+    [item] = shop.log(run_id).review_items
+    assert (item.resolution, item.resolved_by) == ("retried", "bob")
+    assert shop.verify(run_id).ok
+
+
+def test_threads_racing_resume_and_resolving_the_held_item(shop: Guard, world: World) -> None:
+    """Resolving the held item while the run is resumed never makes the resume fail: whichever
+    lands first, the run is resumed and the item is closed exactly once."""
+    for _ in range(REPEATS):
+        run_id = held_run(shop, world)
+        [item] = shop.log(run_id).review_items
+        resumed, resolved = race(
+            lambda: shop.resume(run_id, by="ann"),  # noqa: B023
+            lambda: shop.resolve(item.id, "skipped", by="bob"),  # noqa: B023
+        )
+        assert isinstance(resumed, Decision) and resumed.landed, resumed
+        [stored] = shop.log(run_id).review_items
+        if isinstance(resolved, Decision):
+            assert resolved.landed
+            assert (stored.resolution, stored.resolved_by) == ("skipped", "bob")
+        else:
+            assert isinstance(resolved, Conflict), resolved  # the resume closed it first
+            assert (stored.resolution, stored.resolved_by) == ("resumed", "ann")
+        assert shop.log(run_id).run.status == "running"
+        assert shop.verify(run_id).ok
+
+
+def test_an_abort_that_requires_its_undos_refuses_before_changing_anything(
+    store_url: str, world: World
+) -> None:
+    from guardrail.decisions import UndosMissing, abort, missing_undos
+    from guardrail.drive import drive
+
+    with Guard(store=store_url) as agent, Guard(store=store_url) as reviewer:
+        declare(agent, world)
+        run_id = held_run(agent, world)
+        before = snapshot(agent, run_id)
+        with pytest.raises(UndosMissing) as refused:
+            drive(abort(reviewer, run_id, "bob", None, require_undos=True))
+        assert refused.value.run_id == run_id and refused.value.field == "undo"
+        assert [(s.seq, s.tool) for s in refused.value.steps] == [(1, "create")]
+        assert "no undo is registered for create" in str(refused.value)
+        assert "Nothing was changed" in str(refused.value)
+        assert snapshot(agent, run_id) == before and world.undone == []
+
+        # an undo tool that is not registered here is missing too
+        reviewer.policy("create", effect="reversible", undo={"tool": "cancel"})
+        [step] = missing_undos(reviewer, reviewer.store.actions(run_id))
+        assert "its undo is the tool 'cancel', which is not registered here" in step.detail
+        reviewer.register(lambda item: world.undone.append((run_id, 1)), name="cancel")
+        assert missing_undos(reviewer, reviewer.store.actions(run_id)) == []
+        decision = drive(abort(reviewer, run_id, "bob", None, require_undos=True))
+        assert decision.landed and world.undone == [(run_id, 1)]
+        # a repeat is not refused, whatever this process has
+        again = drive(abort(agent, run_id, "bob", None, require_undos=True))
+        assert (again.landed, again.status) == (False, "aborted")
+
+
+def test_policy_mismatch_names_both_fingerprints(shop: Guard, world: World, store_url: str) -> None:
+    from guardrail.decisions import policy_mismatch
+
+    run_id = held_run(shop, world)
+    record = shop.require_run(run_id)
+    assert record.policy_fingerprint == shop.policy_fingerprint
+    assert policy_mismatch(shop, record) is None
+    with Guard(store=store_url) as bare:
+        assert policy_mismatch(bare, record) is None  # declares nothing: nothing to compare
+        bare.policy("create", effect="irreversible")
+        warning = policy_mismatch(bare, record)
+        assert warning is not None
+        assert f"run {run_id} started under policies {record.policy_fingerprint}" in warning
+        assert f"fingerprint {bare.policy_fingerprint}" in warning
+    assert policy_mismatch(shop, record.model_copy(update={"policy_fingerprint": None})) is None

@@ -98,3 +98,35 @@ def test_an_unversioned_store_is_stamped_then_upgraded(sqlite_url: str) -> None:
         Guard(store=sqlite_url)
     assert migrate.upgrade(engine) == (None, migrate.HEAD)
     Guard(store=sqlite_url).close()
+
+
+def test_upgrade_to_0005_adds_the_policy_fingerprint_and_keeps_old_runs(store_url: str) -> None:
+    """A run made before 0005 keeps its row (fingerprint NULL); runs after it record their
+    policies' fingerprint. The downgrade drops the column again and keeps the rows."""
+    from alembic import command
+
+    engine = create_engine(store_url)
+    migrate.upgrade(engine, "0004")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO runs (id, agent, status, epoch, metadata, created_at, updated_at) "
+                "VALUES ('old-run', 'shop', 'pending_review', 3, '{}', 1, 2)"
+            )
+        )
+    with pytest.raises(StoreError, match="guardrail db upgrade"):
+        Guard(store=store_url)
+    assert migrate.upgrade(engine) == ("0004", migrate.HEAD)
+    with Guard(store=store_url) as guard:
+        guard.policy("lookup", effect="read_only")
+        old = guard.require_run("old-run")
+        assert (old.status, old.epoch, old.policy_fingerprint) == ("pending_review", 3, None)
+        with guard.run() as new:
+            pass
+        assert guard.require_run(new.id).policy_fingerprint == guard.policy_fingerprint
+        assert guard.verify(new.id).ok
+
+    with engine.begin() as conn:
+        command.downgrade(migrate._config(conn), "0004")
+        assert migrate.current(conn) == "0004"
+        assert conn.execute(text("SELECT COUNT(*) FROM runs")).scalar() == 2

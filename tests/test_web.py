@@ -558,7 +558,7 @@ def test_the_trusted_header_is_honoured_only_when_configured(
     app = create_app(shop.guard, trust_header="X-Forwarded-User", clock=clock)
     with TestClient(app, base_url="http://127.0.0.1:8765") as proxied:
         other = shop.halted()
-        zoe = {"X-Forwarded-User": "Zoë Admin".encode()}  # proxies send UTF-8
+        zoe: dict[str, Any] = {"X-Forwarded-User": "Zoë Admin".encode()}  # proxies send UTF-8
         page = proxied.get(f"/runs/{other}", headers=zoe)
         assert page.status_code == 200 and "signed in as" in page.text
         assert "Zoë Admin" in page.text and "log out" not in page.text  # the proxy's session
@@ -909,6 +909,128 @@ def test_a_run_nobody_finishes_is_in_the_inbox(shop: Shop, client: TestClient) -
     live.complete()
 
 
+def held_order(shop: Shop) -> str:
+    """A run held on failure after an order: nothing undone yet, so an abort must undo it."""
+    with pytest.raises(RunHalted), shop.guard.run(agent="checkout", on_failure="hold") as run:
+        shop.call("create_order", item="lamp")
+        shop.call("ship", address="1 Main St")
+    return run.id
+
+
+def stored(guard: Guard, run_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    log = guard.log(run_id).model_dump()
+    log["run"].pop("heartbeat_at")
+    return log, [e.model_dump() for e in guard.store.entries(run_id)]
+
+
+ABORT_BUTTON = re.compile(r'<button type="submit" class="danger"\s*(disabled)?\s*>Abort run<')
+
+
+def test_a_call_whose_outcome_is_unknown_is_answered_in_the_console(
+    shop: Shop, client: TestClient
+) -> None:
+    """An in_doubt item offers "it happened" / "it did not happen"; a resume waits for it."""
+
+    def deliver(address: str) -> None:
+        raise TimeoutError("the courier did not answer")
+
+    shop.guard.policy("deliver", effect="irreversible")
+    with pytest.raises(RunHalted), shop.guard.run(agent="checkout") as run:
+        shop.call("create_order", item="desk")
+        run.call("deliver", {"address": "1 Main St"}, fn=deliver)
+    [item] = [i for i in shop.guard.log(run.id).review_items if i.reason == "in_doubt"]
+    html = client.get(f"/runs/{run.id}", headers=BEARER).text
+    assert '<option value="not_happened">it did not happen</option>' in html
+    kind, text = decide(client, run.id, decision="resume", run_id=run.id, note="go on")
+    assert kind == "error" and "not_happened" in text  # a person must say first
+    kind, _ = decide(
+        client, run.id, item_id=item.id, decision="resolve", resolution="not_happened", note="no"
+    )
+    assert kind == "ok"
+    kind, _ = decide(client, run.id, decision="resume", run_id=run.id, note="go on")
+    assert kind == "ok" and shop.guard.require_run(run.id).status == "running"
+    # the words answer only a call in doubt
+    other = shop.halted()
+    [email] = [i for i in shop.guard.log(other).review_items if i.reason == "irreversible"]
+    kind, text = decide(
+        client, other, item_id=email.id, decision="resolve", resolution="happened", note="x"
+    )
+    assert kind == "error" and "answers only in_doubt items" in text
+
+
+def test_an_abort_that_needs_undos_the_console_lacks_is_refused(
+    shop: Shop, team: Team, clock: Clock, sqlite_url: str
+) -> None:
+    """A console without the run's undos says which, disables the abort button, and refuses
+    an abort posted anyway; with force it aborts as before; with the app's guard it undoes."""
+    run_id = held_order(shop)
+    before = stored(shop.guard, run_id)
+    throttle = Throttle(clock=clock, free=1000, burst=10_000)
+    bare = create_app(sqlite_url, TOKEN, clock=clock, throttle=throttle)
+    with TestClient(bare) as c:
+        html = unescape(c.get(f"/runs/{run_id}", headers=BEARER).text)
+        assert 'id="missing-undos"' in html
+        assert "action 1 (create_order): no undo is registered for create_order" in html
+        assert "restart the console with the application's guard" in html
+        found = ABORT_BUTTON.search(html)
+        assert found and found.group(1) == "disabled"
+        # the button is only a hint: the server refuses the same abort posted by hand
+        kind, text = decide(c, run_id, decision="abort", run_id=run_id, note="stop")
+        assert kind == "error" and text.startswith("Not done: run " + run_id)
+        assert "guardrail serve --app MODULE:ATTRIBUTE" in text and "Nothing was changed" in text
+    assert stored(shop.guard, run_id) == before
+    assert shop.undone == []
+
+    forced = create_app(sqlite_url, TOKEN, clock=clock, throttle=throttle, force=True)
+    with TestClient(forced) as c:
+        html = unescape(c.get(f"/runs/{run_id}", headers=BEARER).text)
+        assert "started with <code>--force</code>" in html
+        found = ABORT_BUTTON.search(html)
+        assert found and found.group(1) is None
+        kind, _ = decide(c, run_id, decision="abort", run_id=run_id, note="stop anyway")
+        assert kind == "ok"
+    log = shop.guard.log(run_id)
+    assert (log.run.status, log.action(1).state) == ("aborted", "succeeded")
+    assert {(i.reason, i.status) for i in log.review_items} == {
+        ("no_undo", "open"),
+        ("held", "resolved"),
+    }
+    assert shop.undone == []
+
+    other = held_order(shop)
+    with TestClient(console(shop, team, clock)) as c:  # the application's own guard
+        html = c.get(f"/runs/{other}", headers=BEARER).text
+        assert 'id="missing-undos"' not in html
+        found = ABORT_BUTTON.search(html)
+        assert found and found.group(1) is None
+        kind, _ = decide(c, other, decision="abort", run_id=other, note="stop")
+        assert kind == "ok"
+    assert shop.guard.log(other).action(1).state == "compensated"
+    assert shop.undone == [shop.guard.log(other).action(1).external_ids["order_id"]]
+
+
+def test_the_run_page_shows_its_policies_and_a_console_with_others(
+    shop: Shop, team: Team, clock: Clock, sqlite_url: str
+) -> None:
+    run_id = shop.halted()
+    fingerprint = shop.guard.require_run(run_id).policy_fingerprint
+    assert fingerprint == shop.guard.policy_fingerprint
+    with TestClient(console(shop, team, clock)) as c:
+        html = c.get(f"/runs/{run_id}", headers=BEARER).text
+        assert re.search(f'id="policies"[^>]*>{fingerprint}<', html)
+        assert 'id="policy-mismatch"' not in html
+    with Guard(store=sqlite_url) as other:
+        other.policy("create_order", effect="irreversible")
+        app = create_app(other, TOKEN, clock=clock)
+        with TestClient(app) as c:
+            html = unescape(c.get(f"/runs/{run_id}", headers=BEARER).text)
+            assert 'id="policy-mismatch"' in html
+            assert f"started under policies {fingerprint}" in html
+            assert f"fingerprint {other.policy_fingerprint}" in html
+    with TestClient(create_app(sqlite_url, TOKEN, clock=clock)) as c:  # declares no policies
+        assert 'id="policy-mismatch"' not in c.get(f"/runs/{run_id}", headers=BEARER).text
+
+
 def test_a_tampered_log_shows_a_broken_chain(shop: Shop, client: TestClient) -> None:
     import sqlite3
 
@@ -1192,7 +1314,12 @@ def test_browser_runs_no_script_from_tool_arguments(shop: Shop, served: str, bro
     for bypass_csp in (False, True):
         context = browser.new_context(extra_http_headers=BEARER, bypass_csp=bypass_csp)
         page = context.new_page()
-        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+
+        def dismiss(dialog: Any) -> None:
+            dialogs.append(dialog.message)
+            dialog.dismiss()
+
+        page.on("dialog", dismiss)
         try:
             for path in ("/", f"/runs/{run_id}"):
                 answer = page.goto(served + path)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from guardrail.cli import db, policy, reviewers, runs, serve, show
+from guardrail.cli import db, policy, recover, reviewers, runs, serve, show
 from guardrail.cli import mcp as mcp_proxy
 
 app = typer.Typer(
@@ -20,6 +20,7 @@ app = typer.Typer(
 app.add_typer(policy.app, name="policy")
 app.add_typer(reviewers.app, name="reviewers")
 runs.register(app)
+recover.register(app)
 show.register(app)
 db.register(app)
 mcp_proxy.register(app)

@@ -1,4 +1,4 @@
-"""``guardrail mcp-proxy --policy FILE [--pack NAME] -- COMMAND ARGS...``.
+"""``guardrail mcp-proxy [--app MODULE:ATTRIBUTE] [--policy FILE] [--pack NAME] -- COMMAND...``.
 
 Serves an MCP server's tools through the guard over stdio (see ``guardrail.adapters.mcp``).
 stdout is the MCP channel: everything for people goes to stderr. The adapter (and the ``mcp``
@@ -15,9 +15,8 @@ from typing import Annotated, Any
 
 import typer
 
-from guardrail.cli.runs import DEFAULT_STORE, Store
-from guardrail.errors import GuardrailError, PolicyError, StoreError
-from guardrail.guard import Guard
+from guardrail.cli.loading import App, AppStore, Force, Loads, PackOptions, Packs, open_guard
+from guardrail.errors import GuardrailError, PolicyError
 
 USAGE, FAILED = 2, 1
 
@@ -39,15 +38,11 @@ def mcp_proxy(
         list[Path] | None,
         typer.Option(help="A YAML or TOML policy file (repeatable; a later file wins)."),
     ] = None,
-    pack: Annotated[
-        list[str] | None,
-        typer.Option(help="A policy pack by name, e.g. mcp-filesystem (repeatable)."),
-    ] = None,
-    pack_option: Annotated[
-        list[str] | None,
-        typer.Option(help="KEY=VALUE for the packs, e.g. root_dir=/srv/files (repeatable)."),
-    ] = None,
-    store: Store = DEFAULT_STORE,
+    pack: Packs = None,
+    pack_option: PackOptions = None,
+    app: App = None,
+    store: AppStore = None,
+    force: Force = False,
     agent: Annotated[str, typer.Option(help="The agent name recorded on the run.")] = "mcp",
     run_id: Annotated[
         str | None,
@@ -66,29 +61,22 @@ def mcp_proxy(
 ) -> None:
     """Serve an MCP server's tools through the guard, over stdio.
 
-    Packs load first, then policy files (files win); tool annotations seed defaults for tools
+    With --app, the application's guard serves (its policies, tools and undos, and its store);
+    packs load first, then policy files (files win); tool annotations seed defaults for tools
     with no policy; tools with neither are refused. One run per client session. A failure
     compensates and halts the run; the client gets a tool error naming the run, and later calls
-    are refused until a person resumes it (`guardrail resume RUN`).
+    are refused until a person resumes it (`guardrail resume RUN`). The proxy does not start
+    when an undo it would need is not available (an undo tool the server does not have, or an
+    undo of the continued --run-id run), unless --force.
     """
     _log_to_stderr()
     if on_failure not in (None, "hold", "compensate"):
         raise typer.BadParameter(
             f"{on_failure!r}: expected hold or compensate", param_hint="--on-failure"
         )
-    options = dict(_option(o) for o in pack_option or [])
+    loads = Loads.of(app, [str(p) for p in policy or []], pack, pack_option)
+    guard, owned = open_guard(store, loads, strict=True, must_exist=False)
     try:
-        guard = Guard(store=store or DEFAULT_STORE)
-    except StoreError as exc:
-        fail(str(exc), FAILED)
-    try:
-        try:
-            for name in pack or []:
-                guard.load_policies(name, **options)
-            for file in policy or []:
-                guard.load_policies(file)
-        except PolicyError as exc:
-            fail(str(exc), USAGE)
         try:
             import anyio
 
@@ -101,27 +89,27 @@ def mcp_proxy(
         try:
             run = anyio.run(
                 lambda: adapter.serve(
-                    guard, command, agent=agent, run_id=run_id, on_failure=on_failure
+                    guard,
+                    command,
+                    agent=agent,
+                    run_id=run_id,
+                    on_failure=on_failure,
+                    force=force,
                 )
             )
         except Exception as exc:  # an ExceptionGroup from the task groups, or one error
             known = [e for e in _leaves(exc) if isinstance(e, OSError | GuardrailError)]
             if not known:
                 raise
-            fail(f"cannot serve {' '.join(command)}: {known[0]}", FAILED)
+            code = USAGE if isinstance(known[0], PolicyError) else FAILED
+            fail(f"cannot serve {' '.join(command)}: {known[0]}", code)
         if run is not None:
             logging.getLogger("guardrail.mcp").info(
                 "session over; run %s is %s", run, guard.require_run(run).status
             )
     finally:
-        guard.close()
-
-
-def _option(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise typer.BadParameter(f"{text!r}: expected KEY=VALUE", param_hint="--pack-option")
-    return key, value
+        if owned:
+            guard.close()
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from guardrail.cli.runs import CONFLICT, NOT_FOUND, USAGE, AsJson, _when, dump_json, fail
+from guardrail.cli.loading import CONFLICT, NOT_FOUND, USAGE, fail
+from guardrail.cli.runs import AsJson, _when, dump_json
 
 if TYPE_CHECKING:
     from guardrail.web.reviewers import ReviewerFile

@@ -1,9 +1,13 @@
 """Review commands: ``runs``, ``resume``, ``abort``, ``resolve``, ``approve``,
-``reject``, ``recover``, ``find``, ``export`` (``show`` is in :mod:`guardrail.cli.show`).
+``reject``, ``find``, ``export``, ``verify`` (``show`` is in :mod:`guardrail.cli.show`,
+``recover`` in :mod:`guardrail.cli.recover`).
 
 Every command takes ``--store URL`` (or ``GUARDRAIL_STORE``). Decisions record ``--by`` (default:
 ``GUARDRAIL_REVIEWER``, else the login name) and ``--note``, ask for confirmation unless
-``--yes``, and are safe to repeat. Exit codes: 0 ok, 1 not found, 2 usage, 3 conflict.
+``--yes``, and are safe to repeat. Decisions load the application's guard
+(``--app``) or policy files and packs (``--policy``, ``--pack``), see :mod:`guardrail.cli.loading`;
+``abort`` refuses to compensate without the undos it needs unless ``--force``.
+Exit codes: 0 ok, 1 not found, 2 usage, 3 conflict.
 """
 
 from __future__ import annotations
@@ -13,9 +17,7 @@ import getpass
 import json
 import os
 import re
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,14 +28,33 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from guardrail import decisions
 from guardrail.audit import Witness
-from guardrail.decisions import Decision
-from guardrail.errors import Conflict, GuardrailError, RunNotFound, RunStateError, StoreError
+from guardrail.cli.loading import (
+    CONFLICT,
+    DEFAULT_STORE,
+    NOT_FOUND,
+    USAGE,
+    App,
+    AppStore,
+    Force,
+    Loads,
+    PackOptions,
+    Packs,
+    Policies,
+    fail,
+    forced,
+    loaded,
+    refusal,
+    warn_mismatch,
+)
+from guardrail.decisions import Decision, UndosMissing
+from guardrail.drive import drive
+from guardrail.errors import Conflict, GuardrailError, RunNotFound, RunStateError
 from guardrail.guard import Guard
+from guardrail.transitions import DECIDABLE
 
 T = TypeVar("T")
-
-NOT_FOUND, USAGE, CONFLICT = 1, 2, 3
 
 Store = Annotated[
     str,
@@ -49,41 +70,29 @@ By = Annotated[
 Note = Annotated[str | None, typer.Option(help="Why; stored with the decision.")]
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 
-DEFAULT_STORE = "sqlite:///guardrail.db"
-
 
 def register(app: typer.Typer) -> None:
-    for command in (runs, resume, abort, resolve, approve, reject, recover, find, export, verify):
+    for command in (runs, resume, abort, resolve, approve, reject, find, export, verify):
         app.command()(command)
 
 
 @contextmanager
-def opened(store: str) -> Iterator[Guard]:
-    """A non-strict guard on the store; errors become exit codes with a one-line message."""
-    url = store or DEFAULT_STORE
-    if url.startswith("sqlite:///") and not os.path.exists(url.removeprefix("sqlite:///")):
-        fail(f"no store at {url} (pass --store URL or set GUARDRAIL_STORE)", NOT_FOUND)
-    try:
-        guard = Guard(store=store or DEFAULT_STORE, strict=False)
-    except StoreError as exc:
-        fail(str(exc), NOT_FOUND)
-    try:
-        yield guard
-    except RunNotFound as exc:
-        fail(str(exc), NOT_FOUND)
-    except Conflict as exc:
-        fail(str(exc), CONFLICT)
-    except RunStateError as exc:
-        fail(str(exc), CONFLICT)
-    except GuardrailError as exc:
-        fail(str(exc), USAGE)
-    finally:
-        guard.close()
-
-
-def fail(message: str, code: int) -> Any:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
+def opened(store: str | None, loads: Loads | None = None) -> Iterator[Guard]:
+    """A non-strict guard on the store, or the app's guard, with the policies ``loads`` names;
+    errors become exit codes with a one-line message."""
+    with loaded(store, loads or Loads()) as guard:
+        try:
+            yield guard
+        except RunNotFound as exc:
+            fail(str(exc), NOT_FOUND)
+        except Conflict as exc:
+            fail(str(exc), CONFLICT)
+        except RunStateError as exc:
+            fail(str(exc), CONFLICT)
+        except UndosMissing as exc:  # the run changed between the check and the abort
+            fail(refusal(exc.run_id or "?", exc.steps, "abort"), USAGE)
+        except GuardrailError as exc:
+            fail(str(exc), USAGE)
 
 
 def _reviewer(by: str | None) -> str:
@@ -170,22 +179,34 @@ def status_text(status: str) -> str:
 
 def resume(
     run_id: Annotated[str, typer.Argument()],
-    store: Store = DEFAULT_STORE,
+    store: AppStore = None,
+    app: App = None,
+    policy: Policies = None,
+    pack: Packs = None,
+    pack_option: PackOptions = None,
     by: By = None,
     note: Note = None,
     yes: Yes = False,
     as_json: AsJson = False,
 ) -> None:
-    """Let a halted run continue (restart the agent on the same run afterwards)."""
-    with opened(store) as guard:
-        guard.require_run(run_id)
+    """Let a halted run continue (restart the agent on the same run afterwards).
+
+    With --app, --policy or --pack, warns when the run started under other policies.
+    """
+    with opened(store, Loads.of(app, policy, pack, pack_option)) as guard:
+        warn_mismatch(guard, guard.require_run(run_id))
         who = _reviewer(by)
         _decide("resume", run_id, yes, as_json, lambda: guard.resume(run_id, by=who, note=note))
 
 
 def abort(
     run_id: Annotated[str, typer.Argument()],
-    store: Store = DEFAULT_STORE,
+    store: AppStore = None,
+    app: App = None,
+    policy: Policies = None,
+    pack: Packs = None,
+    pack_option: PackOptions = None,
+    force: Force = False,
     by: By = None,
     note: Note = None,
     yes: Yes = False,
@@ -193,28 +214,52 @@ def abort(
 ) -> None:
     """Undo whatever is still undoable and end the run as aborted.
 
-    Undos run in this process, so it needs the tools' undo callables: for runs of an agent whose
-    undos live in code, abort from that code (guard.abort) or with the policy pack loaded.
+    Undos run in this process, so it needs the application's guard (--app MODULE:ATTRIBUTE or
+    GUARDRAIL_APP) or the policies that name the undos (--policy, --pack). Without an undo it
+    needs, it refuses and changes nothing (exit 2); --force aborts anyway and lists those
+    actions for a person. Warns when the run started under other policies than the ones loaded.
     """
-    with opened(store) as guard:
-        guard.require_run(run_id)
+    with opened(store, Loads.of(app, policy, pack, pack_option)) as guard:
+        run = guard.require_run(run_id)
+        warn_mismatch(guard, run)
+        if run.status in DECIDABLE:
+            missing = decisions.missing_undos(guard, guard.store.actions(run_id))
+            if missing and not force:
+                fail(refusal(run_id, missing, "abort"), USAGE)
+            if missing:
+                forced(run_id, missing)
         who = _reviewer(by)
-        _decide("abort", run_id, yes, as_json, lambda: guard.abort(run_id, by=who, reason=note))
+        _decide(
+            "abort",
+            run_id,
+            yes,
+            as_json,
+            lambda: drive(decisions.abort(guard, run_id, who, note, require_undos=not force)),
+        )
 
 
 def resolve(
     item_id: Annotated[str, typer.Argument()],
     as_: Annotated[
-        str, typer.Option("--as", help="done_manually, retried or skipped.")
+        str,
+        typer.Option(
+            "--as",
+            help="done_manually, retried or skipped; for a call whose outcome is unknown "
+            "(in_doubt): happened or not_happened.",
+        ),
     ] = "done_manually",
-    store: Store = DEFAULT_STORE,
+    store: AppStore = None,
+    app: App = None,
+    policy: Policies = None,
+    pack: Packs = None,
+    pack_option: PackOptions = None,
     by: By = None,
     note: Note = None,
     yes: Yes = False,
     as_json: AsJson = False,
 ) -> None:
     """Record a person's decision on a review item."""
-    with opened(store) as guard:
+    with opened(store, Loads.of(app, policy, pack, pack_option)) as guard:
         who = _reviewer(by)
         _decide(
             f"resolve as {as_}",
@@ -227,7 +272,11 @@ def resolve(
 
 def approve(
     item_id: Annotated[str, typer.Argument()],
-    store: Store = DEFAULT_STORE,
+    store: AppStore = None,
+    app: App = None,
+    policy: Policies = None,
+    pack: Packs = None,
+    pack_option: PackOptions = None,
     by: By = None,
     note: Note = None,
     resume_run: Annotated[bool, typer.Option("--resume", help="Also resume the run.")] = False,
@@ -235,12 +284,13 @@ def approve(
     as_json: AsJson = False,
 ) -> None:
     """Approve an approval request (these exact arguments)."""
-    with opened(store) as guard:
+    with opened(store, Loads.of(app, policy, pack, pack_option)) as guard:
         who = _reviewer(by)
         _decide("approve", item_id, yes, as_json, lambda: guard.approve(item_id, by=who, note=note))
         item = guard.store.review_item(item_id)
         if resume_run and item is not None:
             run_id = item.run_id
+            warn_mismatch(guard, guard.require_run(run_id))
             _decide(
                 "resume", run_id, True, as_json, lambda: guard.resume(run_id, by=who, note=note)
             )
@@ -248,112 +298,20 @@ def approve(
 
 def reject(
     item_id: Annotated[str, typer.Argument()],
-    store: Store = DEFAULT_STORE,
+    store: AppStore = None,
+    app: App = None,
+    policy: Policies = None,
+    pack: Packs = None,
+    pack_option: PackOptions = None,
     by: By = None,
     note: Note = None,
     yes: Yes = False,
     as_json: AsJson = False,
 ) -> None:
     """Reject an approval request; the agent gets CallRejected for that call."""
-    with opened(store) as guard:
+    with opened(store, Loads.of(app, policy, pack, pack_option)) as guard:
         who = _reviewer(by)
         _decide("reject", item_id, yes, as_json, lambda: guard.reject(item_id, by=who, reason=note))
-
-
-def recover(
-    store: Store = DEFAULT_STORE,
-    policy: Annotated[
-        list[str] | None,
-        typer.Option(help="A YAML or TOML policy file with the undos (repeatable)."),
-    ] = None,
-    pack: Annotated[
-        list[str] | None, typer.Option(help="A policy pack by name (repeatable).")
-    ] = None,
-    pack_option: Annotated[
-        list[str] | None, typer.Option(help="KEY=VALUE for the packs (repeatable).")
-    ] = None,
-    watch: Annotated[
-        bool, typer.Option("--watch", help="Keep recovering until interrupted (Ctrl-C, SIGTERM).")
-    ] = False,
-    interval: Annotated[
-        float, typer.Option(min=0.0, help="Seconds between passes with --watch.")
-    ] = 5.0,
-    iterations: Annotated[
-        int | None, typer.Option(min=1, hidden=True, help="Stop after N passes (for tests).")
-    ] = None,
-    stale_after: Annotated[
-        float | None,
-        typer.Option(
-            min=0.0,
-            help="Seconds without a heartbeat after which an owner on another host counts as "
-            "dead (default 30: six times the default heartbeat_interval of 5 s).",
-        ),
-    ] = None,
-    as_json: AsJson = False,
-) -> None:
-    """Finish the runs whose owner process died.
-
-    Undos run in this process: load the policies that name them (--policy, --pack), else what
-    would be undone is listed for review instead. With --watch, pass after pass until
-    interrupted, printing what each pass recovered (--json: one line each). Any number of
-    watchers, on any number of hosts, may share a store: each dead run is claimed by exactly
-    one of them.
-    """
-    options = dict(_option(o) for o in pack_option or [])
-    with opened(store) as guard:
-        if stale_after is not None:
-            guard.stale_after = stale_after
-        for name in pack or []:
-            guard.load_policies(name, **options)
-        for file in policy or []:
-            guard.load_policies(file)
-        if not watch:
-            done = guard.recover()
-            if as_json:
-                dump_json({"recovered": done})
-            else:
-                typer.echo(
-                    f"recovered {len(done)} run(s)" + (": " + ", ".join(done) if done else "")
-                )
-            return
-        _watch(guard, interval, iterations, as_json)
-
-
-def _watch(guard: Guard, interval: float, iterations: int | None, as_json: bool) -> None:
-    stop = threading.Event()
-    main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) if main else None
-    passes = 0
-    try:
-        while not stop.is_set():
-            try:
-                done = guard.recover()
-            except GuardrailError as exc:
-                # e.g. the database is away for a while (a failover): report it and carry on
-                typer.echo(f"error: {exc}", err=True)
-                done = []
-            if done:
-                stamp = dt.datetime.now().isoformat(timespec="seconds")
-                if as_json:
-                    typer.echo(json.dumps({"at": stamp, "recovered": done}))
-                else:
-                    typer.echo(f"{stamp} recovered {len(done)} run(s): {', '.join(done)}")
-            passes += 1
-            if iterations is not None and passes >= iterations:
-                break
-            stop.wait(interval)
-    except KeyboardInterrupt:
-        pass  # Ctrl-C between or during passes: a run cut short is finished by the next watcher
-    finally:
-        if main:
-            signal.signal(signal.SIGTERM, previous)
-
-
-def _option(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise typer.BadParameter(f"{text!r}: expected KEY=VALUE", param_hint="--pack-option")
-    return key, value
 
 
 def find(

@@ -12,7 +12,18 @@ from typing import Annotated
 
 import typer
 
-from guardrail.cli.runs import DEFAULT_STORE, USAGE, Store, fail, opened
+from guardrail.cli.loading import (
+    USAGE,
+    App,
+    AppStore,
+    Force,
+    Loads,
+    PackOptions,
+    Packs,
+    Policies,
+    fail,
+)
+from guardrail.cli.runs import opened
 
 
 def register(app: typer.Typer) -> None:
@@ -29,7 +40,8 @@ def is_loopback(host: str) -> bool:
 
 
 def serve(
-    store: Store = DEFAULT_STORE,
+    store: AppStore = None,
+    app: App = None,
     host: Annotated[str, typer.Option(help="Address to listen on (loopback by default).")] = (
         "127.0.0.1"
     ),
@@ -70,26 +82,20 @@ def serve(
             "the token travels with every request.",
         ),
     ] = False,
-    policy: Annotated[
-        list[str] | None,
-        typer.Option(help="A YAML or TOML policy file, so aborts find undos (repeatable)."),
-    ] = None,
-    pack: Annotated[
-        list[str] | None, typer.Option(help="A policy pack by name (repeatable).")
-    ] = None,
-    pack_option: Annotated[
-        list[str] | None,
-        typer.Option(help="KEY=VALUE for the packs, e.g. root_dir=/srv/agent (repeatable)."),
-    ] = None,
+    policy: Policies = None,
+    pack: Packs = None,
+    pack_option: PackOptions = None,
+    force: Force = False,
     ssl_certfile: Annotated[str | None, typer.Option(help="Serve HTTPS with this cert.")] = None,
     ssl_keyfile: Annotated[str | None, typer.Option(help="The certificate's key.")] = None,
 ) -> None:
     """Serve the web review console: the runs waiting for a person, their timelines, and the
     decisions (resume, abort, resolve, approve, reject), each recording who logged in.
 
-    Aborts run the undos in this process: policy files with dotted-path undos and policy packs
-    work here; for undos that live in your code, serve guardrail.web.create_app(guard, ...)
-    from that code instead.
+    Aborts run the undos in this process: load the application's guard (--app
+    MODULE:ATTRIBUTE or GUARDRAIL_APP) or the policies that name them (--policy, --pack). A run
+    whose abort needs an undo the console lacks shows why and cannot be aborted here, unless
+    --force (its undos then become review items).
     """
     from guardrail.web.reviewers import ReviewerFile, ReviewerFileError, default_path
     from guardrail.web.security import check_header_name, check_token
@@ -131,24 +137,19 @@ def serve(
         )
     if bool(ssl_certfile) != bool(ssl_keyfile):
         fail("--ssl-certfile and --ssl-keyfile go together", USAGE)
-    options: dict[str, str] = {}
-    for text in pack_option or []:
-        key, sep, value = text.partition("=")
-        if not sep or not key:
-            fail(f"--pack-option {text!r}: expected KEY=VALUE", USAGE)
-        options[key] = value
+    loads = Loads.of(app, policy, pack, pack_option)
 
     import uvicorn
 
     from guardrail.web import create_app
 
-    with opened(store) as guard:
-        for name in pack or []:
-            guard.load_policies(name, **options)
-        for file in policy or []:
-            guard.load_policies(file)
-        app = create_app(
-            guard, token or None, reviewers=reviewer_file, trust_header=trust_header or None
+    with opened(store, loads) as guard:
+        console = create_app(
+            guard,
+            token or None,
+            reviewers=reviewer_file,
+            trust_header=trust_header or None,
+            force=force,
         )
         scheme = "https" if ssl_certfile else "http"
         shown = f"[{host}]" if ":" in host else host
@@ -160,8 +161,9 @@ def serve(
         if trust_header:
             ways.append(f"the {trust_header} header from the proxy in front")
         typer.echo(
-            f"guardrail console on {scheme}://{shown}:{port}/ for {guard.store.url}; "
-            f"who decides comes from {' and '.join(ways)} (Ctrl+C stops it)",
+            f"guardrail console on {scheme}://{shown}:{port}/ for {guard.store.url} under "
+            f"policies {guard.policy_fingerprint}; who decides comes from {' and '.join(ways)} "
+            "(Ctrl+C stops it)",
             err=True,
         )
         if trust_header and not is_loopback(host):
@@ -171,7 +173,7 @@ def serve(
                 err=True,
             )
         uvicorn.run(
-            app,
+            console,
             host=host,
             port=port,
             log_level="info",

@@ -8,7 +8,19 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from guardrail.cli.runs import DEFAULT_STORE, AsJson, Store, dump_json, opened, status_text
+from guardrail.cli.loading import (
+    LOAD_HINT,
+    App,
+    AppStore,
+    Loads,
+    PackOptions,
+    Packs,
+    Policies,
+    warn_mismatch,
+)
+from guardrail.cli.runs import AsJson, dump_json, opened, status_text
+from guardrail.decisions import missing_undos
+from guardrail.transitions import DECIDABLE
 
 
 def register(app: typer.Typer) -> None:
@@ -17,7 +29,11 @@ def register(app: typer.Typer) -> None:
 
 def show(
     run_id: Annotated[str, typer.Argument(help="The run id.")],
-    store: Store = DEFAULT_STORE,
+    store: AppStore = None,
+    app: App = None,
+    policy: Policies = None,
+    pack: Packs = None,
+    pack_option: PackOptions = None,
     limit: Annotated[
         int, typer.Option(help="Show the newest N actions and review items (0: all).")
     ] = 100,
@@ -25,16 +41,22 @@ def show(
 ) -> None:
     """The run's timeline: actions, compensations, review items, what would still be undone,
     and the hash-chain verdict. Long runs show their newest actions (--limit, 0 for all);
-    --json always has everything."""
-    with opened(store) as guard:
+    --json always has everything. What an abort would do depends on the undos loaded: pass the
+    application's guard (--app) or its policies (--policy, --pack) to see it as they would."""
+    with opened(store, Loads.of(app, policy, pack, pack_option)) as guard:
         log = guard.log(run_id)
         verdict = guard.verify(run_id, log=log)
         plan = guard.plan_undo(run_id, log=log)
+        # what an abort from here would lack, for a run that waits for a person's decision
+        missing = missing_undos(guard, log.actions) if log.run.status in DECIDABLE else []
+        if not as_json:
+            warn_mismatch(guard, log.run)
         if as_json:
             dump_json(
                 {
                     **log.model_dump(),
                     "plan_undo": [_slots(s) for s in plan],
+                    "missing_undos": [_slots(s) for s in missing],
                     "verification": verdict.model_dump(),
                 }
             )
@@ -47,6 +69,8 @@ def show(
         )
         if run.decided_by:
             console.print(f"decided by {run.decided_by}: {run.decision_note or ''}")
+        if run.policy_fingerprint:
+            console.print(f"policies: {run.policy_fingerprint}")
         actions = log.actions[-limit:] if limit > 0 else log.actions
         shown = {a.seq for a in actions}
         # open items first: they are what the reader must act on
@@ -126,6 +150,13 @@ def show(
                 console.print(f"  {s.do} action {s.seq} ({s.tool}): {s.detail}")
             if limit > 0 and len(todo) > limit:
                 console.print(f"  ... and {len(todo) - limit:,} more")
+            if missing:
+                console.print(
+                    f"[red]{len(missing)} undo(s) it needs are not loaded here[/red] (actions "
+                    + ", ".join(str(s.seq) for s in missing[:20])
+                    + f"): an abort from this command would refuse; {LOAD_HINT}",
+                    markup=True,
+                )
         console.print(
             "hash chain: [green]ok[/green]"
             if verdict.ok

@@ -29,8 +29,10 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from guardrail import decisions
 from guardrail.audit import ActionLog, Verification
-from guardrail.decisions import Decision
+from guardrail.decisions import Decision, UndosMissing, explain_missing, policy_mismatch
+from guardrail.drive import drive
 from guardrail.errors import GuardrailError, RunNotFound
 from guardrail.guard import Guard
 from guardrail.lifecycle import PlannedStep
@@ -56,11 +58,16 @@ from guardrail.web.security import (
 WAITING = ("pending_review", "awaiting_approval")
 RUN_STATUSES = tuple(s.value for s in RunStatus)
 DECISIONS = ("resume", "abort", "resolve", "approve", "reject")
-RESOLUTIONS = ("done_manually", "retried", "skipped")
+RESOLUTIONS = ("done_manually", "retried", "skipped", "happened", "not_happened")
 MAX_NOTE = 2000
 MAX_SHOWN_RUNS = 500
 MAX_SHOWN_JSON = 20_000
 ACTIONS_PER_PART = 500
+REMEDY = (
+    "restart the console with the application's guard (guardrail serve --app MODULE:ATTRIBUTE, "
+    "or GUARDRAIL_APP) or the policies that name these undos (--policy FILE, --pack NAME), or "
+    "abort from the application itself"
+)
 
 
 def create_app(
@@ -72,6 +79,7 @@ def create_app(
     title: str = "guardrail",
     throttle: Throttle | None = None,
     clock: Clock = time.monotonic,
+    force: bool = False,
 ) -> Starlette:
     """The review console for ``guard`` (or a store URL).
 
@@ -94,7 +102,9 @@ def create_app(
     expiry and the default throttle.
 
     Given a URL, the console opens a non-strict guard on it (closed at shutdown); give it your
-    own ``Guard`` instead when aborts should run your tools' undos in this process.
+    own ``Guard`` instead when aborts should run your tools' undos in this process. A run whose
+    abort needs an undo this guard lacks says which and cannot be aborted here (the page and the
+    server refuse alike), unless ``force``: then those actions become review items.
     """
     if isinstance(reviewers, str | os.PathLike):
         reviewers = ReviewerFile(reviewers)
@@ -116,7 +126,7 @@ def create_app(
     )
     owned = not isinstance(guard, Guard)
     the_guard = Guard(store=guard, strict=False) if isinstance(guard, str) else guard
-    console = Console(the_guard, authority, title)
+    console = Console(the_guard, authority, title, force=force)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -185,6 +195,10 @@ class RunPage:
     open_approvals: list[ReviewItem]
     item_args: dict[str, str] = field(default_factory=dict)
     tools: dict[int, str] = field(default_factory=dict)
+    # what an abort here needs and this console lacks, and a warning when the run started
+    # under other policies than the console's
+    missing: list[PlannedStep] = field(default_factory=list)
+    mismatch: str | None = None
     part: int = 1
     parts: list[tuple[int, int, int]] = field(default_factory=list)  # (part, first, last seq)
 
@@ -310,6 +324,7 @@ def load_run(guard: Guard, run_id: str, part: int | None = None) -> RunPage:
         if i.seq is not None and i.seq in actions
     }
     open_items = [i for i in log.review_items if i.status == "open"]
+    waiting = log.run.status in WAITING
     return RunPage(
         log=log,
         verification=verification,
@@ -320,6 +335,8 @@ def load_run(guard: Guard, run_id: str, part: int | None = None) -> RunPage:
         open_approvals=[i for i in open_items if i.reason == "approval"],
         item_args=item_args,
         tools={a.seq: a.tool for a in log.actions},
+        missing=decisions.missing_undos(guard, log.actions) if waiting else [],
+        mismatch=policy_mismatch(guard, log.run),
         part=part,
         parts=[
             (n, log.actions[start].seq, log.actions[end - 1].seq)
@@ -337,10 +354,13 @@ class Console:
     """The views. One instance per application, holding the guard, the authority and the
     templates."""
 
-    def __init__(self, guard: Guard, authority: Authority, title: str) -> None:
+    def __init__(
+        self, guard: Guard, authority: Authority, title: str, *, force: bool = False
+    ) -> None:
         self.guard = guard
         self.authority = authority
         self.title = title
+        self.force = force
         self.templates = Environment(
             loader=PackageLoader("guardrail.web", "templates"),
             autoescape=True,
@@ -352,6 +372,7 @@ class Console:
         self.templates.globals.update(
             statuses=RUN_STATUSES,
             resolutions=RESOLUTIONS,
+            remedy=REMEDY,
             shared_identity=SHARED_IDENTITY,
             logins={
                 "reviewers": authority.reviewers is not None,
@@ -461,6 +482,7 @@ class Console:
             run=data.log.run,
             waiting=data.log.run.status in WAITING,
             max_note=MAX_NOTE,
+            force=self.force,
         )
 
     # -- decisions -----------------------------------------------------------------------------
@@ -504,7 +526,14 @@ class Console:
             raise HTTPException(400, f"resolution must be one of {', '.join(RESOLUTIONS)}")
         try:
             run_id, kind, message = await run_in_threadpool(
-                apply_decision, self.guard, decision, target, reviewer, note, resolution
+                apply_decision,
+                self.guard,
+                decision,
+                target,
+                reviewer,
+                note,
+                resolution,
+                force=self.force,
             )
         except RunNotFound as exc:
             raise HTTPException(404, str(exc)) from None
@@ -574,12 +603,20 @@ def safe_next(target: str) -> str:
 
 
 def apply_decision(
-    guard: Guard, decision: str, target: str, by: str, note: str, resolution: str
+    guard: Guard,
+    decision: str,
+    target: str,
+    by: str,
+    note: str,
+    resolution: str,
+    *,
+    force: bool = False,
 ) -> tuple[str, str, str]:
     """Make the decision; return the run to show and the outcome as (run_id, kind, message).
 
     ``kind`` is ``ok`` (it landed), ``warn`` (the same decision was already recorded: nothing
-    changed) or ``error`` (another decision came first, or the run is in the wrong state).
+    changed) or ``error`` (another decision came first, the run is in the wrong state, or an
+    abort needs undos this console lacks and ``force`` is off: then nothing changed).
     """
     run_id = target
     if decision in ("resolve", "approve", "reject"):
@@ -589,7 +626,7 @@ def apply_decision(
         run_id = item.run_id
     act: dict[str, Callable[[], Decision]] = {
         "resume": lambda: guard.resume(target, by=by, note=note),
-        "abort": lambda: guard.abort(target, by=by, reason=note),
+        "abort": lambda: drive(decisions.abort(guard, target, by, note, require_undos=not force)),
         "resolve": lambda: guard.resolve(target, resolution, by=by, note=note),
         "approve": lambda: guard.approve(target, by=by, note=note),
         "reject": lambda: guard.reject(target, by=by, reason=note),
@@ -598,6 +635,8 @@ def apply_decision(
         outcome = act[decision]()
     except RunNotFound:
         raise
+    except UndosMissing as exc:
+        return run_id, "error", f"Not done: {explain_missing(target, exc.steps, REMEDY)}."
     except GuardrailError as exc:
         return run_id, "error", f"Not done: {exc}"
     return run_id, *describe(guard, decision, target, outcome)
