@@ -410,12 +410,20 @@ class Guard:
         )
         return lifecycle.plan(actions, self.find_policy)
 
-    def recover(self) -> list[str]:
-        """Finish the runs whose owner process died; returns the ids recovered."""
-        return drive(recovery.recover(self))
+    def recover(self, *, require_undos: bool = False) -> list[str]:
+        """Finish the runs whose owner process died; returns the ids recovered.
 
-    async def arecover(self) -> list[str]:
-        return await adrive(recovery.recover(self))
+        ``require_undos``: leave alone (for a recovery that has them) the runs whose
+        compensation needs an undo this guard lacks, instead of listing those actions for
+        review."""
+        return drive(recovery.recover(self, self._can_compensate if require_undos else None))
+
+    async def arecover(self, *, require_undos: bool = False) -> list[str]:
+        only = self._can_compensate if require_undos else None
+        return await adrive(recovery.recover(self, only))
+
+    def _can_compensate(self, run: RunRecord) -> bool:
+        return not decisions.missing_undos(self, self.store.actions(run.id))
 
     # -- liveness and hooks ------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from guardrail import inject
@@ -97,13 +98,18 @@ def proven_dead(owner: str | None) -> bool:
     return False
 
 
-def recover(guard: Guard) -> Steps[list[str]]:
-    """Finish the runs whose owner is gone. Returns the ids of the runs this call recovered."""
+def recover(guard: Guard, only: Callable[[RunRecord], bool] | None = None) -> Steps[list[str]]:
+    """Finish the runs whose owner is gone. Returns the ids of the runs this call recovered.
+
+    ``only`` is asked about each run just before it is taken over: a run it refuses (one this
+    process lacks the undos for) is left for a recovery that can finish it."""
     store = guard.store
     recovered: list[str] = []
     for status in LIVE:
         for run in store.runs(status=status):
             if owner_alive(run.owner, run.heartbeat_at, guard.stale_after):
+                continue
+            if only is not None and not only(run):
                 continue
             t = T.claim(run, guard.owner)
             try:

@@ -393,6 +393,22 @@ def test_recover_refuses_without_the_undos_and_runs_them_with_the_app(shop: Shop
     assert (log.run.status, log.action(1).state) == ("pending_review", "compensated")
 
 
+def test_a_watcher_recovers_the_runs_it_can_and_leaves_the_others(shop: Shop) -> None:
+    blocked = dead_run(shop)
+    run = shop.guard.run(agent="shop").start()  # a dead run that needs no undo: a review only
+    run.call("send_email", {"to": "ann@example.com"}, fn=lambda to: "sent")
+    shop.guard.drop_lease(run.id)
+    before = stored(shop.guard, blocked)
+    done = cli(
+        "recover", "--watch", "--iterations", "1", "--store", shop.store, "--stale-after", "0"
+    )
+    assert done.exit_code == 0, done.output
+    assert f"recovered 1 run(s): {run.id}" in done.stdout
+    assert f"error: run {blocked}" in done.stderr
+    assert stored(shop.guard, blocked) == before  # left for a watcher with its undos
+    assert shop.guard.require_run(run.id).status == "pending_review"
+
+
 def test_recover_with_force_lists_the_undos_for_review(shop: Shop) -> None:
     run_id = dead_run(shop)
     done = cli("recover", "--store", shop.store, "--stale-after", "0", "--force", "--json")

@@ -40,13 +40,10 @@ MYPY_TESTS = (
 # Files left out of that run until their type errors are fixed: take a file off the list when
 # `mypy` on it (with the flags above) is clean.
 MYPY_TESTS_EXCLUDED = (
-    "tests/test_app_loading.py",
     "tests/test_inject.py",
     "tests/test_langchain.py",
-    "tests/test_mcp.py",
     "tests/test_memory_pack.py",
     "tests/test_openai_agents.py",
-    "tests/test_web.py",
 )
 
 

@@ -2,7 +2,8 @@
 application's guard (``--app``) or of policy files and packs (``--policy``, ``--pack``).
 
 A pass that would compensate a run without an undo it needs recovers nothing and says what to
-load; ``--force`` lists those actions for review instead.
+load (``--watch`` recovers the other runs and leaves that one for a watcher that has them);
+``--force`` lists those actions for review instead.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def recover(
                 run_id, steps = next(iter(blocked.items()))
                 others = f" (and {len(blocked) - 1} other run(s))" if len(blocked) > 1 else ""
                 fail(refusal(run_id, steps, "recover") + others, USAGE)
-            done = guard.recover()
+            done = guard.recover(require_undos=not force)
             if as_json:
                 dump_json({"recovered": done})
             else:
@@ -126,17 +127,13 @@ def _watch(
         while not stop.is_set():
             try:
                 blocked = _blocked(guard, force)
-                if blocked:
-                    # recovering would compensate these without their undos: wait for a watcher
-                    # (or a person) that has them; say so once per run
-                    for run_id, steps in blocked.items():
-                        if run_id not in told:
-                            typer.echo(f"error: {refusal(run_id, steps, 'recover')}", err=True)
-                    told = set(blocked)
-                    done = []
-                else:
-                    told = set()
-                    done = guard.recover()
+                # runs this watcher lacks undos for wait for a watcher (or a person) that has
+                # them; say so once per run, and recover the others
+                for run_id, steps in blocked.items():
+                    if run_id not in told:
+                        typer.echo(f"error: {refusal(run_id, steps, 'recover')}", err=True)
+                told = set(blocked)
+                done = guard.recover(require_undos=not force)
             except GuardrailError as exc:
                 # e.g. the database is away for a while (a failover): report it and carry on
                 typer.echo(f"error: {exc}", err=True)
