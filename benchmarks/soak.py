@@ -271,7 +271,8 @@ def build(store: str, world: World, tools: list[ToolSpec], heartbeat: float = 5.
             done = world.has(f"do {spec.name} {key}", key)
             return {"id": key, "tool": spec.name, "note": ""} if done else False
 
-        fields: dict[str, Any] = {"effect": spec.effect}
+        # ToolError is raised before the tool changes anything: it proves nothing happened
+        fields: dict[str, Any] = {"effect": spec.effect, "not_done": [ToolError]}
         if spec.effect == "read_only":
             fields["retry"] = Retry(attempts=2, wait_initial=0.0005, wait_max=0.001)
         if spec.effect == "reversible":

@@ -33,6 +33,10 @@ with warnings.catch_warnings():
     from langchain_community.agent_toolkits import FileManagementToolkit
 
 
+class HostUnavailable(ConnectionError):
+    """The web host answered 503: it refused the upload, so nothing was published."""
+
+
 class ScriptedModel(GenericFakeChatModel):
     """Answers from a script; accepts tools like a real chat model would."""
 
@@ -60,13 +64,20 @@ def main() -> None:
 
     guard = Guard(store=store)
     guard.load_policies("langchain-file-management", root_dir=base / "site")
-    guard.policy("publish", effect="irreversible", review={"kind": "handoff", "owner": "web"})
+    # A 503 proves nothing was published (not_done). Any other error (a timeout after the
+    # upload left) would leave the outcome unknown: a person would say whether it happened.
+    guard.policy(
+        "publish",
+        effect="irreversible",
+        review={"kind": "handoff", "owner": "web"},
+        not_done=[HostUnavailable],
+    )
 
     @tool
     def publish(path: str) -> str:
         """Publish a file to the web site."""
         if not publisher["up"]:
-            raise ConnectionError("the web host is down")
+            raise HostUnavailable("the web host answered 503 Service Unavailable")
         return f"published {path}"
 
     def agent() -> Any:

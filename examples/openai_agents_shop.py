@@ -29,6 +29,10 @@ from guardrail.adapters.openai_agents import apply_decisions, wrap_tools
 NO_TRACES = RunConfig(tracing_disabled=True)  # the SDK would export traces to OpenAI
 
 
+class CarrierUnavailable(ConnectionError):
+    """The carrier answered 503: it refused the request, so nothing was booked."""
+
+
 class Shop:
     """Stand-ins for the shop's systems, so the demo shows what changed in the world."""
 
@@ -77,7 +81,7 @@ def tools(shop: Shop) -> list[Any]:
     @function_tool
     async def create_shipment(order_id: str) -> dict[str, Any]:
         """Book the carrier."""
-        raise ConnectionError("carrier API returned 503 Service Unavailable")
+        raise CarrierUnavailable("carrier API returned 503 Service Unavailable")
 
     return [lookup, create_order, cancel_order, charge_payment, send_email, create_shipment]
 
@@ -108,7 +112,14 @@ def declare(guard: Guard, shop: Shop) -> None:
         effect="irreversible",
         review=Review(kind="correct", owner="support", instructions="Tell the customer why"),
     )
-    guard.policy("create_shipment", effect="reversible", undo=lambda args: None)
+    # A 503 proves the carrier refused the request: nothing was booked (not_done). Any other
+    # error (a timeout after the request left) would leave the outcome unknown, for a person.
+    guard.policy(
+        "create_shipment",
+        effect="reversible",
+        undo=lambda args: None,
+        not_done=[CarrierUnavailable],
+    )
 
 
 def script() -> list[Any]:

@@ -6,7 +6,9 @@
 An order over 1,000 needs a person's approval: the run halts in ``awaiting_approval``; "ann"
 approves, the run resumes and the agent runs again on the same run (the order is not created
 twice). Then the carrier fails: the payment and the order are undone by the undo tools the file
-names, and the confirmation email is listed for a person.
+names, and the confirmation email is listed for a person. The carrier refused the connection,
+which the policy file declares proves nothing was shipped (``not_done``): the shipment is a plain
+failure, not a call a person must check.
 """
 
 from __future__ import annotations
@@ -48,7 +50,9 @@ def send_confirmation(to: str, order_id: str) -> str:
 
 
 def create_shipment(order_id: str, address: str) -> dict[str, str]:
-    raise ConnectionError("the carrier's API is down")
+    # a refused connection proves the request never reached the carrier: nothing was shipped
+    # (the policy file declares it not_done; a timeout would leave the outcome unknown)
+    raise ConnectionRefusedError("the carrier's API refused the connection")
 
 
 def cancel_shipment(order_id: str) -> None:

@@ -204,6 +204,20 @@ def resolve(guard: Guard, item_id: str, resolution: str, by: str, note: str | No
     if resolution in DOUBT_WORDS:
         assert item.seq is not None
         t = T.resolve_doubt(item.run_id, item_id, item.seq, resolution == "happened", by, note)
+        run = guard.require_run(item.run_id)
+        if resolution == "happened" and run.status in (
+            T.RunStatus.ABORTING,
+            T.RunStatus.ABORTED,
+        ):
+            # nothing compensates an aborted run again: a person undoes what happened
+            action = next((a for a in store.actions(item.run_id) if a.seq == item.seq), None)
+            tool = action.tool if action is not None else "the call"
+            policy = guard.find_policy(tool)
+            detail = (
+                f"{tool} took effect ({by} says so), but the run was aborted before anyone "
+                "knew, so nothing undid it: undo or correct it by hand"
+            )
+            t.writes.append(review_write(item.run_id, item.seq, "not_undone", policy, detail))
     else:
         t = T.resolve_item(item.run_id, item_id, resolution, by, note, "review.resolve")
     landed = commit(guard, t)

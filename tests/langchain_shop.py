@@ -7,8 +7,10 @@ as a child process (to prove a paused thread survives a process restart).
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -51,10 +53,16 @@ def script() -> list[AIMessage]:
 
 
 class World:
-    """Side effects, kept in a JSON file so they survive the process."""
+    """Side effects, kept in a JSON file so they survive the process.
+
+    Parallel tool calls read and change it from several threads: a save replaces the file in
+    one step (a reader never sees it half written) and a change holds a lock, so that a tool
+    fails only when the test means it to (an unexpected error would leave its call in doubt).
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.lock = threading.Lock()
         if not path.exists():
             self.save({"orders": [], "cancelled": [], "emails": 0, "shipped": 0, "ship_ok": False})
 
@@ -62,13 +70,20 @@ class World:
         return json.loads(self.path.read_text())  # type: ignore[no-any-return]
 
     def save(self, data: dict[str, Any]) -> None:
-        self.path.write_text(json.dumps(data))
+        fresh = self.path.with_name(f"{self.path.name}.{threading.get_ident()}.tmp")
+        fresh.write_text(json.dumps(data))
+        os.replace(fresh, self.path)
 
     def change(self, key: str, fn: Any) -> Any:
-        data = self.load()
-        data[key] = fn(data[key])
-        self.save(data)
-        return data
+        with self.lock:
+            data = self.load()
+            data[key] = fn(data[key])
+            self.save(data)
+            return data
+
+
+class CarrierDown(ConnectionError):
+    """The carrier refused the shipment: nothing was shipped (declared ``not_done``)."""
 
 
 def build(store: str, checkpoints: str, world: World, *, is_async: bool = False) -> Any:
@@ -79,7 +94,7 @@ def build(store: str, checkpoints: str, world: World, *, is_async: bool = False)
 
     guard.policy("create_order", effect="reversible", undo=cancel_order)
     guard.policy("send_email", effect="irreversible", review={"kind": "correct"})
-    guard.policy("ship", effect="reversible", undo=lambda: None)
+    guard.policy("ship", effect="reversible", undo=lambda: None, not_done=[CarrierDown])
 
     def create(item: str) -> str:
         world.change("orders", lambda o: [*o, f"o-{item}"])
@@ -91,7 +106,7 @@ def build(store: str, checkpoints: str, world: World, *, is_async: bool = False)
 
     def ship_it(order_id: str) -> str:
         if not world.load()["ship_ok"]:
-            raise ConnectionError("the carrier is down")
+            raise CarrierDown("the carrier is down")
         world.change("shipped", lambda n: n + 1)
         return "shipped"
 

@@ -46,6 +46,10 @@ class World:
         return [name for name, _ in self.calls]
 
 
+class Refused(RuntimeError):
+    """A tool that refused before doing anything: declared ``not_done`` (nothing happened)."""
+
+
 class Widget:
     """A tool result with no JSON form."""
 
@@ -388,10 +392,10 @@ def test_huge_result_is_capped_with_a_note_and_keeps_its_external_ids(store_url:
 def test_unknown_run_id_is_named_for_every_operation(guard: Guard) -> None:
     world = World()
     t = shop(guard, world)
-    guard.policy("boom", effect="irreversible")
+    guard.policy("boom", effect="irreversible", not_done=[Refused])
     with pytest.raises(RunHalted), guard.run() as run:
         t["send_email"]("ann@example.com")
-        run.call("boom", {}, fn=ScriptedTool([RuntimeError("x")]))
+        run.call("boom", {}, fn=ScriptedTool([Refused("x")]))
     before = dump(guard, run.id)
 
     operations: dict[str, Callable[[], Any]] = {
@@ -716,12 +720,12 @@ def test_store_outage_then_retry_does_not_make_resume_repeat_a_call(outage: Outa
     carrier = {"down": True}
     with outage.guard() as guard:
         t = shop(guard, world)
-        guard.policy("ship", effect="irreversible", on_failure="hold")
+        guard.policy("ship", effect="irreversible", on_failure="hold", not_done=[Refused])
 
         @guard.tool(name="ship")
         def ship() -> str:
             if carrier["down"]:
-                raise RuntimeError("carrier is down")
+                raise Refused("carrier is down")
             return "shipped"
 
         def agent(first_time: bool) -> None:
@@ -799,18 +803,28 @@ def test_store_outage_after_the_tool_ran_leaves_a_review_item(outage: Outage) ->
     ],
     indirect=True,
 )
-def test_an_error_message_with_a_nul_byte_is_recorded(guard: Guard) -> None:
+@pytest.mark.parametrize("declared", [True, False], ids=["not_done", "unknown"])
+def test_an_error_message_with_a_nul_byte_is_recorded(guard: Guard, declared: bool) -> None:
+    """As a failure (the exception is declared not_done) and as an unknown outcome, whose
+    review item quotes the error for a person."""
     world = World()
     t = shop(guard, world)
-    boom = ScriptedTool([RuntimeError("bad\x00data")], name="boom")
-    guard.policy("boom", effect="irreversible")
+    boom = ScriptedTool([Refused("bad\x00data")], name="boom")
+    guard.policy("boom", effect="irreversible", not_done=[Refused] if declared else [])
     with pytest.raises(RunHalted) as halted, guard.run() as run:
         t["create_order"]("book")
         run.call("boom", {}, fn=boom)
     assert halted.value.status == "pending_review"
     log = guard.log(run.id)
-    assert states(guard, run.id) == [("create_order", "compensated"), ("boom", "failed")]
+    state = "failed" if declared else "in_doubt"
+    assert states(guard, run.id) == [("create_order", "compensated"), ("boom", state)]
     assert "bad" in (log.action(2).error or "") and "data" in (log.action(2).error or "")
+    if not declared:
+        [item] = log.review_items
+        assert (item.seq, item.reason) == (2, "in_doubt")
+        assert "bad" in (item.instructions or "") and "data" in (item.instructions or "")
+    else:
+        assert log.review_items == []
     assert_verifies(guard, run.id)
 
 

@@ -49,6 +49,10 @@ import traceback
 from guardrail import Guard, Review, RunHalted, testing
 
 
+class CarrierDown(RuntimeError):
+    """The carrier refused the shipment before anything was shipped (declared not_done)."""
+
+
 def read_world(path):
     try:
         with open(path) as f:
@@ -126,10 +130,11 @@ def build(store, world, opts):
         effect="irreversible",
         review=Review(kind="cancel", owner="logistics"),
         on_failure="hold" if opts.get("hold") else "compensate",
+        not_done=[CarrierDown],
     )
     def ship(order_id):
         if opts.get("ship_fails", True):
-            raise RuntimeError("carrier down")
+            raise CarrierDown("carrier down")
         record(f"ship {order_id}")
         maybe_die("ship")
         return {"tracking": f"t-{order_id}"}
@@ -409,14 +414,24 @@ def check_recovered(
     states: dict[int, str],
     items: set[tuple[int, str]],
     world: list[str],
+    held: str | None = None,
 ) -> None:
-    """The general invariants, the exact outcome, and that a second recovery changes nothing."""
+    """The general invariants, the exact outcome, and that a second recovery changes nothing.
+
+    ``held``: how the decision on a run held on failure closed its ``held`` item (``resumed``
+    or ``aborted``, by ops); None when the run was never held."""
     with Guard(store=shop.store) as guard:
         check_invariants(guard, shop.world())
         log = guard.log(RUN_ID)
         assert log.run.status == status
         assert {a.seq: a.state for a in log.actions} == states
         assert {(i.seq, i.reason) for i in log.review_items if i.status == "open"} == items
+        closed = [
+            (i.seq, i.status, i.resolution, i.resolved_by)
+            for i in log.review_items
+            if i.reason == "held"
+        ]
+        assert closed == ([] if held is None else [(4, "resolved", held, "ops")])
         assert shop.world() == world
         before = snapshot(guard)
     assert shop.recover() == []
@@ -643,8 +658,6 @@ def test_kill_during_recovery(
 
 # -- crashes inside abort --------------------------------------------------------------------
 
-HELD = (4, "held")
-
 
 @pytest.mark.parametrize(
     ("crash_at", "states", "items", "world"),
@@ -652,28 +665,28 @@ HELD = (4, "held")
         pytest.param(
             "after_abort_start",
             {1: C, 2: C, 3: S, 4: F},
-            {HELD, (3, "irreversible")},
+            {(3, "irreversible")},
             [CREATE, CHARGE, EMAIL, REFUND, CANCEL],
             id="after_abort_start",
         ),
         pytest.param(
             "after_compensation_start:1",
             {1: C, 2: CF, 3: S, 4: F},
-            {HELD, (2, "compensation_in_doubt"), (3, "irreversible")},
+            {(2, "compensation_in_doubt"), (3, "irreversible")},
             [CREATE, CHARGE, EMAIL, CANCEL],
             id="after_compensation_start:1",
         ),
         pytest.param(
             "after_undo:1",
             {1: C, 2: CF, 3: S, 4: F},
-            {HELD, (2, "compensation_in_doubt"), (3, "irreversible")},
+            {(2, "compensation_in_doubt"), (3, "irreversible")},
             [CREATE, CHARGE, EMAIL, REFUND, CANCEL],
             id="after_undo:1",
         ),
         pytest.param(
             "after_undo:2",
             {1: CF, 2: C, 3: S, 4: F},
-            {HELD, (1, "compensation_in_doubt"), (3, "irreversible")},
+            {(1, "compensation_in_doubt"), (3, "irreversible")},
             [CREATE, CHARGE, EMAIL, REFUND, CANCEL],
             id="after_undo:2",
         ),
@@ -693,7 +706,7 @@ def test_kill_during_abort(
     assert shop.world() == [CREATE, CHARGE, EMAIL]
     shop.killed("abort", crash_at)
     assert shop.recover() == [RUN_ID]
-    check_recovered(shop, status="aborted", states=states, items=items, world=world)
+    check_recovered(shop, status="aborted", states=states, items=items, world=world, held="aborted")
     # abort twice equals abort once, also after a crash
     assert shop.child("abort") == (0, ["aborted", False])
     assert shop.world() == world
@@ -710,8 +723,9 @@ def test_resume_then_kill(shop_factory: Any, sqlite_url: str) -> None:
         shop,
         status=PR,
         states={1: C, 2: C, 3: S, 4: F, 5: D},
-        items={HELD, (3, "irreversible"), (5, "in_doubt")},
+        items={(3, "irreversible"), (5, "in_doubt")},
         world=[CREATE, CHARGE, EMAIL, "ship o-book", REFUND, CANCEL],
+        held="resumed",
     )
 
 
@@ -741,8 +755,9 @@ def test_standalone_abort(shop_factory: Any, sqlite_url: str) -> None:
         shop,
         status="aborted",
         states={1: C, 2: CF, 3: S, 4: F},
-        items={HELD, (2, "compensation_in_doubt"), (3, "irreversible")},
+        items={(2, "compensation_in_doubt"), (3, "irreversible")},
         world=[CREATE, CHARGE, EMAIL, REFUND, CANCEL],
+        held="aborted",
     )
 
 
@@ -783,8 +798,9 @@ def test_store_backends(shop_factory: Any, store_url: str, case: str) -> None:
             shop,
             status="aborted",
             states={1: C, 2: CF, 3: S, 4: F},
-            items={HELD, (2, "compensation_in_doubt"), (3, "irreversible")},
+            items={(2, "compensation_in_doubt"), (3, "irreversible")},
             world=[CREATE, CHARGE, EMAIL, REFUND, CANCEL],
+            held="aborted",
         )
     else:
         shop = shop_factory(store_url)

@@ -20,6 +20,8 @@ def test_policy_file_example() -> None:
     assert done.returncode == 0, done.stderr
     assert "awaiting_approval" in done.stdout
     assert "refund_payment -> succeeded" in done.stdout
+    # the carrier refused the connection, declared not_done in the file: a plain failure
+    assert "create_shipment    reversible   failed" in done.stdout
 
 
 def test_check_the_shop_policies_against_its_toolkit() -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from guardrail import Conflict, Guard, Review, RunHalted, StoreError
+from guardrail import Conflict, Guard, Review, RunHalted, RunStateError, StoreError
 from guardrail.errors import OwnershipLost
 from guardrail.recovery import make_owner, owner_alive
 from guardrail.testing import FaultyStore
@@ -44,11 +44,20 @@ class Ledger:
         return self.path.read_text().splitlines()
 
 
+class Declined(Exception):
+    """The card was declined: nothing was charged (declared ``not_done``)."""
+
+
 def shop(guard: Guard, ledger: Ledger) -> dict[str, Callable[..., Any]]:
     def refund(args: dict[str, Any]) -> None:
         ledger.add(f"refund {args['item']}")
 
-    @guard.tool(effect="reversible", undo=refund, external_ids={"charge_id": "result.id"})
+    @guard.tool(
+        effect="reversible",
+        undo=refund,
+        external_ids={"charge_id": "result.id"},
+        not_done=[Declined],
+    )
     def charge(item: str) -> dict[str, str]:
         ledger.add(f"charge {item}")
         return {"id": f"ch_{item}"}
@@ -139,13 +148,19 @@ def test_paused_inside_a_call_cannot_record_its_outcome(
 def test_woken_worker_does_not_undo_a_run_another_worker_completed(
     two: tuple[Guard, Guard], ledger: Ledger, store_url: str
 ) -> None:
-    """Paused inside a call; recovery halts its run, a person resumes it, a second worker
-    completes it. When the first wakes up and its call fails, its halt must not compensate."""
+    """Paused inside a call; recovery halts its run (the call is in doubt), a person says it did
+    not happen and resumes it, a second worker completes it. When the first wakes up and its
+    call fails, its halt must not compensate, nor its failure replace the person's word."""
     worker, other = two
     tools = shop(other, ledger)
 
     def fail_after_takeover(item: str) -> None:
         assert other.recover() == [run.id]
+        with pytest.raises(RunStateError, match="outcome is unknown"):
+            other.resume(run.id, by="alice")  # nobody said whether ship happened
+        [doubt] = other.store.review_items(run_id=run.id, status="open")
+        assert (doubt.seq, doubt.reason) == (2, "in_doubt")
+        other.resolve(doubt.id, "not_happened", by="alice", note="the carrier has no parcel")
         other.resume(run.id, by="alice")
         with other.run(agent="shop", run_id=run.id):
             tools["charge"](item="b")
@@ -162,8 +177,12 @@ def test_woken_worker_does_not_undo_a_run_another_worker_completed(
     assert log.run.status == "completed"
     assert [(a.tool, a.state) for a in log.actions] == [
         ("charge", "compensated"),
-        ("ship", "in_doubt"),
+        ("ship", "failed"),
         ("charge", "succeeded"),
+    ]
+    assert log.action(2).error == "alice says it did not happen"  # not the late TimeoutError
+    assert [(i.seq, i.reason, i.resolution) for i in log.review_items] == [
+        (2, "in_doubt", "not_happened")
     ]
     check_finished(other, run.id)
 
@@ -175,8 +194,12 @@ def test_a_person_resuming_fences_off_the_old_worker(guard: Guard, ledger: Ledge
     shop(guard, ledger)
     old = guard.run(agent="shop", on_failure="hold").start()
     old.call("charge", {"item": "a"})
+
+    def declined(item: str) -> None:
+        raise Declined(item)
+
     with pytest.raises(RunHalted):
-        old.call("charge", {"item": "b"}, fn=lambda item: 1 / 0)
+        old.call("charge", {"item": "b"}, fn=declined)
     guard.resume(run_id := old.id, by="alice")
     with guard.run(agent="shop", run_id=run_id) as new:
         new.call("charge", {"item": "c"})
@@ -354,7 +377,7 @@ def test_a_live_run_keeps_its_lease(store_url: str, ledger: Ledger) -> None:
 
 def test_a_reused_call_id_with_another_tool_is_refused(guard: Guard, ledger: Ledger) -> None:
     shop(guard, ledger)
-    wire = []
+    wire: list[object] = []
     guard.policy("wire_money", effect="irreversible")
     with guard.run(agent="bank") as run:
         run.call("charge", {"item": "a"}, call_id="call_1")

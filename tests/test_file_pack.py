@@ -37,10 +37,16 @@ def files(guard: Guard, workspace: Path) -> dict[str, Any]:
     return {t.name: t for t in wrap_tools(guard, toolkit.get_tools())}
 
 
+class HostDown(RuntimeError):
+    """The web host refused the request: nothing was published (declared ``not_done``)."""
+
+
 def publish(guard: Guard) -> Any:
-    @guard.tool(effect="irreversible", review={"kind": "handoff", "owner": "web"})
+    @guard.tool(
+        effect="irreversible", review={"kind": "handoff", "owner": "web"}, not_done=[HostDown]
+    )
     def publish_site() -> None:
-        raise RuntimeError("the web host is down")
+        raise HostDown("the web host is down")
 
     return publish_site
 
@@ -100,9 +106,11 @@ def test_abort_after_hold_restores_too(
 ) -> None:
     before = tree_hash(workspace)
 
-    @guard.tool(effect="irreversible", review={"kind": "handoff"}, on_failure="hold")
+    @guard.tool(
+        effect="irreversible", review={"kind": "handoff"}, on_failure="hold", not_done=[HostDown]
+    )
     def deploy() -> None:
-        raise RuntimeError("no")
+        raise HostDown("no")
 
     with pytest.raises(RunHalted), guard.run() as run:
         files["write_file"].invoke({"file_path": "notes.txt", "text": "changed"})

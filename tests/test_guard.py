@@ -17,6 +17,10 @@ from guardrail.testing import ScriptedTool
 FAST = Retry(attempts=3, wait_initial=0)
 
 
+class CarrierDown(RuntimeError):
+    """The carrier refused the shipment: nothing was shipped (declared ``not_done``)."""
+
+
 class World:
     """Side effects the tools make, and undo counts, outside the guard's store."""
 
@@ -62,11 +66,11 @@ def shop(guard: Guard, world: World, *, undo_script: list[Any] | None = None) ->
         world.count("lookup")
         return 3
 
-    @guard.tool(effect="reversible", undo=lambda: None)
+    @guard.tool(effect="reversible", undo=lambda: None, not_done=[CarrierDown])
     def ship(order_id: str, fail: bool = False) -> str:
         world.count("ship")
         if fail:
-            raise RuntimeError("carrier is down")
+            raise CarrierDown("carrier is down")
         return "shipped"
 
     return {
@@ -117,7 +121,7 @@ def test_failure_compensates_newest_first_and_lists_irreversible(guard: Guard) -
     assert halted.value.run_id == run.id
     assert halted.value.status == "pending_review"
     # the tool's exception is not chained (its text may hold secrets); its redacted text is
-    assert halted.value.__cause__ is None and "RuntimeError" in str(halted.value)
+    assert halted.value.__cause__ is None and "CarrierDown: carrier is down" in str(halted.value)
     assert world.orders == {}
     assert world.undone == ["o-2", "o-1"]  # newest first
     log = guard.log(run.id)
@@ -175,14 +179,20 @@ def test_compensation_that_always_fails_becomes_a_review_item(guard: Guard) -> N
 
 def test_resume_replays_without_running_done_calls_again(guard: Guard) -> None:
     world = World()
-    guard.policy("ship_held", effect="reversible", undo=lambda: None, on_failure="hold")
+    guard.policy(
+        "ship_held",
+        effect="reversible",
+        undo=lambda: None,
+        on_failure="hold",
+        not_done=[CarrierDown],
+    )
     fail = {"now": True}
 
     @guard.tool(name="ship_held")
     def ship_held(order_id: str) -> str:
         world.count("ship")
         if fail["now"]:
-            raise RuntimeError("carrier is down")
+            raise CarrierDown("carrier is down")
         return "shipped"
 
     t = shop(guard, world)
@@ -204,6 +214,8 @@ def test_resume_replays_without_running_done_calls_again(guard: Guard) -> None:
 
     decision = guard.resume(run.id, by="ann", note="carrier is back")
     assert decision.landed and decision.status == "running"
+    [held] = guard.log(run.id).review_items  # the resume is what the held item asked for
+    assert (held.status, held.resolution, held.resolved_by) == ("resolved", "resumed", "ann")
     fail["now"] = False
     with guard.run(run_id=run.id):
         agent()
@@ -251,7 +263,9 @@ def test_retry_only_what_is_safe(guard: Guard) -> None:
     assert len(flaky_read.calls) == 3
     assert len(flaky_write.calls) == 1  # irreversible: never retried by default
     log = guard.log(run.id)
-    assert [(a.state, a.attempts) for a in log.actions] == [("succeeded", 3), ("failed", 1)]
+    # a timeout of a write proves nothing: it may have happened, so a person must say
+    assert [(a.state, a.attempts) for a in log.actions] == [("succeeded", 3), ("in_doubt", 1)]
+    assert [(i.seq, i.reason) for i in log.review_items] == [(2, "in_doubt")]
 
 
 def test_declared_retry_on_listed_exceptions(guard: Guard) -> None:
@@ -317,9 +331,9 @@ def test_async_tools_and_async_run(guard: Guard) -> None:
         world.count("create")
         return {"id": f"a-{world.calls['create']}"}
 
-    @guard.tool(effect="reversible", undo=lambda: None)
+    @guard.tool(effect="reversible", undo=lambda: None, not_done=[CarrierDown])
     async def fail() -> None:
-        raise RuntimeError("boom")
+        raise CarrierDown("boom")
 
     async def agent() -> str:
         async with guard.run(agent="async") as run:
@@ -376,7 +390,7 @@ def test_spans_follow_genai_conventions(guard: Guard) -> None:
     assert tool.attributes["guardrail.external_ids"] == "order_id=o-1"
     failed = spans["execute_tool ship"]
     assert failed.attributes is not None
-    assert failed.attributes["error.type"] == "RuntimeError"
+    assert failed.attributes["error.type"] == "CarrierDown"
     assert "compensate create_order" in spans
     assert "guardrail pending_review" in spans
     everything = repr([dict(s.attributes or {}) for s in exporter.get_finished_spans()])
@@ -409,7 +423,13 @@ def test_runs_filters(guard: Guard) -> None:
 
 
 def test_two_parallel_failures_halt_once_without_waiting_for_each_other(guard: Guard) -> None:
-    guard.policy("flaky", effect="reversible", undo=lambda args: None, retry={"attempts": 1})
+    guard.policy(
+        "flaky",
+        effect="reversible",
+        undo=lambda args: None,
+        retry={"attempts": 1},
+        not_done=[CarrierDown],
+    )
     guard.policy("make", effect="reversible", undo=lambda args: undone.append(args["n"]))
     undone: list[int] = []
 
@@ -418,7 +438,7 @@ def test_two_parallel_failures_halt_once_without_waiting_for_each_other(guard: G
 
         async def flaky(n: int) -> None:
             await barrier.wait()  # both are running when both fail
-            raise ValueError(n)
+            raise CarrierDown(n)
 
         async with guard.run() as run:
             await run.acall("make", {"n": 0}, fn=lambda n: n)

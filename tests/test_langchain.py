@@ -92,6 +92,8 @@ def test_halt_pauses_the_thread_and_resume_survives_a_restart(
         assert [i.reason for i in log.review_items] == ["held"]
         world.change("ship_ok", lambda _: True)  # the carrier is back
         guard.resume("thread-1", by="ann", note="carrier is back")
+        [held] = guard.log("thread-1").review_items  # closed by the resume it asked for
+        assert (held.status, held.resolution, held.resolved_by) == ("resolved", "resumed", "ann")
     # a new process continues the same thread from its checkpoint
     assert child("resume", sqlite_url, checkpoints, str(world_path)) == {"answer": "all done"}
     state = world.load()
@@ -118,6 +120,8 @@ def test_abort_undoes_and_the_thread_stops(sqlite_url: str, tmp_path: Path) -> N
     log = guard.log("thread-1")
     assert log.action(1).state == "compensated"
     assert sorted(i.reason for i in log.review_items) == ["held", "irreversible"]
+    closed = [(i.status, i.resolution) for i in log.review_items if i.reason == "held"]
+    assert closed == [("resolved", "aborted")]  # the abort is what the held item asked for
     with pytest.raises(RunHalted, match="aborted"):
         agent.invoke(Command(resume="go on"), THREAD)
     assert world.load()["shipped"] == 0

@@ -48,6 +48,10 @@ tools:
 REFUNDS: list[str] = []
 
 
+class CarrierDown(RuntimeError):
+    """The carrier refused the shipment: nothing was shipped (declared ``not_done``)."""
+
+
 def refund(result: dict[str, Any]) -> None:
     REFUNDS.append(result["charge_id"])
 
@@ -94,10 +98,10 @@ class Shop:
             self.emails += 1
             return "sent"
 
-        @guard.tool(effect="reversible", undo=lambda: None)
+        @guard.tool(effect="reversible", undo=lambda: None, not_done=[CarrierDown])
         def ship(fail: bool = False) -> str:
             if fail:
-                raise RuntimeError("carrier down")
+                raise CarrierDown("carrier down")
             return "shipped"
 
         self.create_order, self.charge, self.update_bundle = create_order, charge, update_bundle
@@ -335,11 +339,11 @@ def test_a_condition_that_fails_at_run_time_asks_for_approval(guard: Guard) -> N
 
 def test_plan_undo_changes_nothing(loaded: tuple[Guard, Shop]) -> None:
     guard, shop = loaded
-    guard.policy("hold_me", effect="irreversible", on_failure="hold")
+    guard.policy("hold_me", effect="irreversible", on_failure="hold", not_done=[CarrierDown])
 
     @guard.tool
     def hold_me() -> None:
-        raise RuntimeError("no")
+        raise CarrierDown("no")
 
     with pytest.raises(RunHalted), guard.run() as run:
         shop.create_order(item="a", note="")
@@ -528,9 +532,9 @@ def test_an_allowed_module_may_be_named_in_every_dotted_field(
         def charge(amount: int) -> dict[str, str]:
             return {"charge_id": f"c-{amount}"}
 
-        @allowed.tool(effect="reversible", undo=lambda: None)
+        @allowed.tool(effect="reversible", undo=lambda: None, not_done=[CarrierDown])
         def ship() -> None:
-            raise RuntimeError("carrier down")
+            raise CarrierDown("carrier down")
 
         with pytest.raises(RunHalted), allowed.run() as run:
             charge(amount=5)
@@ -651,7 +655,7 @@ def test_allow_prefixes_are_checked(
 def test_a_mapping_from_a_config_system_is_held_to_the_same_rules(
     guard: Guard, app_modules: Path
 ) -> None:
-    data = {"tools": {"x": {"effect": "reversible", "undo": {"call": "os.system"}}}}
+    data: dict[str, Any] = {"tools": {"x": {"effect": "reversible", "undo": {"call": "os.system"}}}}
     with pytest.raises(PolicyError, match=r"'os\.system' is not allowed") as refused:
         guard.load_policies(data)
     assert (refused.value.tool, refused.value.field) == ("x", "undo.call")

@@ -1,17 +1,22 @@
 """A hypothesis state machine over whole runs.
 
 Random sequences of: starting a run; guarded calls to a read-only, two reversible (one with an
-idempotent undo and a probe) and two irreversible tools (one held on failure); calls that fail;
-undos that fail once or for good; an agent that raises; a person resuming a halted run, after
-which the agent replays every call it made; aborting (always twice); resolving review items; a
-recovery while nobody died; simulated crashes: at each crash point of ``guardrail.testing``,
-inside a tool or an undo, between two steps, and once more during the recovery that follows;
-takeovers of a live worker stalled past its lease (between two calls, maybe followed by a
-person's resume, or inside a tool), after which the stale worker goes on; and store faults
-(``testing.FaultyStore``) at the k-th next write of a call, a failing call, the agent's return
-or error, an abort or a resume, after which the store heals, the leases nobody renews expire and
-another process recovers those runs. Two plain tests pin down bugs the machine found: a call
-whose undo failed ran again (fixed), and a retry that runs after its worker lost the run (xfail).
+idempotent undo and a probe) and two irreversible tools (one held on failure); calls that fail
+with an exception the policies declare ``not_done`` (they did nothing); calls whose outcome is
+unknown (an exception no policy declares, raised after the call took effect or before: the
+action is ``in_doubt``, or settled by ``reserve``'s probe); undos that fail once or for good; an
+agent that raises; a person resuming a halted run, after which the agent replays every call it
+made; aborting (always twice); resolving review items; a person who checks the world and answers
+an ``in_doubt`` item ``happened`` or ``not_happened``; a recovery while nobody died; simulated
+crashes: at each crash point of ``guardrail.testing``, inside a tool or an undo, between two
+steps, and once more during the recovery that follows; takeovers of a live worker stalled past
+its lease (between two calls, maybe followed by a person's resume, or inside a tool), after
+which the stale worker goes on; and store faults (``testing.FaultyStore``) at the k-th next
+write of a call, a failing call, the agent's return or error, an abort or a resume, after which
+the store heals, the leases nobody renews expire and another process recovers those runs. Plain
+tests pin down bugs: a call whose undo failed ran again (fixed), a retry that runs after its
+worker lost the run (fixed), and a ``happened`` answer after the abort that nothing undoes
+(xfail until the library undoes or lists it).
 
 The tools and undos write what they do into a ``World`` that outlives every simulated crash,
 keyed by the action (run, seq) they ran for, so after every step the stored log is held against
@@ -19,7 +24,11 @@ what really happened: no side effect without a committed ``started`` record, no 
 returned without its ``succeeded`` record, nothing done or undone twice, every reversible action
 of a halted or aborted run compensated exactly once or waiting as a review item, undos newest
 first, a replay after resume runs nothing that already succeeded, a second abort changes
-nothing, no run left ``compensating`` or ``aborting``, and every run's hash chain verifies. And
+nothing, no run left ``compensating`` or ``aborting``, and every run's hash chain verifies. For
+unknown outcomes: a resume is refused while an ``in_doubt`` item of the run is open (no run is
+``running`` with one); a replay never runs an ``in_doubt`` call again, and a call that was in
+doubt runs again only after a person's ``not_happened``; an action a person said ``happened``
+is ``succeeded`` (a replay returns it) and an abort compensates it (reversible) or lists it. And
 for ownership: a tool runs only for the worker whose lease the run is at (``running``, its owner
 and epoch) and an undo only for the guard holding the run while it compensates or aborts, so a
 worker taken over runs and writes nothing more (its calls, return and error raise OwnershipLost);
@@ -38,6 +47,7 @@ guard treats every heartbeat as stale, as it would after waiting ``stale_after``
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import os
 import shutil
@@ -88,6 +98,7 @@ HEARTBEAT = 3600.0  # nobody's heartbeat goes stale during a test unless declare
 LIVE = ("running", "compensating", "aborting")
 TOOK_EFFECT = ("succeeded", "compensating", "compensated", "compensation_failed")
 RESOLUTIONS = ("done_manually", "retried", "skipped")
+DOUBT_WORDS = ("happened", "not_happened")  # a person's answer to an in_doubt item
 # Where a process can die: guardrail.testing's crash points, and inside a tool or an undo.
 IN_CALLS = ("after_start", "after_call", "in_tool")
 IN_COMPENSATION = ("after_compensation_start", "after_undo", "in_undo")
@@ -139,7 +150,12 @@ class Broken(BaseException):
 
 
 class ToolFailure(RuntimeError):
-    pass
+    """A tool refused before doing anything: every policy declares it ``not_done``."""
+
+
+class Unanswered(RuntimeError):
+    """No answer (a timeout after the request left): the call may have taken effect or not. No
+    policy declares it, so it leaves the outcome unknown (read-only tools: nothing happened)."""
 
 
 class UndoFailure(RuntimeError):
@@ -170,7 +186,8 @@ class World:
         self.undos: Counter[Key] = Counter()  # undos that took effect
         self.executions: list[Key] = []  # every run of a tool body, reads and failures too
         self.undo_calls: list[Key] = []  # every run of an undo, in order
-        self.failing: set[str] = set()  # ops whose tool raises
+        self.failing: set[str] = set()  # ops whose tool raises ToolFailure (did nothing)
+        self.unanswered: dict[str, bool] = {}  # ops whose tool raises Unanswered: took effect?
         self.undo_failures: Counter[str] = Counter()  # failing undo attempts left, per op
         self.die_in: tuple[str, int] | None = None
         self.visits = 0
@@ -212,6 +229,11 @@ class World:
             if op in self.failing:
                 self.paused()
                 raise ToolFailure(f"{name} failed for {op}")
+            if op in self.unanswered:
+                if self.unanswered[op] and name != "lookup":
+                    self.effects[key] += 1  # it took effect, but its answer is lost
+                self.paused()
+                raise Unanswered(f"{name} got no answer for {op}")
             if name != "lookup":
                 self.effects[key] += 1
             self.paused()
@@ -282,7 +304,8 @@ def undo_for(guard: Guard, world: World, name: str, idempotent: bool) -> Callabl
 
 
 def declare(guard: Guard, world: World) -> dict[str, Callable[..., Any]]:
-    """The tools, one of each kind, guarded by ``guard``."""
+    """The tools, one of each kind, guarded by ``guard``. ToolFailure proves a call did nothing
+    (``not_done``); Unanswered is declared nowhere: its outcome is unknown."""
     fields: dict[str, dict[str, Any]] = {
         "lookup": {"effect": "read_only", "retry": FAST},
         "create": {
@@ -306,7 +329,10 @@ def declare(guard: Guard, world: World) -> dict[str, Callable[..., Any]]:
             "on_failure": "hold",
         },
     }
-    return {name: guard.tool(name=name, **f)(world.tool(name)) for name, f in fields.items()}
+    return {
+        name: guard.tool(name=name, not_done=[ToolFailure], **f)(world.tool(name))
+        for name, f in fields.items()
+    }
 
 
 @dataclass
@@ -341,6 +367,7 @@ class GuardMachine(RuleBasedStateMachine):
         self.seen: list[tuple[str, str, Any]] = []  # (run, op, result) a call returned
         self.held: dict[str, bool] = {}  # whether the run's last halt was a hold
         self.resumed: list[str] = []  # resumed runs whose agent has not restarted yet
+        self.happened: set[Key] = set()  # actions a person said happened (they have no result)
         self.undos_checked = 0
         self.checked: dict[str, int] = {}  # journal length of each run when last checked
 
@@ -380,7 +407,7 @@ class GuardMachine(RuleBasedStateMachine):
         """Arm one crash: a crash point of guardrail.testing, or inside a tool or an undo."""
         testing.arm(f"{where}:{visit}" if where in testing.CRASH_POINTS else None)
         inside = where is not None and where.startswith("in_")
-        self.world.die_in = (where.removeprefix("in_"), visit) if inside else None
+        self.world.die_in = (where.removeprefix("in_"), visit) if where and inside else None
         self.world.visits = 0
 
     @contextmanager
@@ -456,6 +483,25 @@ class GuardMachine(RuleBasedStateMachine):
             out[table] = sorted(rows, key=repr)
         return out
 
+    def open_doubts(self, run_id: str | None = None) -> list[Any]:
+        """Open ``in_doubt`` review items (of one run): each stops a resume."""
+        items = self.world.observer.review_items(run_id=run_id, status="open")
+        return [i for i in items if i.reason == "in_doubt"]
+
+    def resume_or_refused(self, guard: Guard, run_id: str) -> bool:
+        """A person resumes a halted run: refused (RunStateError, nothing changes) while an
+        ``in_doubt`` item of the run is open, else it lands. Returns whether it landed."""
+        if self.open_doubts(run_id):
+            before = self.snapshot()
+            with pytest.raises(RunStateError, match="outcome is unknown"):
+                guard.resume(run_id, by="ann", note="go on")
+            assert self.snapshot() == before
+            return False
+        decision = guard.resume(run_id, by="ann", note="go on")
+        assert (decision.landed, decision.status) == (True, "running")
+        self.resumed.append(run_id)
+        return True
+
     def journals(self) -> dict[str, int]:
         """How many journal entries each run has."""
         return dict(self.raw.execute("SELECT run_id, COUNT(*) FROM journal GROUP BY run_id"))
@@ -502,7 +548,9 @@ class GuardMachine(RuleBasedStateMachine):
         earlier = self.actions_of(run_id, op)
         done = [a for a in earlier if a.state == "succeeded"]
         undo_failed = [a for a in earlier if a.state == "compensation_failed"]
+        doubted = [a for a in earlier if a.state == "in_doubt"]
         assert len(done) <= 1, "two live successes of one call"
+        assert len(doubted) <= 1 and not (done and doubted), earlier
         before = (self.world.state(), len(self.world.observer.actions(run_id)))
         seen = [result for r, o, result in self.seen if (r, o) == (run_id, op)]
         if (tool, op) not in self.scripts[run_id]:
@@ -526,16 +574,54 @@ class GuardMachine(RuleBasedStateMachine):
             # test_resume_does_not_redo_a_call_whose_undo_failed pins it down.
             assert result == undo_failed[-1].result
             return
+        if doubted:
+            # in doubt, and no person said it did not happen (its item was closed otherwise):
+            # a replay never runs it again; it returns what is recorded (nothing)
+            assert halted is None and unchanged, f"{tool}({op}) in doubt, but the replay ran it"
+            assert result == doubted[0].result
+            return
         if seen and tool in ("lookup", "send", "ship"):
             raise AssertionError(f"{tool}({op}) returned before but was not replayed")
         if op in self.world.failing:
             assert halted is not None, f"{tool}({op}) failed but the run did not halt"
             self.halted(halted, tool)
+            # declared not_done: a plain failure, nothing for a person to check
+            action = self.actions_of(run_id, op)[-1]
+            assert action.state == "failed", action
+            assert not [i for i in self.open_doubts(run_id) if i.seq == action.seq]
+            return
+        if op in self.world.unanswered:
+            assert halted is not None, f"{tool}({op}) got no answer but the run did not halt"
+            self.halted(halted, tool)
+            self.unknown_outcome(run_id, tool, op)
             return
         assert halted is None, f"{tool}({op}) succeeded but the run halted: {halted}"
         [action] = [a for a in self.actions_of(run_id, op) if a.state == "succeeded"]
         assert action.result == result
         self.seen.append((run_id, op, result))
+
+    def unknown_outcome(self, run_id: str, tool: str, op: str) -> None:
+        """What a call that raised Unanswered left: read-only, a plain failure; ``reserve``,
+        settled at once by its probe (the call has returned, so a "no" is believed: failed; a
+        "yes": succeeded, then compensated by the halt); any other, ``in_doubt`` with an open
+        review item in the policy's name, never undone."""
+        action = self.actions_of(run_id, op)[-1]
+        key = (run_id, action.seq)
+        took_effect = bool(self.world.effects[key])
+        assert took_effect == (self.world.unanswered[op] and tool != "lookup")
+        doubts = [i for i in self.open_doubts(run_id) if i.seq == action.seq]
+        if tool == "lookup" or (tool == "reserve" and not took_effect):
+            assert action.state == "failed" and not doubts, action
+        elif tool == "reserve":
+            assert action.state in ("compensated", "compensation_failed"), action
+            assert not doubts
+        else:
+            assert action.state == "in_doubt", action
+            assert "Unanswered" in (action.error or ""), action
+            [item] = doubts
+            review = {"send": ("correct", "support"), "ship": ("cancel", "logistics")}
+            assert (item.kind, item.owner) == review.get(tool, ("handoff", None)), item
+            assert self.world.undos[key] == 0
 
     def new_op(self, tool: str) -> str:
         op = f"op-{len(self.ops) + 1}"
@@ -574,6 +660,8 @@ class GuardMachine(RuleBasedStateMachine):
             assert self.status(run_id) == "running"
             if fixed:
                 self.world.failing -= {op for _, op in self.scripts[run_id]}
+                for _, op in self.scripts[run_id]:
+                    self.world.unanswered.pop(op, None)
             self.enter(run_id)
             for tool, op in list(self.scripts[run_id]):
                 if self.session is None:
@@ -600,6 +688,24 @@ class GuardMachine(RuleBasedStateMachine):
         if self.session is not None:
             op = self.new_op(tool)
             self.world.failing.add(op)
+            self.agent_call(tool, op, crash)
+
+    @precondition(lambda self: self.session is not None)
+    @rule(
+        tools=TOOL_CALLS,
+        tool=st.sampled_from(TOOLS),
+        took_effect=st.booleans(),
+        crash=HALT_CRASHES,
+    )
+    def unknown_outcome_call(
+        self, tools: list[str], tool: str, took_effect: bool, crash: Crash
+    ) -> None:
+        """A few calls that succeed, then one that gets no answer (Unanswered, declared by no
+        policy) after it took effect or before: the run halts with the call's outcome unknown."""
+        self.make_calls(tools, crash)
+        if self.session is not None:
+            op = self.new_op(tool)
+            self.world.unanswered[op] = took_effect
             self.agent_call(tool, op, crash)
 
     @precondition(lambda self: self.session is not None)
@@ -632,9 +738,8 @@ class GuardMachine(RuleBasedStateMachine):
         if status == "pending_review":
             with pytest.raises(RunStateError):
                 self.guard.run(run_id=run_id).__enter__()  # not before a person resumed it
-            decision = self.guard.resume(run_id, by="ann", note="go on")
-            assert (decision.landed, decision.status) == (True, "running")
-            self.resumed.append(run_id)
+            if not self.resume_or_refused(self.guard, run_id):
+                return  # a call's outcome is unknown: a person must answer first
             before = self.snapshot()
             again = self.guard.resume(run_id, by="ann", note="go on")
             assert (again.landed, again.status) == (False, "running")
@@ -665,6 +770,12 @@ class GuardMachine(RuleBasedStateMachine):
             assert decision.status == "aborted"
             assert decision.landed == (status == "pending_review")
         assert self.status(run_id) == "aborted"
+        # an action a person said happened is undone (reversible) or listed, like a success
+        for a in self.world.observer.actions(run_id):
+            if (run_id, a.seq) in self.happened:
+                assert a.state != "succeeded" or a.effect != "reversible", a
+                if a.state == "compensated":
+                    assert self.world.undos[(run_id, a.seq)] == 1, a
         # abort twice equals abort once
         stored, world = self.snapshot(), self.world.state()
         again = self.guard.abort(run_id, by="carol", reason="stop!")
@@ -700,6 +811,65 @@ class GuardMachine(RuleBasedStateMachine):
         for table in ("runs", "actions", "compensations", "external_ids"):
             assert after[table] == before[table], table
 
+    def answerable(self) -> list[tuple[Any, Action, bool]]:
+        """Open in_doubt items whose action is in doubt, with the action and the truth (did it
+        take effect in the world?), in a stable order. A person answers those of runs waiting
+        for review; of an aborted run, only ``not_happened`` (a ``happened`` after the abort is
+        never undone: test_a_happened_answer_after_the_abort_is_undone_or_listed)."""
+        order = {run_id: n for n, run_id in enumerate(self.runs)}
+        found = []
+        for item in self.open_doubts():
+            if item.seq is None:
+                continue
+            [action] = [a for a in self.world.observer.actions(item.run_id) if a.seq == item.seq]
+            key = (item.run_id, item.seq)
+            happened = bool(self.world.effects[key]) or (
+                action.tool == "lookup" and key in self.world.executions
+            )
+            status = self.status(item.run_id)
+            if action.state == "in_doubt" and (
+                status == "pending_review" or (status == "aborted" and not happened)
+            ):
+                found.append((item, action, happened))
+        return sorted(found, key=lambda f: (order[f[0].run_id], f[0].seq or 0))
+
+    @precondition(lambda self: bool(self.open_doubts()))
+    @rule(i=st.integers(0, 20), then_resume=st.booleans())
+    def person_answers_doubt(self, i: int, then_resume: bool) -> None:
+        """A person checks the world and answers an open in_doubt item, truthfully: ``happened``
+        (the action is succeeded: a replay returns it, an abort undoes or lists it) or
+        ``not_happened`` (failed: a replay runs it again). Nothing runs; only the action and
+        its item change. Then maybe they resume the run, which is refused while another of its
+        calls is in doubt."""
+        found = self.answerable()
+        if not found:
+            return
+        item, _, happened = found[i % len(found)]
+        word = "happened" if happened else "not_happened"
+        before, world = self.snapshot(), self.world.state()
+        decision = self.guard.resolve(item.id, word, by="dave", note="checked the world")
+        assert decision.landed
+        again = self.guard.resolve(item.id, word, by="erin")
+        assert not again.landed
+        other = next(w for w in DOUBT_WORDS if w != word)
+        with pytest.raises(Conflict):
+            self.guard.resolve(item.id, other, by="erin")
+        stored = self.world.observer.review_item(item.id)
+        assert stored is not None
+        assert (stored.status, stored.resolution, stored.resolved_by) == ("resolved", word, "dave")
+        [now] = [a for a in self.world.observer.actions(item.run_id) if a.seq == item.seq]
+        assert now.state == ("succeeded" if happened else "failed"), now
+        assert self.world.state() == world  # a word, not a call or an undo
+        after = self.snapshot()
+        for table in ("runs", "compensations", "external_ids"):
+            assert after[table] == before[table], table
+        changed = [r for r in after["actions"] if r not in before["actions"]]
+        assert len(changed) == 1, changed  # only this action's state
+        if happened:
+            self.happened.add((item.run_id, item.seq))
+        if then_resume and self.status(item.run_id) == "pending_review":
+            self.resume_or_refused(self.guard, item.run_id)
+
     @precondition(lambda self: any(t in REVERSIBLE for t in self.ops.values()))
     @rule(i=st.integers(0, 20), for_good=st.booleans())
     def undo_fails(self, i: int, for_good: bool) -> None:
@@ -733,8 +903,7 @@ class GuardMachine(RuleBasedStateMachine):
         assert self.status(run_id) == "pending_review"
         self.held[run_id] = self.was_held(run_id)
         if resumed:
-            assert self.bystander().resume(run_id, by="ann").landed
-            self.resumed.append(run_id)
+            self.resume_or_refused(self.bystander(), run_id)
         self.stale_worker_goes_on(then, tools)
 
     @precondition(lambda self: self.session is not None)
@@ -908,6 +1077,19 @@ class GuardMachine(RuleBasedStateMachine):
         run_id = self.pick(i, halted=True)
         k = 1 + (k - 1) % WRITES[how]
         before, world = self.snapshot(), self.world.state()
+        if how == "resume" and self.open_doubts(run_id):
+            # refused before it writes anything: a call's outcome is unknown
+            writes = len(self.faulty.kinds)
+            self.faulty.fail("*", nth=k, times=times)
+            try:
+                with pytest.raises(RunStateError, match="outcome is unknown"):
+                    self.guard.resume(run_id, by="ann")
+            finally:
+                self.faulty.heal()
+            assert self.faulty.kinds[writes:] == []
+            assert self.snapshot() == before and self.world.state() == world
+            self.leases_expire(paused)
+            return
         writes = len(self.faulty.kinds)
         error: StoreError | None = None
         decision = None
@@ -1014,6 +1196,8 @@ class GuardMachine(RuleBasedStateMachine):
                 assert (active and run.owner == self.guard.owner) or (
                     run.owner is None and run_id in self.resumed
                 ), run
+                # resumed only once nobody had to say whether a call happened
+                assert not self.open_doubts(run_id), run
         changed = {
             run_id
             for run_id in self.runs
@@ -1060,7 +1244,9 @@ class GuardMachine(RuleBasedStateMachine):
             assert undone <= done, f"{key} ({a.tool}) undone {undone} times, done {done}"
             if a.state == "succeeded":
                 assert done == (a.effect != "read_only") and undone == 0, a
-                if a.tool in REVERSIBLE:
+                if key in self.happened:  # a person's word: the call never returned a result
+                    assert a.result is None, a
+                elif a.tool in REVERSIBLE:
                     assert a.external_ids == {"ref": a.result["ref"]}
             elif a.state == "failed":
                 assert done == 0, a
@@ -1074,6 +1260,10 @@ class GuardMachine(RuleBasedStateMachine):
             assert (a.seq in comps) == (a.state in ("compensated", "compensation_failed"))
         if run.status == "aborted" or (run.status == "pending_review" and not self.held[run.id]):
             for a in actions:
+                if run.status == "pending_review" and (run.id, a.seq) in self.happened:
+                    # a person said it happened after the halt had compensated: like a held
+                    # action it waits for their abort (which undoes or lists it) or resume
+                    continue
                 # every reversible action that took effect: compensated or a review item
                 if a.effect == "reversible":
                     assert a.state != "succeeded", (run, a)
@@ -1081,6 +1271,19 @@ class GuardMachine(RuleBasedStateMachine):
                     assert "irreversible" in reasons[a.seq], (run, a)
         if run.status == "pending_review" and self.held[run.id]:
             assert any(i.reason == "held" for i in items), run
+        # a call runs again (a replay's new action) only after it proved to do nothing or was
+        # undone; one that was in doubt, only after a person said it did not happen
+        by_op: defaultdict[str, list[Action]] = defaultdict(list)
+        for a in actions:
+            by_op[a.args["op"]].append(a)
+        for op, tries in by_op.items():
+            for earlier in tries[:-1]:
+                assert earlier.state in ("failed", "compensated"), (op, tries)
+                words = {
+                    i.resolution for i in items if (i.seq, i.reason) == (earlier.seq, "in_doubt")
+                }
+                if words and earlier.state == "failed":
+                    assert "not_happened" in words, (op, tries, words)
         # no call returned without its record
         for run_id, op, result in self.seen:
             if run_id == run.id:
@@ -1103,9 +1306,9 @@ def test_resume_does_not_redo_a_call_whose_undo_failed(guard: Guard) -> None:
         orders.append(item)
         return f"o-{len(orders)}"
 
-    @guard.tool(effect="irreversible")
+    @guard.tool(effect="irreversible", not_done=[ToolFailure])
     def ship(order: str) -> None:
-        raise RuntimeError("the carrier is down")
+        raise ToolFailure("the carrier is down")
 
     def agent() -> None:
         ship(order=create_order(item="book"))
@@ -1118,6 +1321,33 @@ def test_resume_does_not_redo_a_call_whose_undo_failed(guard: Guard) -> None:
     assert orders == ["book"]  # today: ["book", "book"], and both orders exist
     states = [a.state for a in guard.log("r").actions if a.tool == "create_order"]
     assert states == ["compensation_failed"]
+
+
+def test_a_happened_answer_after_the_abort_is_undone_or_listed(guard: Guard) -> None:
+    """A run is aborted while a call's outcome is unknown; then a person finds the call did
+    take effect. Its effect must be undone, or a review item must list it: never a reversible
+    action left ``succeeded`` in an aborted run with nothing open about it."""
+    charges: dict[str, int] = {}
+
+    @guard.tool(effect="reversible", undo=lambda args: charges.pop(args["order"]))
+    def charge(order: str) -> None:
+        charges[order] = 12  # it took effect...
+        raise Unanswered("read timed out")  # ...but the answer was lost
+
+    with pytest.raises(RunHalted), guard.run(run_id="r"):
+        charge(order="o1")
+    assert guard.abort("r", by="ann").landed  # the in_doubt call is listed, not undone
+    [doubt] = guard.store.review_items(run_id="r", status="open")
+    assert doubt.reason == "in_doubt"
+    # (refusing the word once the run is aborted would keep the item open: also safe)
+    with contextlib.suppress(RunStateError, Conflict):
+        guard.resolve(doubt.id, "happened", by="ann", note="the bank lists the charge")
+    guard.abort("r", by="ann")
+    log = guard.log("r")
+    [action] = log.actions
+    listed = [i for i in log.review_items if i.status == "open" and i.seq == action.seq]
+    assert charges == {} or listed, (action.state, charges, log.review_items)
+    assert action.state != "succeeded" or listed, action
 
 
 def test_no_retry_after_the_run_was_taken_over(tmp_path: Path) -> None:
