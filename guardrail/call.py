@@ -318,7 +318,7 @@ def _failed(
         settled = yield from _probe(guard, run, call, seq, message)
         what = {
             "failed": f"{tool} failed (its probe found it did not take effect)",
-            "succeeded": f"{tool} failed after it took effect (its probe found it)",
+            "succeeded": f"{tool} failed, and its probe says to treat it as done",
         }.get(settled, f"{tool} may or may not have taken effect")
     record = yield from _stop(
         guard,

@@ -133,12 +133,20 @@ def _pack(
                 effect="reversible",
                 snapshot=snapshot,
                 undo=undo,
+                probe=restore_either_way,
                 undo_idempotent=True,  # restoring a snapshot twice gives the same files
                 review=Review(kind="correct", owner=None, instructions="compare the files"),
                 external_ids={"path": _first_path(name)},
             )
         )
     return policies
+
+
+def restore_either_way(snapshot: Any) -> bool:
+    """The probe of a file call that failed without saying whether it changed anything:
+    "done", because putting the snapshot back is right either way (it changes nothing if the
+    call did nothing), so the files are restored at once instead of waiting for a person."""
+    return True
 
 
 def _first_path(tool: str) -> str:
@@ -222,6 +230,7 @@ def mcp_filesystem(
             effect="reversible",
             snapshot=folders,
             undo=remove_folders,
+            probe=restore_either_way,
             undo_idempotent=True,
             external_ids={"path": "args.path"},
         )

@@ -762,7 +762,8 @@ def test_filesystem_server_under_the_pack_restores_the_tree_byte_for_byte(
     failed = got["failed"]
     assert failed.is_error
     run_id = meta(failed)["guardrail/run_id"]
-    assert f"guardrail halted run {run_id}: edit_file may or may not have" in text(failed)
+    # the pack's probe: restoring the snapshot is right whether or not the edit did anything
+    assert f"guardrail halted run {run_id}: edit_file failed, and its probe says" in text(failed)
     assert got["changed"] != before
     assert tree_hash(root) == before  # byte-identical, modes and folders included
 
@@ -777,10 +778,10 @@ def test_filesystem_server_under_the_pack_restores_the_tree_byte_for_byte(
             ("move_file", "compensated"),
             ("read_text_file", "succeeded"),
             ("list_directory", "succeeded"),
-            ("edit_file", "in_doubt"),
+            ("edit_file", "compensated"),
         ]
-        # everything that changed was undone; whether the failed edit did anything is for a
-        # person to say
-        assert [(i.seq, i.reason) for i in log.review_items] == [(8, "in_doubt")]
+        # everything that changed was undone, the failed edit included: nothing is left for a
+        # person to find out
+        assert log.review_items == []
         assert guard.find(str(root / "new" / "k"))[0].tool == "move_file"
         assert guard.verify(run_id).ok
