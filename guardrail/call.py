@@ -309,6 +309,8 @@ def _failed(
         wrong = call.policy.error_result
         if isinstance(error, str) and wrong is not None and wrong.then == "return":
             return  # recorded as failed; nothing happened, the model may correct itself
+        if isinstance(error, Exception) and call.policy.on_not_done == "raise":
+            raise error  # recorded as failed; nothing happened: the agent's framework decides
         what = f"{tool} failed"
     else:
         message = f"outcome unknown: {message}"

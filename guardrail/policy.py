@@ -202,6 +202,9 @@ class Policy(BaseModel):
       outcome **unknown** for reversible and irreversible tools (the action is ``in_doubt``:
       the probe, else a person, says whether it happened) and proves nothing happened for
       read-only ones. ``unknown`` wins when an exception matches both.
+    - ``on_not_done``: ``halt`` (the default) or ``raise``: a failure that proves nothing
+      happened is recorded as failed and the tool's own exception goes back to the agent (its
+      framework shows it to the model, e.g. PydanticAI's ``ModelRetry``) instead of halting.
     - ``error_result``: an :class:`ErrorResult`, for tools that report failure in their result.
     - ``capture``: a callable run after a successful call that returns more external ids (or
       data the undo needs) read from state or a follow-up query, as a mapping of names to JSON
@@ -230,6 +233,7 @@ class Policy(BaseModel):
     capture: Callable[..., Any] | None = None
     not_done: tuple[type[BaseException], ...] = ()
     unknown: tuple[type[BaseException], ...] = ()
+    on_not_done: Literal["halt", "raise"] = "halt"
     error_result: ErrorResult | None = None
 
     @model_validator(mode="after")

@@ -200,6 +200,7 @@ class ToolSpec(_Strict):
     not_done: list[str] = Field(default_factory=list)
     unknown: list[str] = Field(default_factory=list)
     error_result: ErrorResultSpec | None = None
+    on_not_done: Literal["halt", "raise"] = "halt"
 
     _check_not_done = field_validator("not_done", "unknown")(_exception_names)
 

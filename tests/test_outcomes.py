@@ -252,3 +252,35 @@ tools:
     bad.write_text("tools:\n  t:\n    effect: irreversible\n    not_done: [os.system]\n")
     with pytest.raises(PolicyError, match="not_done"):
         guard.load_policies(bad)
+
+
+def test_a_not_done_failure_can_go_back_to_the_agent_instead_of_halting(guard: Guard) -> None:
+    class BadDate(ValueError):
+        pass
+
+    booked: list[str] = []
+
+    @guard.tool(effect="irreversible", not_done=[BadDate], on_not_done="raise")
+    def book(day: str) -> str:
+        if day == "yesterday":
+            raise BadDate("cannot book in the past")  # checked before anything is booked
+        booked.append(day)
+        return f"booked {day}"
+
+    with guard.run() as run:
+        with pytest.raises(BadDate, match="in the past"):  # the agent (and its model) sees it
+            book("yesterday")
+        assert book("monday") == "booked monday"  # the run goes on
+    log = guard.log(run.id)
+    assert [a.state for a in log.actions] == ["failed", "succeeded"]
+    assert log.run.status == "completed" and booked == ["monday"]
+
+
+def test_an_unknown_outcome_still_halts_when_not_done_failures_are_raised(guard: Guard) -> None:
+    @guard.tool(effect="irreversible", not_done=[ValueError], on_not_done="raise")
+    def book(day: str) -> str:
+        raise TimeoutError("no answer")
+
+    with pytest.raises(RunHalted), guard.run() as run:
+        book("monday")
+    assert guard.log(run.id).actions[0].state == "in_doubt"
