@@ -76,10 +76,7 @@ import asyncio
 import copy
 import inspect
 import json
-import weakref
 from collections.abc import Iterable
-from contextvars import ContextVar
-from dataclasses import dataclass, field
 from typing import Any
 
 from agents import FunctionTool, RunContextWrapper, RunState, Tool, ToolApprovalItem
@@ -92,7 +89,8 @@ from agents.tool import (
 from agents.tool_context import ToolContext
 from pydantic import BaseModel, ValidationError
 
-from guardrail.errors import CallRejected, RunHalted
+from guardrail.errors import CallRejected
+from guardrail.flight import flight
 from guardrail.guard import Guard
 from guardrail.run import Run, current_run
 
@@ -201,15 +199,13 @@ class _Guarded:
             if text is None:
                 raise error from None
             return text
-        flight = _flight(run)
-        if run.halted and flight.paused_by is not None:
+        calls = flight(run)
+        if run.halted and calls.paused_by:
             return (
                 f"{self.name} did not run: run {run.id} is waiting for a person to approve "
-                f"{flight.paused_by}. Nothing was done; call {self.name} again afterwards if "
+                f"{calls.waiting_for}. Nothing was done; call {self.name} again afterwards if "
                 "it is still needed."
             )
-        call = flight.start()
-        token = _enclosing.set((*_enclosing.get(), call))
 
         async def call_tool(**_: Any) -> Any:
             pending = self.raw.on_invoke_tool(ctx, input)
@@ -218,23 +214,17 @@ class _Guarded:
                 return await asyncio.wait_for(pending, timeout)
             return await pending
 
-        try:
-            return await run.acall(
-                self.name,
-                args,
-                fn=call_tool,
-                call_id=ctx.tool_call_id,
-                injected={"ctx": ctx, "context": ctx.context},  # for the hooks, never recorded
-            )
-        except CallRejected as exc:
-            return str(exc)  # an ordinary outcome: the model can take another way
-        except RunHalted:
-            flight.finish(call)
-            await flight.all_done(call)  # the SDK cancels siblings still running: let them end
-            raise
-        finally:
-            flight.finish(call)
-            _enclosing.reset(token)
+        async with calls.call():
+            try:
+                return await run.acall(
+                    self.name,
+                    args,
+                    fn=call_tool,
+                    call_id=ctx.tool_call_id,
+                    injected={"ctx": ctx, "context": ctx.context},  # for the hooks, not recorded
+                )
+            except CallRejected as exc:
+                return str(exc)  # an ordinary outcome: the model can take another way
 
     async def needs_approval(
         self, ctx: RunContextWrapper[Any], params: dict[str, Any], call_id: str
@@ -253,10 +243,9 @@ class _Guarded:
             return False  # invoke says the call is outside a run
         if run.needs_approval(self.name, params, call_id):
             # The request is recorded and the run awaits approval; the SDK pauses this call.
-            flight = _flight(run)
-            flight.paused_by = (
-                self.name if flight.paused_by is None else f"{flight.paused_by} and {self.name}"
-            )
+            paused_by = flight(run).paused_by
+            if self.name not in paused_by:
+                paused_by.append(self.name)
             return True
         return False  # invoke decides: runs, replays, or raises CallRejected / CallRefused
 
@@ -298,57 +287,3 @@ def _arguments(text: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError(f"expected a JSON object, got {type(value).__name__}")
     return value
-
-
-# -- calls in flight -------------------------------------------------------------------------
-
-
-@dataclass(eq=False)
-class _Call:
-    """One guarded call in flight; ``done`` once the guard has recorded its outcome."""
-
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-    enclosing: tuple[_Call, ...] = ()
-
-
-class _Flight:
-    """The guarded calls of one run now in flight in one event loop.
-
-    The guard makes a failing call wait for its running siblings before it halts. This covers
-    the other ways a halt reaches the SDK while siblings run (a call refused because the run
-    has halted, an approval gate met in ``invoke``): raising then would make the SDK cancel the
-    siblings, the one halting included, half-way through.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, paused_by: str | None) -> None:
-        self.loop = loop
-        self.calls: list[_Call] = []
-        self.paused_by = paused_by  # the tool whose approval request paused this run
-
-    def start(self) -> _Call:
-        call = _Call(enclosing=_enclosing.get())
-        self.calls.append(call)
-        return call
-
-    def finish(self, call: _Call) -> None:
-        if not call.done.is_set():
-            call.done.set()
-            self.calls.remove(call)
-
-    async def all_done(self, call: _Call) -> None:
-        # A call enclosing this one (an agent-as-tool running it) waits for it: never wait back.
-        while waiting := [c for c in self.calls if c is not call and c not in call.enclosing]:
-            await waiting[0].done.wait()
-
-
-_flights: weakref.WeakKeyDictionary[Run, _Flight] = weakref.WeakKeyDictionary()
-_enclosing: ContextVar[tuple[_Call, ...]] = ContextVar("guardrail_oa_enclosing", default=())
-
-
-def _flight(run: Run) -> _Flight:
-    loop = asyncio.get_running_loop()
-    flight = _flights.get(run)
-    if flight is None or (flight.loop is not loop and not flight.calls):
-        # asyncio primitives belong to one loop; run_sync and asyncio.run may bring a new one
-        flight = _flights[run] = _Flight(loop, flight.paused_by if flight else None)
-    return flight

@@ -75,12 +75,10 @@ live model plans anew, so declare ``idempotency_key`` on irreversible tools).
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
 import inspect
 import json
-import weakref
 from collections.abc import Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -94,7 +92,8 @@ from pydantic_ai.tools import AgentDepsT, RunContext, ToolApproved
 from pydantic_ai.toolsets import AbstractToolset, FunctionToolset, ToolsetTool, WrapperToolset
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
-from guardrail.errors import CallRejected, GuardrailError, RunHalted
+from guardrail.errors import CallRejected, GuardrailError
+from guardrail.flight import flight
 from guardrail.guard import Guard
 from guardrail.run import Run
 
@@ -146,13 +145,13 @@ class GuardedToolset(WrapperToolset[AgentDepsT]):
             return await super().call_tool(name, tool_args, ctx, tool)
         run = self.guard.active_run(name)
         args = _recorded_args(tool_args)
-        flight = _flight(run)
+        calls = flight(run)
         if run.awaiting:  # paused for approval in this turn: ask this call too, run nothing
-            waiting = " and ".join(flight.paused_by) or "a call"
+            waiting = calls.waiting_for
             self._check_still_paused(run, name, waiting)
             if run.needs_approval(name, args, ctx.tool_call_id):
-                if name not in flight.paused_by:
-                    flight.paused_by.append(name)
+                if name not in calls.paused_by:
+                    calls.paused_by.append(name)
                 raise ApprovalRequired(
                     metadata=_approval_metadata(self.guard, run, name, ctx.tool_call_id)
                 )
@@ -163,7 +162,7 @@ class GuardedToolset(WrapperToolset[AgentDepsT]):
             )
         if not run.halted and run.needs_approval(name, args, ctx.tool_call_id):
             # The request is recorded and the run awaits approval; PydanticAI defers this call.
-            flight.paused_by = [name]
+            calls.paused_by = [name]
             raise ApprovalRequired(
                 metadata=_approval_metadata(self.guard, run, name, ctx.tool_call_id)
             )
@@ -175,27 +174,20 @@ class GuardedToolset(WrapperToolset[AgentDepsT]):
             finally:
                 _guarding.reset(token)
 
-        call = flight.start()
-        token = _enclosing.set((*_enclosing.get(), call))
         calling = _calling.set(ctx)
         try:
-            value = await run.acall(
-                name,
-                args,
-                fn=run_tool,
-                call_id=ctx.tool_call_id,
-                injected={"ctx": ctx, "deps": ctx.deps},  # for the tool's hooks, never recorded
-            )
+            async with calls.call():
+                value = await run.acall(
+                    name,
+                    args,
+                    fn=run_tool,
+                    call_id=ctx.tool_call_id,
+                    injected={"ctx": ctx, "deps": ctx.deps},  # for the tool's hooks, not recorded
+                )
         except CallRejected as exc:
             return ToolDenied(str(exc))  # an ordinary outcome: the model can take another way
-        except RunHalted:
-            flight.finish(call)
-            await flight.all_done(call)  # PydanticAI cancels siblings still running: let them end
-            raise
         finally:
-            flight.finish(call)
             _calling.reset(calling)
-            _enclosing.reset(token)
         return _restored(value)
 
     def _check_still_paused(self, run: Run, name: str, paused_by: str) -> None:
@@ -429,58 +421,7 @@ def history_for_resume(messages: Sequence[ModelMessage]) -> list[ModelMessage]:
     return history
 
 
-# -- calls in flight -------------------------------------------------------------------------
-
-
-@dataclass(eq=False)
-class _Call:
-    """One guarded call in flight; ``done`` once the guard has recorded its outcome."""
-
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-    enclosing: tuple[_Call, ...] = ()
-
-
-class _Flight:
-    """The guarded calls of one run now in flight in one event loop.
-
-    The guard makes a failing call wait for its running siblings before it halts. A halt can
-    reach PydanticAI in other ways while siblings run (a call refused because the run has
-    halted): raising then would make PydanticAI cancel the siblings half-way through.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, paused_by: list[str]) -> None:
-        self.loop = loop
-        self.calls: list[_Call] = []
-        self.paused_by = paused_by  # the tools whose approval requests paused this run
-
-    def start(self) -> _Call:
-        call = _Call(enclosing=_enclosing.get())
-        self.calls.append(call)
-        return call
-
-    def finish(self, call: _Call) -> None:
-        if not call.done.is_set():
-            call.done.set()
-            self.calls.remove(call)
-
-    async def all_done(self, call: _Call) -> None:
-        # A call enclosing this one (a tool running another agent) waits for it: never wait back.
-        while waiting := [c for c in self.calls if c is not call and c not in call.enclosing]:
-            await waiting[0].done.wait()
-
-
-_flights: weakref.WeakKeyDictionary[Run, _Flight] = weakref.WeakKeyDictionary()
-_enclosing: ContextVar[tuple[_Call, ...]] = ContextVar("guardrail_pai_enclosing", default=())
 _calling: ContextVar[RunContext[Any] | None] = ContextVar("guardrail_pai_calling", default=None)
 _guarding: ContextVar[tuple[tuple[int, str | None], ...]] = ContextVar(
     "guardrail_pai_guarding", default=()
 )
-
-
-def _flight(run: Run) -> _Flight:
-    loop = asyncio.get_running_loop()
-    flight = _flights.get(run)
-    if flight is None or (flight.loop is not loop and not flight.calls):
-        # asyncio primitives belong to one loop; run_sync and asyncio.run may bring a new one
-        flight = _flights[run] = _Flight(loop, flight.paused_by if flight else [])
-    return flight
