@@ -22,6 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
+from guardrail.redact import describe
 from guardrail.store import Action
 
 
@@ -156,7 +157,8 @@ def for_action(
     try:
         made = factory(action)
     except Exception as exc:
-        return {}, f"the guard's context factory failed for action {action.seq}: {exc!r}"
+        # (its text may name a connection string: redacted, as every error guardrail keeps)
+        return {}, f"the guard's context factory failed for action {action.seq}: {describe(exc)}"
     if not isinstance(made, Mapping):
         return {}, (
             f"the guard's context factory returned a {type(made).__name__} for action "

@@ -404,3 +404,21 @@ def test_an_openai_agents_tool_that_reads_its_context(sqlite_url: str) -> None:
     assert [a.args for a in guard.log(run.id).actions] == [{"to": "bob"}, {}]
     assert SECRET not in dump(sqlite_url)
     guard.close()
+
+
+def test_a_failing_context_factory_leaves_no_secret_in_the_log(sqlite_url: str) -> None:
+    inbox = Inbox("ada")
+    run_id = _halted_run(Guard(store=sqlite_url), inbox)
+
+    def context(action: Any) -> dict[str, Any]:
+        raise ConnectionError("cannot reach postgresql://app:hunter2pass@db/prod")
+
+    elsewhere = Guard(store=sqlite_url, context=context)
+    elsewhere.policy("send", effect="reversible", undo=lambda args, inbox: None, injected=["inbox"])
+    elsewhere.abort(run_id, by="ada")
+    [item] = [
+        i for i in elsewhere.store.review_items(run_id=run_id) if i.reason == "compensation_failed"
+    ]
+    assert "context factory failed" in (item.instructions or "")
+    assert "hunter2pass" not in dump(sqlite_url)
+    elsewhere.close()
