@@ -6,7 +6,6 @@ resumes or aborts the run. See README.md.
 """
 
 from guardrail.audit import ActionLog, Verification, Witness
-from guardrail.call import ResultWarning
 from guardrail.decisions import Decision
 from guardrail.errors import (
     CallRefused,
@@ -26,6 +25,7 @@ from guardrail.guard import Guard
 from guardrail.inject import Injected
 from guardrail.lifecycle import PlannedStep
 from guardrail.policy import Approval, ErrorResult, Policy, Retry, Review, UndoTool
+from guardrail.record import ResultWarning
 from guardrail.run import Run, current_run
 from guardrail.store import Action, Compensation, ReviewItem, RunRecord
 

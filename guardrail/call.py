@@ -7,7 +7,6 @@ for the agent and a state a person sees, never in a retryable error that would r
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -31,9 +30,9 @@ from guardrail.errors import (
 from guardrail.keys import seal
 from guardrail.lifecycle import commit, halt, now, still_holds
 from guardrail.policy import NO_RETRY, Policy, resolve_path
+from guardrail.record import finish_values, id_rows
 from guardrail.recovery import settle_by_probe
 from guardrail.redact import (
-    REDACTED,
     NotJSON,
     canonical,
     describe,
@@ -49,10 +48,6 @@ from guardrail.testing import crash_point
 if TYPE_CHECKING:
     from guardrail.guard import Guard
     from guardrail.run import Run
-
-
-class ResultWarning(UserWarning):
-    """A tool returned something guardrail could not store faithfully."""
 
 
 SIBLING_WAIT = 60.0  # seconds a failing call waits for parallel calls of its run to finish
@@ -244,7 +239,14 @@ def _succeeded(
 ) -> Steps[None]:
     captured, problem = yield from _capture(call, value)
     values, ids = finish_values(
-        guard, call.policy, run.id, call.args, value, attempts, captured, call.returns
+        call.policy,
+        run.id,
+        call.args,
+        value,
+        guard.max_result_bytes,
+        attempts,
+        captured,
+        call.returns,
     )
     if problem is not None:
         values["error"] = problem  # a note for the reviewer: the call itself succeeded
@@ -600,93 +602,3 @@ def idempotency_key(
     if call_id is not None:
         return f"call:{call_id}"
     return f"{policy.name}:{args_hash}:{run.occurrence(policy.name, args_hash)}"
-
-
-def finish_values(
-    guard: Guard,
-    policy: Policy,
-    run_id: str,
-    args: dict[str, Any],
-    value: Any,
-    attempts: int = 1,
-    captured: Mapping[str, Any] | None = None,
-    returns: TypeAdapter[Any] | None = None,
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """What records a success: the action's values (result as JSON, redacted, capped) and the
-    external ids it produced (JSON values, their types kept), from the policy's paths and the
-    ``captured`` ones."""
-    ids: dict[str, Any] = {}
-    if policy.external_ids:
-        scope = {"result": value, "args": args}
-        for name, path in policy.external_ids.items():
-            found = resolve_path(path, scope)
-            if found is not None:
-                try:
-                    found = codec.encode(found)
-                except NotJSON:
-                    found = str(found)
-                secret = redacted_path(path, policy.redact)
-                ids[name] = REDACTED if secret or _looks_secret(found) else found
-    for name, found in (captured or {}).items():
-        if found is not None:
-            ids[name] = REDACTED if _looks_secret(found) else found
-    note: str | None = None
-    try:
-        stored = codec.encode(value)
-        if not codec.round_trips(returns, value, stored):
-            raise NotJSON(f"its JSON does not come back as the {type(value).__name__} it was")
-        result = redact(stored, policy.redact, "result")
-    except NotJSON as exc:
-        note = "not_json"
-        result = redact(
-            {"type": type(value).__qualname__, "repr": repr(value)[:1000]}, policy.redact, "result"
-        )
-        warnings.warn(
-            f"run {run_id}: {policy.name} returned a {type(value).__qualname__}, which is not "
-            f"JSON ({exc}); its repr was recorded instead",
-            ResultWarning,
-            stacklevel=2,
-        )
-    if (
-        note is None
-        and guard.max_result_bytes is not None
-        and isinstance(result, dict | list | str)
-    ):
-        size = len(canonical(result))
-        if size > guard.max_result_bytes:
-            note = "truncated"
-            result = {"truncated": True, "bytes": size}
-    values = {
-        "attempts": attempts,
-        "result": result,
-        "result_note": note,
-        "external_ids": ids,
-        "finished_at": now(),
-    }
-    return values, ids
-
-
-def _looks_secret(value: Any) -> bool:
-    if isinstance(value, str):
-        return looks_secret(value)
-    if isinstance(value, int | float | bool) or value is None:
-        return False
-    return looks_secret(canonical(value))
-
-
-def id_rows(ids: Mapping[str, Any]) -> dict[str, str]:
-    """External ids as searchable text rows: a scalar as its text, each item of a list of
-    scalars under ``name.0``, ``name.1``...; anything else as its canonical JSON."""
-    rows: dict[str, str] = {}
-    for name, value in ids.items():
-        if isinstance(value, list) and all(not isinstance(v, dict | list) for v in value):
-            rows.update({f"{name}.{i}": _text(v) for i, v in enumerate(value)})
-        else:
-            rows[name] = _text(value)
-    return rows
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    return canonical(value)

@@ -29,6 +29,7 @@ from guardrail.drive import Invoke, Steps, attempts
 from guardrail.errors import OwnershipLost, StoreError
 from guardrail.keys import unseal
 from guardrail.lifecycle import commit, compensate, halt, undo_kwargs
+from guardrail.record import finish_values, id_rows
 from guardrail.redact import NotJSON, to_jsonable
 from guardrail.store import Action, RunRecord
 from guardrail.transitions import LIVE, Lease, now
@@ -166,8 +167,6 @@ def settle_by_probe(
     A probe's "it took effect" is always believed. Its "it did not" is believed only when
     nothing can still be running the call (``believe_not_done``): a worker that was only paused
     may still be about to run it, so then the action stays in doubt for a person."""
-    from guardrail.call import finish_values, id_rows
-
     policy = guard.find_policy(action.tool)
     verdict: Any = None
     if policy is not None and policy.probe is not None:
@@ -197,7 +196,8 @@ def settle_by_probe(
             result = to_jsonable(result)
         except NotJSON:
             result = None
-        values, ids = finish_values(guard, policy, action.run_id, dict(action.args), result)
+        args = dict(action.args)
+        values, ids = finish_values(policy, action.run_id, args, result, guard.max_result_bytes)
         values["error"] = f"the probe found it took effect ({(action.error or reason)[:300]})"
         t = T.succeed(lease, action.seq, values, id_rows(ids), was=was)
         t.kind = "action.settle"

@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from guardrail import Approval, CallRefused, CallRejected, Guard, RunHalted
-from guardrail.call import ResultWarning
+from guardrail import Approval, CallRefused, CallRejected, Guard, ResultWarning, RunHalted
 
 
 class Status(enum.Enum):
