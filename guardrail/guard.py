@@ -6,7 +6,7 @@ import functools
 import inspect
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, TypeVar, overload
@@ -30,6 +30,7 @@ from guardrail.keys import KeySource
 from guardrail.lifecycle import PlannedStep
 from guardrail.policy import Policy, make_policy
 from guardrail.run import Run, current_run
+from guardrail.search import Found, RunQuery
 from guardrail.store import Action, RunRecord, Store, open_store
 from guardrail.transitions import Lease
 
@@ -339,6 +340,44 @@ class Guard:
     ) -> list[RunRecord]:
         """Runs, newest first, filtered by status, agent, or last change since a time."""
         return self.store.runs(status=status, agent=agent, since=since, limit=limit)
+
+    def search(
+        self,
+        text: str | None = None,
+        *,
+        status: str | Sequence[str] = (),
+        agent: str | None = None,
+        tool: str | None = None,
+        owner: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Found:
+        """Runs matching a search and filters, newest first, one page at a time.
+
+        ``text`` matches, case-insensitively, the start of a run id, an agent, a tool or an
+        external id, and anywhere in the run's reason; each found run says what matched.
+        Pass the result's ``next`` as ``cursor`` for the next page::
+
+            found = guard.search("ord_4004", status="pending_review")
+            for run in found.runs:
+                print(run.id, run.status, found.matches[run.id])
+        """
+        query = RunQuery(
+            text=text,
+            status=(status,) if isinstance(status, str) else tuple(status),
+            agent=agent,
+            tool=tool,
+            owner=owner,
+            since=since,
+            until=until,
+            limit=limit,
+            cursor=cursor,
+        )
+        page = self.store.search_runs(query)
+        runs = [r for r in (self.store.run(i) for i in page.run_ids) if r is not None]
+        return Found(runs, {r.id: page.matches.get(r.id, ()) for r in runs}, page.next)
 
     def require_run(self, run_id: str) -> RunRecord:
         run = self.store.run(run_id)

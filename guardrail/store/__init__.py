@@ -10,6 +10,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
+from guardrail.search import Page, RunQuery
 from guardrail.keys import Keys, KeySource
 from guardrail.store.schema import (
     Action,
@@ -125,6 +126,8 @@ class Store(Protocol):
     def external_id_rows(self, run_id: str) -> list[dict[str, Any]]: ...
     def external_ids(self, run_id: str) -> list[ExternalId]: ...
     def find(self, *, value: str, name: str | None = None) -> list[ExternalId]: ...
+
+    def search_runs(self, query: RunQuery) -> Page: ...
     def close(self) -> None: ...
 
 

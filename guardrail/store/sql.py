@@ -26,6 +26,7 @@ from guardrail import keys
 from guardrail.errors import StoreError
 from guardrail.keys import Keys, KeySource
 from guardrail.redact import canonical, digest
+from guardrail.search import Page, RunQuery, explain, page_of, prefix_match, prefix_params, run_page_sql
 from guardrail.store import Fence, Fenced, JournalRow, Recorded, Write, migrate
 from guardrail.store.schema import (
     COLUMN_NAMES,
@@ -467,7 +468,7 @@ class SQLStore:
         row = self._fetch(run_id, "SELECT MAX(seq) FROM actions WHERE run_id = ?", (run_id,))[0]
         return 1 if row[0] is None else int(row[0]) + 1
 
-    def _fetch(self, run_id: str, sql: str, params: tuple[Any, ...]) -> list[Any]:
+    def _fetch(self, run_id: str | None, sql: str, params: tuple[Any, ...]) -> list[Any]:
         try:
             with self._checkout() as conn:
                 cur = conn.cursor()
@@ -581,6 +582,42 @@ class SQLStore:
         if name is not None:
             q = q.where(ExternalId.name == name)
         return self._read(lambda s: list(s.exec(q).all()))
+
+    def search_runs(self, query: RunQuery) -> Page:
+        """A page of runs matching ``query``, newest first, with what matched its text."""
+        sql, params = run_page_sql(query, "sqlite" if self._sqlite else "postgresql")
+        page = page_of(self._fetch(None, sql, tuple(params)), query.limit)
+        needle = query.needle
+        if needle is None or not page.run_ids:
+            return page
+        ids = page.run_ids
+        marks = ", ".join("?" for _ in ids)
+        dialect = "sqlite" if self._sqlite else "postgresql"
+        runs = self._fetch(
+            None, f"SELECT id, agent, reason FROM runs WHERE id IN ({marks})", tuple(ids)
+        )
+        eids = self._fetch(
+            None,
+            f"SELECT run_id, name, value FROM external_ids WHERE run_id IN ({marks}) AND "
+            + prefix_match("lower(value)", dialect),
+            (*ids, *prefix_params(needle)),
+        )
+        tools = self._fetch(
+            None,
+            f"SELECT DISTINCT run_id, tool FROM actions WHERE run_id IN ({marks}) AND "
+            + prefix_match("lower(tool)", dialect),
+            (*ids, *prefix_params(needle)),
+        )
+        for run_id, agent, reason in runs:
+            page.matches[run_id] = explain(
+                needle,
+                run_id,
+                agent,
+                reason,
+                [t for r, t in tools if r == run_id],
+                [(n, str(v)) for r, n, v in eids if r == run_id],
+            )
+        return page
 
     def close(self) -> None:
         self._closed = True
