@@ -13,7 +13,9 @@ from typing import Any, TypeVar, overload
 
 from guardrail import (
     audit,
+    bulk,
     decisions,
+    history,
     inject,
     lifecycle,
     notify,
@@ -26,11 +28,13 @@ from guardrail.decisions import Decision
 from guardrail.drive import adrive, drive
 from guardrail.errors import GuardrailError, PolicyError, RunNotFound, UnknownTool
 from guardrail.fingerprint import fingerprint
+from guardrail.history import DecisionEvent
 from guardrail.keys import KeySource
 from guardrail.lifecycle import PlannedStep
 from guardrail.policy import Policy, make_policy
 from guardrail.run import Run, current_run
-from guardrail.search import Found, RunQuery
+from guardrail.search import Found, Group, RunQuery
+from guardrail.search import groups as search_groups
 from guardrail.store import Action, RunRecord, Store, open_store
 from guardrail.transitions import Lease
 
@@ -378,6 +382,52 @@ class Guard:
         page = self.store.search_runs(query)
         runs = [r for r in (self.store.run(i) for i in page.run_ids) if r is not None]
         return Found(runs, {r.id: page.matches.get(r.id, ()) for r in runs}, page.next)
+
+    def groups(self, status: str | Sequence[str] = ("pending_review",)) -> list[Group]:
+        """Runs in ``status`` grouped by the cause they halted for (their reason, with ids,
+        numbers and quoted values blanked), the largest group first: decide a group at once
+        with :meth:`decide`."""
+        statuses = RunQuery(status=(status,) if isinstance(status, str) else tuple(status)).status
+        return search_groups(r for s in statuses for r in self.store.runs(status=s))
+
+    def history(self, run_id: str) -> list[DecisionEvent]:
+        """Who decided what on the run and when (resume, abort, each item's resolution, each
+        approval), oldest first: read from the run's hash-chained journal."""
+        self.require_run(run_id)
+        return history.decisions(run_id, self.store.entries(run_id))
+
+    def preview(
+        self,
+        run_ids: Iterable[str],
+        decision: str,
+        *,
+        resolution: str | None = None,
+        force: bool = False,
+    ) -> list[bulk.Preview]:
+        """What ``decision`` (``resume``, ``abort``, or ``resolve`` each open item as
+        ``resolution``) would do to each run, or why it would be refused. Changes nothing."""
+        return bulk.preview(self, run_ids, decision, resolution=resolution, force=force)
+
+    def decide(
+        self,
+        run_ids: Iterable[str],
+        decision: str,
+        *,
+        by: str,
+        note: str | None = None,
+        resolution: str | None = None,
+        force: bool = False,
+    ) -> list[bulk.Outcome]:
+        """Make one decision on many runs (those :meth:`preview` does not refuse), one run at
+        a time; returns each run's outcome::
+
+            group = guard.groups()[0]
+            for o in guard.decide(group.run_ids, "abort", by="ana", note="carrier outage"):
+                print(o.run_id, o.status, o.error or "")
+        """
+        return bulk.decide(
+            self, run_ids, decision, by=by, note=note, resolution=resolution, force=force
+        )
 
     def require_run(self, run_id: str) -> RunRecord:
         run = self.store.run(run_id)

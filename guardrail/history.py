@@ -57,7 +57,7 @@ def decisions(run_id: str, entries: Iterable[JournalEntry]) -> list[DecisionEven
     """The decisions among a run's journal entries, oldest first.
 
     >>> from types import SimpleNamespace as E
-    >>> body = '[["runs",{"id":"r1"},{"decided_by":"ana","decision_note":"ok","status":"running"},0]]'
+    >>> body = '[["runs",{"id":"r1"},{"decided_by":"ana","status":"running"},0]]'
     >>> [d.what for d in decisions("r1", [E(n=7, at=1.0, kind="run.resume", body=body)])]
     ['resume']
     """

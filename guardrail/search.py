@@ -15,7 +15,6 @@ import base64
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-
 from typing import TYPE_CHECKING
 
 from guardrail.errors import GuardrailError
@@ -236,3 +235,23 @@ def reason_group(reason: str | None) -> str:
     if not reason:
         return "(no reason)"
     return " ".join(_VARYING.sub("…", reason).split())
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """Runs halted for the same cause: ``key`` is their reason with what varies blanked."""
+
+    key: str
+    run_ids: list[str]
+    example: str | None  # the newest run's reason as it is
+
+
+def groups(runs: Iterable[RunRecord]) -> list[Group]:
+    """The runs grouped by `reason_group`, the largest group first (then the newest)."""
+    found: dict[str, Group] = {}
+    for run in sorted(runs, key=lambda r: (r.updated_at, r.id), reverse=True):
+        key = reason_group(run.reason)
+        if key not in found:
+            found[key] = Group(key, [], run.reason)
+        found[key].run_ids.append(run.id)
+    return sorted(found.values(), key=lambda g: -len(g.run_ids))

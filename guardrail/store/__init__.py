@@ -10,8 +10,8 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
-from guardrail.search import Page, RunQuery
 from guardrail.keys import Keys, KeySource
+from guardrail.search import Page, RunQuery
 from guardrail.store.schema import (
     Action,
     Compensation,

@@ -26,7 +26,15 @@ from guardrail import keys
 from guardrail.errors import StoreError
 from guardrail.keys import Keys, KeySource
 from guardrail.redact import canonical, digest
-from guardrail.search import Page, RunQuery, explain, page_of, prefix_match, prefix_params, run_page_sql
+from guardrail.search import (
+    Page,
+    RunQuery,
+    explain,
+    page_of,
+    prefix_match,
+    prefix_params,
+    run_page_sql,
+)
 from guardrail.store import Fence, Fenced, JournalRow, Recorded, Write, migrate
 from guardrail.store.schema import (
     COLUMN_NAMES,
