@@ -6,6 +6,7 @@ import functools
 import inspect
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -22,6 +23,7 @@ from guardrail import (
     policy_file,
     policy_source,
     recovery,
+    waiting,
 )
 from guardrail.audit import ActionLog, Verification, Witness, read_log, verify
 from guardrail.decisions import Decision
@@ -57,8 +59,10 @@ class Guard:
 
     ``strict`` refuses tools without a policy; ``durability`` is ``"process"`` (survives a
     process crash) or ``"power"`` (survives power loss; slower); ``on_halt`` is called with the
-    run record whenever a run starts waiting for a person, and ``webhook_url`` (if given)
-    receives a JSON POST then (see :mod:`guardrail.notify`). ``hash_key`` is the key of the
+    run record whenever a run starts waiting for a person, ``on_decision`` with a
+    :class:`~guardrail.history.DecisionEvent` whenever a person's decision lands (so a worker
+    elsewhere can pick a resumed run up), and ``webhook_url`` (if given) receives a JSON POST on
+    both (see :mod:`guardrail.notify`). ``hash_key`` is the key of the
     arguments hashes and the journal chain (see :mod:`guardrail.keys`: by default the
     ``GUARDRAIL_HASH_KEY`` variable or a 0600 key file created on first use).
 
@@ -80,6 +84,7 @@ class Guard:
         strict: bool = True,
         durability: str = "process",
         on_halt: Callable[[RunRecord], None] | None = None,
+        on_decision: Callable[[DecisionEvent], None] | None = None,
         webhook_url: str | None = None,
         heartbeat_interval: float = 5.0,
         max_args_bytes: int = 1_000_000,
@@ -96,6 +101,8 @@ class Guard:
         )
         self.strict = strict
         self.on_halt = on_halt
+        self.on_decision = on_decision
+        self._clock = time.time
         self.webhook_url = notify.check_url(webhook_url) if webhook_url else None
         self.heartbeat_interval = heartbeat_interval
         self.stale_after = heartbeat_interval * 6
@@ -469,28 +476,76 @@ class Guard:
 
     def resume(self, run_id: str, *, by: str, note: str | None = None) -> Decision:
         """Let a halted run continue; restart the agent with ``guard.run(run_id=...)``."""
-        return decisions.resume(self, run_id, by, note)
+        return self._decided(decisions.resume(self, run_id, by, note))
 
-    def abort(self, run_id: str, *, by: str, reason: str | None = None) -> Decision:
-        """Undo whatever is still undoable and end the run as ``aborted``."""
-        return drive(decisions.abort(self, run_id, by, reason))
+    def abort(
+        self, run_id: str, *, by: str, reason: str | None = None, require_undos: bool = False
+    ) -> Decision:
+        """Undo whatever is still undoable and end the run as ``aborted``.
 
-    async def aabort(self, run_id: str, *, by: str, reason: str | None = None) -> Decision:
-        return await adrive(decisions.abort(self, run_id, by, reason))
+        ``require_undos``: refuse (`UndosMissing`, nothing changed) when this process lacks an
+        undo the abort needs, instead of listing those actions for review.
+        """
+        steps = decisions.abort(self, run_id, by, reason, require_undos=require_undos)
+        return self._decided(drive(steps))
+
+    async def aabort(
+        self, run_id: str, *, by: str, reason: str | None = None, require_undos: bool = False
+    ) -> Decision:
+        steps = decisions.abort(self, run_id, by, reason, require_undos=require_undos)
+        return self._decided(await adrive(steps))
 
     def resolve(
         self, item_id: str, resolution: str, *, by: str, note: str | None = None
     ) -> Decision:
         """Record a person's decision on a review item (``done_manually``, ``retried``, ...)."""
-        return decisions.resolve(self, item_id, resolution, by, note)
+        return self._decided(decisions.resolve(self, item_id, resolution, by, note))
 
     def approve(self, item_id: str, *, by: str, note: str | None = None) -> Decision:
         """Approve an approval request; then resume the run and the call runs once."""
-        return decisions.decide(self, item_id, True, by, note)
+        return self._decided(decisions.decide(self, item_id, True, by, note))
 
     def reject(self, item_id: str, *, by: str, reason: str | None = None) -> Decision:
         """Reject an approval request; after resume the agent gets CallRejected for that call."""
-        return decisions.decide(self, item_id, False, by, reason)
+        return self._decided(decisions.decide(self, item_id, False, by, reason))
+
+    def wait_decision(
+        self, run_id: str, *, timeout: float | None = None, poll: float = 1.0
+    ) -> RunRecord:
+        """Block until a person decides the halted run; returns it then (``running`` after a
+        resume, ``aborted`` after an abort). TimeoutError after ``timeout`` seconds::
+
+            try:
+                agent(run_id=run_id)
+            except RunHalted as halted:
+                if guard.wait_decision(halted.run_id).status == "running":
+                    agent(run_id=halted.run_id)  # carries on: nothing done runs twice
+        """
+        return drive(waiting.wait_decision(self.store, run_id, timeout, poll, self._clock))
+
+    async def await_decision(
+        self, run_id: str, *, timeout: float | None = None, poll: float = 1.0
+    ) -> RunRecord:
+        return await adrive(waiting.wait_decision(self.store, run_id, timeout, poll, self._clock))
+
+    def _decided(self, decision: Decision) -> Decision:
+        """Tell the decision hooks of a decision that landed (never fails the decision)."""
+        if decision.landed and (self.on_decision is not None or self.webhook_url is not None):
+            try:
+                event = self.history(decision.run_id)[-1]
+            except Exception:
+                log.warning("guardrail could not read the decision on run %s", decision.run_id)
+                return decision
+            if self.on_decision is not None:
+                try:
+                    self.on_decision(event)
+                except Exception:
+                    log.exception("guardrail on_decision hook failed for run %s", event.run_id)
+            if self.webhook_url is not None:
+                run = self.store.run(event.run_id)
+                if run is not None:
+                    notify.post(self.webhook_url, notify.decision_payload(run, event))
+        return decision
 
     def plan_undo(self, run_id: str, *, log: ActionLog | None = None) -> list[PlannedStep]:
         """What compensation would do now (undo, review, nothing), newest first; changes nothing."""

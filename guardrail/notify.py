@@ -1,10 +1,18 @@
-"""Telling people a run waits for them: the ``on_halt`` callable and an optional webhook.
+"""Telling people a run waits for them, and workers that a person decided: the ``on_halt``
+and ``on_decision`` callables and an optional webhook.
 
 The webhook receives a JSON POST on every transition to ``pending_review`` or
 ``awaiting_approval``::
 
     {"event": "run.pending_review", "run_id": "...", "agent": "...", "status": "...",
      "reason": "...", "review_items": [{"id": "...", "reason": "...", "kind": "...", ...}]}
+
+and on every decision that lands (``decision.resume``, ``decision.abort``,
+``decision.approved``, ``decision.done_manually``...)::
+
+    {"event": "decision.resume", "run_id": "...", "agent": "...", "status": "running",
+     "decision": {"what": "resume", "by": "ana", "note": "...", "item_id": null, "at": 1.7e9,
+                  "journal_entry": 12}}
 
 A failing hook or webhook is logged and never breaks the halt: the run is already safely stopped.
 """
@@ -18,6 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from guardrail.errors import GuardrailError
+from guardrail.history import DecisionEvent
 from guardrail.store import ReviewItem, RunRecord
 
 log = logging.getLogger("guardrail")
@@ -53,6 +62,24 @@ def payload(
             for i in items
             if i.status == "open"
         ],
+    }
+
+
+def decision_payload(run: RunRecord, event: DecisionEvent) -> dict[str, Any]:
+    """A decision that landed: who decided what on which run, and the run's status now."""
+    return {
+        "event": f"decision.{event.what}",
+        "run_id": run.id,
+        "agent": run.agent,
+        "status": run.status,
+        "decision": {
+            "what": event.what,
+            "by": event.by,
+            "note": event.note,
+            "item_id": event.item_id,
+            "at": event.at,
+            "journal_entry": event.n,
+        },
     }
 
 
