@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -20,6 +21,7 @@ from guardrail import (
     inject,
     lifecycle,
     notify,
+    outbox,
     policy_file,
     policy_source,
     recovery,
@@ -86,6 +88,9 @@ class Guard:
         on_halt: Callable[[RunRecord], None] | None = None,
         on_decision: Callable[[DecisionEvent], None] | None = None,
         webhook_url: str | None = None,
+        webhook_secret: str | None = None,
+        webhook_body: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        console_url: str | None = None,
         heartbeat_interval: float = 5.0,
         max_args_bytes: int = 1_000_000,
         max_result_bytes: int | None = 256_000,
@@ -104,6 +109,16 @@ class Guard:
         self.on_decision = on_decision
         self._clock = time.time
         self.webhook_url = notify.check_url(webhook_url) if webhook_url else None
+        self.console_url = notify.check_url(console_url, "console_url") if console_url else None
+        self._webhook = (
+            outbox.Webhook(
+                self.webhook_url,
+                webhook_secret or os.environ.get("GUARDRAIL_WEBHOOK_SECRET") or None,
+                webhook_body,
+            )
+            if self.webhook_url
+            else None
+        )
         self.heartbeat_interval = heartbeat_interval
         self.stale_after = heartbeat_interval * 6
         self.max_args_bytes = max_args_bytes
@@ -541,11 +556,29 @@ class Guard:
                     self.on_decision(event)
                 except Exception:
                     log.exception("guardrail on_decision hook failed for run %s", event.run_id)
-            if self.webhook_url is not None:
+            if self._webhook is not None:
                 run = self.store.run(event.run_id)
                 if run is not None:
-                    notify.post(self.webhook_url, notify.decision_payload(run, event))
+                    self._send(notify.decision_event(run, event, self.console_url))
         return decision
+
+    def _send(self, event: dict[str, Any]) -> None:
+        """Keep the event in the outbox and post it once now (never fails the caller)."""
+        assert self._webhook is not None
+        now = self._clock()
+        try:
+            outbox.queue(self.store, event, now)
+            outbox.deliver(self.store, self._webhook, now, only=event["id"])
+        except Exception:
+            log.warning("guardrail could not send event %s", event["id"], exc_info=True)
+
+    def deliver(self) -> outbox.Delivery:
+        """Post the webhook events that are due (queued, or failed before and due again);
+        returns how many were sent and failed. A cron job or ``guardrail deliver`` calls it, and
+        the console's server does every few seconds."""
+        if self._webhook is None:
+            raise GuardrailError("this guard has no webhook_url to deliver to", field="webhook_url")
+        return outbox.deliver(self.store, self._webhook, self._clock())
 
     def plan_undo(self, run_id: str, *, log: ActionLog | None = None) -> list[PlannedStep]:
         """What compensation would do now (undo, review, nothing), newest first; changes nothing."""
@@ -617,9 +650,9 @@ class Guard:
                 self.on_halt(run)
             except Exception:
                 log.exception("guardrail on_halt hook failed for run %s", run.id)
-        if self.webhook_url is not None:
+        if self._webhook is not None:
             items = self.store.review_items(run_id=run.id, status="open")
-            notify.post(self.webhook_url, notify.payload(run, items, journal))
+            self._send(notify.halt_event(run, items, journal, self._clock(), self.console_url))
 
     def notify_completed(self, run_id: str) -> None:
         """A span marks the run's end with its journal's length and head hash (a witness)."""

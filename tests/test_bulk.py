@@ -51,7 +51,7 @@ def test_twenty_runs_halted_by_one_outage_are_one_group_aborted_at_once(shop: Sh
     assert [(o.status, o.landed, o.error) for o in outcomes] == [("aborted", True, None)] * 20
     assert sorted(shop.cancelled) == sorted(f"ord_{i}" for i in range(20))
     assert guard.require_run(other).status == "pending_review"
-    assert [(d.what, d.by, d.note) for d in guard.history(outage[0])][0] == (
+    assert next((d.what, d.by, d.note) for d in guard.history(outage[0])) == (
         "abort",
         "ana",
         "carrier outage",

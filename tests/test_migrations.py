@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from guardrail import Guard, StoreError
 from guardrail.cli import app
 from guardrail.store import migrate
-from guardrail.store.schema import TABLES, Entry
+from guardrail.store.schema import TABLES, Entry, OutboxEvent
 
 
 def test_head_is_the_newest_migration() -> None:
@@ -30,7 +30,7 @@ def test_head_is_the_newest_migration() -> None:
 def test_migrations_build_the_models_schema(store_url: str) -> None:
     Guard(store=store_url).close()  # a fresh store is created by the migrations
     engine = create_engine(store_url)
-    tables = [m.__table__ for m in (*TABLES.values(), Entry)]  # type: ignore[attr-defined]
+    tables = [m.__table__ for m in (*TABLES.values(), Entry, OutboxEvent)]  # type: ignore[attr-defined]
     metadata = SQLModel.metadata
     with engine.connect() as conn:
         context = MigrationContext.configure(

@@ -179,9 +179,8 @@ def test_the_witness_goes_out_with_the_runs_end(tmp_path: Path) -> None:
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     posted: list[dict[str, Any]] = []
 
-    def post(url: str, body: dict[str, Any]) -> bool:
-        posted.append(body)
-        return True
+    def post(url: str, body: bytes, headers: dict[str, str]) -> None:
+        posted.append(json.loads(body))
 
     old_tracer, old_post = telemetry._tracer, notify.post
     telemetry._tracer = provider.get_tracer("test")

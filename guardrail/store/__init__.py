@@ -17,6 +17,7 @@ from guardrail.store.schema import (
     Compensation,
     Entry,
     ExternalId,
+    OutboxEvent,
     ReviewItem,
     RunRecord,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "Compensation",
     "Entry",
     "ExternalId",
+    "OutboxEvent",
     "Fence",
     "Recorded",
     "Fenced",
@@ -128,6 +130,14 @@ class Store(Protocol):
     def find(self, *, value: str, name: str | None = None) -> list[ExternalId]: ...
 
     def search_runs(self, query: RunQuery) -> Page: ...
+    # the outbox of notifications (not part of the action log: not journaled)
+    def queue_event(self, event: OutboxEvent) -> bool: ...
+    def due_events(self, now: float, limit: int) -> list[OutboxEvent]: ...
+    def claim_event(self, event_id: str, attempts: int, retry_at: float) -> bool: ...
+    def event_outcome(
+        self, event_id: str, delivered_at: float | None, error: str | None
+    ) -> None: ...
+    def events(self, *, run_id: str | None = None) -> list[OutboxEvent]: ...
     def close(self) -> None: ...
 
 

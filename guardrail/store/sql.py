@@ -43,6 +43,7 @@ from guardrail.store.schema import (
     Compensation,
     Entry,
     ExternalId,
+    OutboxEvent,
     ReviewItem,
     RunRecord,
 )
@@ -626,6 +627,65 @@ class SQLStore:
                 [(n, str(v)) for r, n, v in eids if r == run_id],
             )
         return page
+
+    # -- the outbox --------------------------------------------------------------------------
+
+    def _outbox_write(self, sql: str, params: tuple[Any, ...]) -> int:
+        try:
+            with self._transaction() as cur:
+                cur.execute(self._sql(sql), params)
+                return int(cur.rowcount)
+        except StoreError:
+            raise
+        except Exception as exc:
+            if _is_integrity_error(exc):
+                return 0
+            raise StoreError(f"cannot write the outbox in {self.url}: {exc}") from exc
+
+    def queue_event(self, event: OutboxEvent) -> bool:
+        """Keep ``event`` for delivery; False when an event with its id is queued already."""
+        return (
+            self._outbox_write(
+                "INSERT INTO outbox (id, run_id, event, at, body, attempts, next_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (event.id, event.run_id, event.event, event.at, event.body, 0, event.next_at),
+            )
+            == 1
+        )
+
+    def due_events(self, now: float, limit: int) -> list[OutboxEvent]:
+        q = (
+            select(OutboxEvent)
+            .where(col(OutboxEvent.delivered_at).is_(None), OutboxEvent.next_at <= now)
+            .order_by(col(OutboxEvent.next_at))
+            .limit(limit)
+        )
+        return self._read(lambda s: list(s.exec(q).all()))
+
+    def claim_event(self, event_id: str, attempts: int, retry_at: float) -> bool:
+        """Take the event for one delivery attempt (compare-and-set on its attempts): the next
+        attempt, should this one never report, is at ``retry_at``."""
+        return (
+            self._outbox_write(
+                "UPDATE outbox SET attempts = ?, next_at = ? WHERE id = ? AND attempts = ? "
+                "AND delivered_at IS NULL",
+                (attempts + 1, retry_at, event_id, attempts),
+            )
+            == 1
+        )
+
+    def event_outcome(self, event_id: str, delivered_at: float | None, error: str | None) -> None:
+        self._outbox_write(
+            "UPDATE outbox SET delivered_at = ?, last_error = ? WHERE id = ?",
+            (delivered_at, error, event_id),
+        )
+
+    def events(self, *, run_id: str | None = None) -> list[OutboxEvent]:
+        q = select(OutboxEvent)
+        if run_id is not None:
+            q = q.where(OutboxEvent.run_id == run_id)
+        q = q.order_by(col(OutboxEvent.at), col(OutboxEvent.id))
+        return self._read(lambda s: list(s.exec(q).all()))
 
     def close(self) -> None:
         self._closed = True
