@@ -17,8 +17,12 @@ WAIT = 60  # a deadline, never a sleep
 
 
 def _agent(guard: Guard, made: list[str], ship: ScriptedTool, run_id: str | None = None) -> str:
+    def create(item: str) -> dict[str, int]:
+        made.append(item)
+        return {"id": 1}
+
     with guard.run(agent="shop", run_id=run_id) as run:
-        run.call("create_order", {"item": "book"}, fn=lambda item: made.append(item) or {"id": 1})
+        run.call("create_order", {"item": "book"}, fn=create)
         run.call("ship", {"order": 1}, fn=ship)
     return run.id
 
