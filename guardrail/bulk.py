@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from guardrail import decisions
 from guardrail.errors import GuardrailError
+from guardrail.search import MAX_PAGE, group_id, reason_group
 
 if TYPE_CHECKING:
     from guardrail.guard import Guard
@@ -45,6 +46,23 @@ class Outcome:
     status: str
     landed: bool
     error: str | None = None
+
+
+def select(guard: Guard, *, group: str | None = None, **search: Any) -> list[str]:
+    """The ids of every run (all pages) that ``guard.search(**search)`` finds, newest first;
+    with ``group``, only those whose reason falls in that group (`Group.id`)."""
+    if group is not None:
+        search.setdefault("status", ("pending_review",))
+    ids: list[str] = []
+    cursor = None
+    while True:
+        found = guard.search(**search, limit=MAX_PAGE, cursor=cursor)
+        ids += [
+            r.id for r in found.runs if group is None or group_id(reason_group(r.reason)) == group
+        ]
+        cursor = found.next
+        if cursor is None:
+            return ids
 
 
 def _check(what: str, resolution: str | None) -> None:

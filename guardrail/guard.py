@@ -108,17 +108,11 @@ class Guard:
         self.on_halt = on_halt
         self.on_decision = on_decision
         self._clock = time.time
-        self.webhook_url = notify.check_url(webhook_url) if webhook_url else None
+        self.webhook_url: str | None = None
+        self._webhook: outbox.Webhook | None = None
+        if webhook_url:
+            self.use_webhook(webhook_url, secret=webhook_secret, body=webhook_body)
         self.console_url = notify.check_url(console_url, "console_url") if console_url else None
-        self._webhook = (
-            outbox.Webhook(
-                self.webhook_url,
-                webhook_secret or os.environ.get("GUARDRAIL_WEBHOOK_SECRET") or None,
-                webhook_body,
-            )
-            if self.webhook_url
-            else None
-        )
         self.heartbeat_interval = heartbeat_interval
         self.stale_after = heartbeat_interval * 6
         self.max_args_bytes = max_args_bytes
@@ -571,6 +565,19 @@ class Guard:
             outbox.deliver(self.store, self._webhook, now, only=event["id"])
         except Exception:
             log.warning("guardrail could not send event %s", event["id"], exc_info=True)
+
+    def use_webhook(
+        self,
+        url: str,
+        *,
+        secret: str | None = None,
+        body: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> None:
+        """Send events to ``url`` from now on (as ``Guard(webhook_url=...)`` does); ``secret``
+        defaults to the ``GUARDRAIL_WEBHOOK_SECRET`` variable."""
+        self.webhook_url = notify.check_url(url)
+        secret = secret or os.environ.get("GUARDRAIL_WEBHOOK_SECRET") or None
+        self._webhook = outbox.Webhook(self.webhook_url, secret, body)
 
     def deliver(self) -> outbox.Delivery:
         """Post the webhook events that are due (queued, or failed before and due again);

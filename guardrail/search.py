@@ -12,6 +12,7 @@ between the databases is how a prefix is matched through an index (`prefix_match
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -239,11 +240,20 @@ def reason_group(reason: str | None) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Group:
-    """Runs halted for the same cause: ``key`` is their reason with what varies blanked."""
+    """Runs halted for the same cause: ``key`` is their reason with what varies blanked, ``id``
+    a short stable name of the key (``guardrail abort --filter group=ID``)."""
 
     key: str
     run_ids: list[str]
     example: str | None  # the newest run's reason as it is
+
+    @property
+    def id(self) -> str:
+        return group_id(self.key)
+
+
+def group_id(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:8]
 
 
 def groups(runs: Iterable[RunRecord]) -> list[Group]:
