@@ -132,9 +132,30 @@ def like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def run_page_sql(query: RunQuery, dialect: str) -> tuple[str, list[object]]:
+# Search through external ids and tools first lists the runs they point to, up to this many:
+# a narrow search (one order id) then tests the runs against that list; a broad one (every run
+# has a `ch_` id) tests each run, newest first, and stops at the page's end.
+NARROW = 2000
+
+
+def candidates_sql(table: str, column: str, dialect: str) -> str:
+    """The runs (at most NARROW + 1) with a ``column`` of ``table`` starting with the text."""
+    return (
+        f"SELECT DISTINCT run_id FROM {table} WHERE "
+        + prefix_match(f"lower({column})", dialect)
+        + " LIMIT ?"
+    )
+
+
+def run_page_sql(
+    query: RunQuery,
+    dialect: str,
+    by_external_id: Sequence[str] | None = None,
+    by_tool: Sequence[str] | None = None,
+) -> tuple[str, list[object]]:
     """The query of one page of run ids with their creation times, newest first (one more than
-    the limit, which tells whether there is a next page)."""
+    the limit, which tells whether there is a next page). ``by_external_id`` and ``by_tool``:
+    the runs a narrow search found there (`candidates_sql`); None when it was broad."""
     where: list[str] = []
     params: list[object] = []
     if query.status:
@@ -158,24 +179,28 @@ def run_page_sql(query: RunQuery, dialect: str) -> tuple[str, list[object]]:
     needle = query.needle
     if needle is not None:
         p = prefix_params(needle)
-        where.append(
-            "("
-            + " OR ".join(
-                [
-                    prefix_match("lower(r.id)", dialect),
-                    prefix_match("lower(r.agent)", dialect),
-                    "lower(r.reason) LIKE ? ESCAPE '\\'",
-                    "r.id IN (SELECT e.run_id FROM external_ids e WHERE "
-                    + prefix_match("lower(e.value)", dialect)
-                    + ")",
-                    "r.id IN (SELECT a.run_id FROM actions a WHERE "
-                    + prefix_match("lower(a.tool)", dialect)
-                    + ")",
-                ]
-            )
-            + ")"
-        )
-        params.extend([*p, *p, f"%{like_escape(needle)}%", *p, *p])
+        tests = [
+            prefix_match("lower(r.id)", dialect),
+            prefix_match("lower(r.agent)", dialect),
+            "lower(r.reason) LIKE ? ESCAPE '\\'",
+        ]
+        params_of_tests: list[object] = [*p, *p, f"%{like_escape(needle)}%"]
+        for found, table, column in (
+            (by_external_id, "external_ids", "value"),
+            (by_tool, "actions", "tool"),
+        ):
+            if found is None:
+                tests.append(
+                    f"EXISTS (SELECT 1 FROM {table} x WHERE x.run_id = r.id AND "
+                    + prefix_match(f"lower(x.{column})", dialect)
+                    + ")"
+                )
+                params_of_tests.extend(p)
+            elif found:
+                tests.append(f"r.id IN ({', '.join('?' for _ in found)})")
+                params_of_tests.extend(found)
+        where.append("(" + " OR ".join(tests) + ")")
+        params.extend(params_of_tests)
     if query.cursor is not None:
         at, run_id = decode_cursor(query.cursor)
         where.append("(r.created_at < ? OR (r.created_at = ? AND r.id < ?))")
@@ -214,7 +239,7 @@ def explain(
     found.extend(Match("tool", t) for t in sorted(set(tools)) if t.lower().startswith(needle))
     if reason and needle in reason.lower():
         found.append(Match("reason", reason))
-    return tuple(found)
+    return tuple(dict.fromkeys(found))
 
 
 # -- groups of like halts -------------------------------------------------------------------

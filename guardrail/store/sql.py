@@ -27,8 +27,10 @@ from guardrail.errors import StoreError
 from guardrail.keys import Keys, KeySource
 from guardrail.redact import canonical, digest
 from guardrail.search import (
+    NARROW,
     Page,
     RunQuery,
+    candidates_sql,
     explain,
     page_of,
     prefix_match,
@@ -594,14 +596,23 @@ class SQLStore:
 
     def search_runs(self, query: RunQuery) -> Page:
         """A page of runs matching ``query``, newest first, with what matched its text."""
-        sql, params = run_page_sql(query, "sqlite" if self._sqlite else "postgresql")
-        page = page_of(self._fetch(None, sql, tuple(params)), query.limit)
+        dialect = "sqlite" if self._sqlite else "postgresql"
         needle = query.needle
+        narrow: list[list[str] | None] = [None, None]
+        if needle is not None:
+            for i, (table, column) in enumerate((("external_ids", "value"), ("actions", "tool"))):
+                rows = self._fetch(
+                    None,
+                    candidates_sql(table, column, dialect),
+                    (*prefix_params(needle), NARROW + 1),
+                )
+                narrow[i] = [str(r[0]) for r in rows] if len(rows) <= NARROW else None
+        sql, params = run_page_sql(query, dialect, narrow[0], narrow[1])
+        page = page_of(self._fetch(None, sql, tuple(params)), query.limit)
         if needle is None or not page.run_ids:
             return page
         ids = page.run_ids
         marks = ", ".join("?" for _ in ids)
-        dialect = "sqlite" if self._sqlite else "postgresql"
         runs = self._fetch(
             None, f"SELECT id, agent, reason FROM runs WHERE id IN ({marks})", tuple(ids)
         )
