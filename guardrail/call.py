@@ -65,19 +65,19 @@ def _guarded_call(
     call_id: str | None,
     injected: Mapping[str, Any] | None,
 ) -> Steps[Any]:
-    args, live = inject.split(args, policy.injected, injected)
-    call = prepare(core, run, policy, args, call_id, live, codec.returns(fn))
+    call = prepare(core, run, policy, args, call_id, injected, codec.returns(fn))
     recorded = lookup(core, run, call)
     if recorded is not None:
         return replay(run, call, recorded)
     approved = gate(core, run, policy, call.plain, call.args_hash, call.key, call_id)
     snapshot = None
     if policy.snapshot is not None:
-        taken, problem = yield from take_snapshot(run, policy, args, live)
+        taken, problem = yield from take_snapshot(run, policy, call.args, call.injected)
         if problem is not None:
             refuse(core, run, call, approved, problem)
         snapshot = seal(core.store.keys, canonical(taken), run.key_id)
     seq, span = _begin(core, run, call, approved, snapshot)
+    args, live = call.args, call.injected
     if live and policy.effect != "read_only":
         core.live.keep(run.id, seq, live)  # for its undo, if this process compensates it
     crash_point("after_start")

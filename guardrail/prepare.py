@@ -55,12 +55,14 @@ def prepare(
     policy: Policy,
     args: dict[str, Any],
     call_id: str | None,
-    injected: Mapping[str, Any],
+    injected: Mapping[str, Any] | None,
     returns: TypeAdapter[Any] | None = None,
 ) -> Call:
-    """Arguments as JSON, their keyed hash and the call's idempotency key; bad arguments are
-    refused before anything is recorded."""
+    """The call's recorded arguments (less the injected values, kept apart for the tool and its
+    hooks) as JSON, their keyed hash and the call's idempotency key; bad arguments are refused
+    before anything is recorded."""
     tool = policy.name
+    args, live = inject.split(args, policy.injected, injected)
     try:
         plain = to_jsonable(args)
     except NotJSON as exc:
@@ -81,7 +83,7 @@ def prepare(
         )
     args_hash = core.store.keys.mac(text, run.key_id)
     key = idempotency_key(core.store.keys, policy, args, call_id, args_hash, run)
-    return Call(policy, args, plain, args_hash, key, call_id, injected, returns)
+    return Call(policy, args, plain, args_hash, key, call_id, live, returns)
 
 
 def lookup(core: Core, run: LiveRun, call: Call) -> Recorded | None:
