@@ -1,4 +1,7 @@
-"""`Guard`: the one entry point. Holds the store, the policies, and the people-facing API."""
+"""`Guard`: the one entry point, and a facade. It builds the `guardrail.core.Core` the core's
+functions work in (the store, the policy registry, the clock, the lease book, the hooks) and
+hands it to each run it makes; its public methods (policies, ``@guard.tool``, runs, the
+people-facing API) delegate to the registry and to the core's modules."""
 
 from __future__ import annotations
 
@@ -21,7 +24,6 @@ from guardrail.leases import Leases, make_owner
 from guardrail.lifecycle import PlannedStep
 from guardrail.notify import Notifier
 from guardrail.policy import Policy, make_policy
-from guardrail.registry import PACK_GROUP as PACK_GROUP
 from guardrail.registry import Registry
 from guardrail.registry import load_pack as load_pack
 from guardrail.run import Run, current_run
