@@ -14,11 +14,13 @@ from __future__ import annotations
 import json
 import logging
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+from guardrail import telemetry
 from guardrail.errors import GuardrailError
-from guardrail.store import ReviewItem, RunRecord
+from guardrail.store import ReviewItem, RunRecord, Store
 
 log = logging.getLogger("guardrail")
 TIMEOUT = 5.0
@@ -74,3 +76,48 @@ def post(url: str, body: dict[str, Any]) -> bool:
     if not ok:
         log.warning("guardrail webhook %s answered %s", url, status)
     return ok
+
+
+class Notifier:
+    """The guard's hooks: a span for every run that halts or completes (with its journal's
+    length and head hash, a witness), then the ``on_halt`` callable and the webhook, if any."""
+
+    def __init__(
+        self,
+        store: Store,
+        on_halt: Callable[[RunRecord], None] | None = None,
+        webhook_url: str | None = None,
+    ) -> None:
+        self.store = store
+        self.on_halt = on_halt
+        self.webhook_url = check_url(webhook_url) if webhook_url else None
+
+    def halted(self, run: RunRecord) -> None:
+        """The run waits for a person (``pending_review`` or ``awaiting_approval``)."""
+        journal = self.store.head(run.id)
+        telemetry.event(
+            "guardrail " + run.status,
+            **{"run.id": run.id, "agent": run.agent},
+            **(
+                {"journal.entries": journal[0], "journal.head": journal[1]}
+                if journal is not None
+                else {}
+            ),
+        )
+        if self.on_halt is not None:
+            try:
+                self.on_halt(run)
+            except Exception:
+                log.exception("guardrail on_halt hook failed for run %s", run.id)
+        if self.webhook_url is not None:
+            items = self.store.review_items(run_id=run.id, status="open")
+            post(self.webhook_url, payload(run, items, journal))
+
+    def completed(self, run_id: str) -> None:
+        """A span marks the run's end with its journal's length and head hash (a witness)."""
+        journal = self.store.head(run_id)  # (cached: the run just wrote it)
+        if journal is not None:
+            telemetry.event(
+                "guardrail completed",
+                **{"run.id": run_id, "journal.entries": journal[0], "journal.head": journal[1]},
+            )
