@@ -3,27 +3,24 @@ these arguments (or rejects them); the request is recorded and the run pauses me
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from guardrail import transitions as T
+from guardrail.clock import NOW
 from guardrail.conditions import ConditionError
-from guardrail.decisions import open_approvals
+from guardrail.core import Core, LiveRun, commit
 from guardrail.errors import CallRejected, RunHalted
-from guardrail.lifecycle import commit, now, review_write
+from guardrail.lifecycle import open_approvals, review_write
 from guardrail.policy import Policy
 from guardrail.redact import redact
 from guardrail.store import ReviewItem, Write
-
-if TYPE_CHECKING:
-    from guardrail.guard import Guard
-    from guardrail.run import Run
 
 A = T.ActionState
 
 
 def gate(
-    guard: Guard,
-    run: Run,
+    core: Core,
+    run: LiveRun,
     policy: Policy,
     plain: dict[str, Any],
     args_hash: str,
@@ -39,7 +36,7 @@ def gate(
     """
     if policy.approval is None:
         return None
-    tool, store = policy.name, guard.store
+    tool, store = policy.name, core.store
     scope = {
         "args": plain,
         "tool": tool,
@@ -66,12 +63,12 @@ def gate(
             if a.tool == tool and a.args_hash == args_hash and a.state == A.REJECTED
         ]
     latest = asked[-1] if asked else None
-    item = _approval_item(guard, run.id, latest.seq) if latest is not None else None
+    item = _approval_item(core, run.id, latest.seq) if latest is not None else None
     if latest is not None and latest.state == T.ActionState.APPROVED and item is not None:
         ttl = policy.approval.ttl
-        if ttl is None or (item.resolved_at or 0) + ttl >= now():
+        if ttl is None or (item.resolved_at or 0) + ttl >= core.clock():
             return latest.seq
-        commit(guard, T.expire_approval(run.lease, latest.seq, ttl))
+        commit(core, T.expire_approval(run.lease, latest.seq, ttl))
         latest = None
     if latest is not None and latest.state == T.ActionState.REJECTED:
         who = f" by {item.resolved_by}" if item is not None and item.resolved_by else ""
@@ -112,17 +109,17 @@ def gate(
             "args": redact(plain, policy.redact, "args"),
             "args_hash": args_hash,
             "external_ids": {},
-            "started_at": now(),
+            "started_at": NOW,
         }
     try:
         reason = f"{tool} needs approval"
-        commit(guard, T.request_approval(run.lease, seq, values, item_write, reason))
+        commit(core, T.request_approval(run.lease, seq, values, item_write, reason))
         run.awaiting = True
     finally:
         run.halted = True
-    record = guard.require_run(run.id)
-    guard.notify(record)
-    items = tuple(i.id for i in open_approvals(guard, run.id))
+    record = core.require_run(run.id)
+    core.hooks.halted(record)
+    items = tuple(i.id for i in open_approvals(core, run.id))
     raise RunHalted(
         f"run {run.id} awaits approval: {tool} needs a person's approval for these arguments"
         + (f" ({problem})" if problem else "")
@@ -135,6 +132,6 @@ def gate(
     )
 
 
-def _approval_item(guard: Guard, run_id: str, seq: int) -> ReviewItem | None:
-    found = [i for i in guard.store.review_items(run_id=run_id) if i.seq == seq]
+def _approval_item(core: Core, run_id: str, seq: int) -> ReviewItem | None:
+    found = [i for i in core.store.review_items(run_id=run_id) if i.seq == seq]
     return next((i for i in reversed(found) if i.reason == "approval"), None)

@@ -11,15 +11,34 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from guardrail import decisions
+from guardrail.audit import ActionLog
+from guardrail.core import PolicyLookup
+from guardrail.decisions import Decision
 from guardrail.errors import GuardrailError
-from guardrail.search import MAX_PAGE, group_id, reason_group
+from guardrail.lifecycle import PlannedStep
+from guardrail.search import MAX_PAGE, RunQuery, found, group_id, reason_group
+from guardrail.store import ReviewItem, RunRecord, Store
 
-if TYPE_CHECKING:
-    from guardrail.guard import Guard
-    from guardrail.store import ReviewItem
+
+class Deciding(PolicyLookup, Protocol):
+    """What bulk decisions need of the guard: its reads and its one-run decisions."""
+
+    def require_run(self, run_id: str) -> RunRecord: ...
+    def log(self, run_id: str) -> ActionLog: ...
+    def plan_undo(self, run_id: str, *, log: ActionLog | None = None) -> list[PlannedStep]: ...
+    @property
+    def store(self) -> Store: ...
+    def resume(self, run_id: str, *, by: str, note: str | None = None) -> Decision: ...
+    def abort(
+        self, run_id: str, *, by: str, reason: str | None = None, require_undos: bool = False
+    ) -> Decision: ...
+    def resolve(
+        self, item_id: str, resolution: str, *, by: str, note: str | None = None
+    ) -> Decision: ...
+
 
 DECISIONS = ("resume", "abort", "resolve")
 # resolutions a bulk resolve makes: approvals are decided by approve/reject, held items by the
@@ -48,19 +67,21 @@ class Outcome:
     error: str | None = None
 
 
-def select(guard: Guard, *, group: str | None = None, **search: Any) -> list[str]:
-    """The ids of every run (all pages) that ``guard.search(**search)`` finds, newest first;
-    with ``group``, only those whose reason falls in that group (`Group.id`)."""
+def select(guard: Deciding, *, group: str | None = None, **filters: Any) -> list[str]:
+    """The ids of every run (all pages) a search with ``filters`` (`RunQuery`'s fields) finds,
+    newest first; with ``group``, only those whose reason falls in that group (`Group.id`)."""
     if group is not None:
-        search.setdefault("status", ("pending_review",))
+        filters.setdefault("status", ("pending_review",))
+    if isinstance(filters.get("status"), str):
+        filters["status"] = (filters["status"],)
     ids: list[str] = []
     cursor = None
     while True:
-        found = guard.search(**search, limit=MAX_PAGE, cursor=cursor)
+        page = found(guard.store, RunQuery(**filters, limit=MAX_PAGE, cursor=cursor))
         ids += [
-            r.id for r in found.runs if group is None or group_id(reason_group(r.reason)) == group
+            r.id for r in page.runs if group is None or group_id(reason_group(r.reason)) == group
         ]
-        cursor = found.next
+        cursor = page.next
         if cursor is None:
             return ids
 
@@ -79,7 +100,7 @@ def _check(what: str, resolution: str | None) -> None:
 
 
 def preview(
-    guard: Guard,
+    guard: Deciding,
     run_ids: Iterable[str],
     what: str,
     *,
@@ -92,7 +113,9 @@ def preview(
     return [_preview(guard, run_id, what, resolution, force) for run_id in dict.fromkeys(run_ids)]
 
 
-def _preview(guard: Guard, run_id: str, what: str, resolution: str | None, force: bool) -> Preview:
+def _preview(
+    guard: Deciding, run_id: str, what: str, resolution: str | None, force: bool
+) -> Preview:
     log = guard.log(run_id)
     run = log.run
     open_items = [i for i in log.review_items if i.status == "open"]
@@ -137,7 +160,7 @@ def _resolvable(items: list[ReviewItem], resolution: str | None) -> list[ReviewI
 
 
 def decide(
-    guard: Guard,
+    guard: Deciding,
     run_ids: Iterable[str],
     what: str,
     *,

@@ -14,20 +14,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from guardrail import telemetry
 from guardrail import transitions as T
+from guardrail.core import Core, HasCore, PolicyLookup, commit, core_of
 from guardrail.drive import Steps
 from guardrail.errors import Conflict, PolicyError, RunNotFound, RunStateError, StoreError
 from guardrail.fingerprint import EMPTY
-from guardrail.lifecycle import PlannedStep, commit, compensate, plan, review_write
+from guardrail.lifecycle import PlannedStep, compensate, open_approvals, plan, review_write
 from guardrail.policy import UndoTool
-from guardrail.store import Action, ReviewItem, RunRecord, Write
+from guardrail.store import Action, RunRecord, Write
 from guardrail.testing import crash_point
-
-if TYPE_CHECKING:
-    from guardrail.guard import Guard
 
 RESOLUTIONS = (
     "done_manually",
@@ -57,6 +55,13 @@ class UndosMissing(PolicyError):
         self.steps = tuple(steps)
 
 
+class Fingerprinted(Protocol):
+    """Anything that knows the fingerprint of its declared policies (a guard, its registry)."""
+
+    @property
+    def policy_fingerprint(self) -> str: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     """What a resume, abort or resolve did. ``landed`` is False when an identical decision was
@@ -68,15 +73,15 @@ class Decision:
     by: str | None = None
 
 
-def resume(guard: Guard, run_id: str, by: str, note: str | None) -> Decision:
-    store = guard.store
+def resume(core: Core, run_id: str, by: str, note: str | None) -> Decision:
+    store = core.store
     landed = False
     for _ in range(TRIES):
-        run = guard.require_run(run_id)
+        run = core.require_run(run_id)
         if run.status not in T.DECIDABLE:
             break
         if run.status == T.RunStatus.AWAITING_APPROVAL:
-            waiting = [i.id for i in open_approvals(guard, run_id)]
+            waiting = [i.id for i in open_approvals(core, run_id)]
             if waiting:
                 raise RunStateError(
                     f"run {run_id} awaits approval of item(s) {', '.join(waiting)}; approve or "
@@ -106,11 +111,11 @@ def resume(guard: Guard, run_id: str, by: str, note: str | None) -> Decision:
             )
             t.writes.append(T.settle_write(run_id, seq, T.ActionState.IN_DOUBT, detail))
             t.writes.append(review_write(run_id, seq, "in_doubt", None, detail))
-        t.writes += close_held(guard, run_id, "resumed", by, note)
-        landed = commit(guard, t)
-        if landed or not _unchanged(guard, run):
+        t.writes += close_held(core, run_id, "resumed", by, note)
+        landed = commit(core, t)
+        if landed or not _unchanged(core, run):
             break
-    run = guard.require_run(run_id)
+    run = core.require_run(run_id)
     if not landed and run.status != T.RunStatus.RUNNING:
         raise Conflict(
             f"run {run_id} is {run.status}, it cannot be resumed"
@@ -123,29 +128,36 @@ def resume(guard: Guard, run_id: str, by: str, note: str | None) -> Decision:
 
 
 def abort(
-    guard: Guard, run_id: str, by: str, reason: str | None, *, require_undos: bool = False
+    given: Core | HasCore,
+    run_id: str,
+    by: str,
+    reason: str | None,
+    *,
+    require_undos: bool = False,
 ) -> Steps[Decision]:
-    """Undo what is still undoable and end the run as aborted.
+    """Undo what is still undoable and end the run as aborted (``given``: the guard, or its
+    core).
 
     ``require_undos``: refuse (`UndosMissing`, nothing changed) when an undo the abort needs is
     not available in this process, instead of listing those actions for review.
     """
+    core = core_of(given)
     landed = False
     for _ in range(TRIES):
-        run = guard.require_run(run_id)
+        run = core.require_run(run_id)
         if run.status not in T.DECIDABLE:
             break
         if require_undos:
-            missing = missing_undos(guard, guard.store.actions(run_id))
+            missing = missing_undos(core.policies, core.store.actions(run_id))
             if missing:
                 raise UndosMissing(explain_missing(run_id, missing), run_id=run_id, steps=missing)
-        t = T.abort(run, guard.owner, by, reason)
-        t.writes += close_held(guard, run_id, "aborted", by, reason)
-        landed = commit(guard, t)
-        if landed or not _unchanged(guard, run):
+        t = T.abort(run, core.owner, by, reason)
+        t.writes += close_held(core, run_id, "aborted", by, reason)
+        landed = commit(core, t)
+        if landed or not _unchanged(core, run):
             break
     if not landed:
-        run = guard.require_run(run_id)
+        run = core.require_run(run_id)
         if run.status in (T.RunStatus.ABORTING, T.RunStatus.ABORTED):
             return Decision(run_id, run.status, False, run.decided_by)
         raise Conflict(
@@ -156,13 +168,13 @@ def abort(
         )
     lease = t.lease
     assert lease is not None
-    guard.hold_lease(lease)
+    core.leases.hold(lease)
     try:
         crash_point("after_abort_start")
-        for item in open_approvals(guard, run_id):
-            commit(guard, T.decide_approval(run_id, item.id, item.seq, False, by, "run aborted"))
-        yield from compensate(guard, lease, T.RunStatus.ABORTING)
-        commit(guard, T.aborted(lease))
+        for item in open_approvals(core, run_id):
+            commit(core, T.decide_approval(run_id, item.id, item.seq, False, by, "run aborted"))
+        yield from compensate(core, lease, T.RunStatus.ABORTING)
+        commit(core, T.aborted(lease))
     except StoreError as exc:
         raise StoreError(
             f"run {run_id}: the abort is recorded but could not finish ({exc}); `guardrail "
@@ -171,18 +183,18 @@ def abort(
             run_id=run_id,
         ) from exc
     finally:
-        guard.drop_lease(run_id, lease.epoch)
-    guard.live.drop(run_id)  # nothing of this run is undone any more: let its objects go
+        core.leases.drop(run_id, lease.epoch)
+    core.live.drop(run_id)  # nothing of this run is undone any more: let its objects go
     telemetry.decision("abort", run_id, by, "landed")
     return Decision(run_id, "aborted", True, by)
 
 
-def resolve(guard: Guard, item_id: str, resolution: str, by: str, note: str | None) -> Decision:
+def resolve(core: Core, item_id: str, resolution: str, by: str, note: str | None) -> Decision:
     if resolution not in RESOLUTIONS:
         raise RunStateError(
             f"resolution {resolution!r} is not one of {', '.join(RESOLUTIONS)}", status=None
         )
-    store = guard.store
+    store = core.store
     item = store.review_item(item_id)
     if item is None:
         raise RunNotFound(f"no review item {item_id!r} in {store.url}")
@@ -193,7 +205,7 @@ def resolve(guard: Guard, item_id: str, resolution: str, by: str, note: str | No
                 run_id=item.run_id,
                 status=item.status,
             )
-        return decide(guard, item_id, resolution == "approved", by, note)
+        return decide(core, item_id, resolution == "approved", by, note)
     if resolution in DOUBT_WORDS and (item.reason != "in_doubt" or item.seq is None):
         raise RunStateError(
             f"review item {item_id} is {item.reason}, not a call whose outcome is unknown; "
@@ -204,7 +216,7 @@ def resolve(guard: Guard, item_id: str, resolution: str, by: str, note: str | No
     if resolution in DOUBT_WORDS:
         assert item.seq is not None
         t = T.resolve_doubt(item.run_id, item_id, item.seq, resolution == "happened", by, note)
-        run = guard.require_run(item.run_id)
+        run = core.require_run(item.run_id)
         if resolution == "happened" and run.status in (
             T.RunStatus.ABORTING,
             T.RunStatus.ABORTED,
@@ -212,7 +224,7 @@ def resolve(guard: Guard, item_id: str, resolution: str, by: str, note: str | No
             # nothing compensates an aborted run again: a person undoes what happened
             action = next((a for a in store.actions(item.run_id) if a.seq == item.seq), None)
             tool = action.tool if action is not None else "the call"
-            policy = guard.find_policy(tool)
+            policy = core.find_policy(tool)
             detail = (
                 f"{tool} took effect ({by} says so), but the run was aborted before anyone "
                 "knew, so nothing undid it: undo or correct it by hand"
@@ -220,7 +232,7 @@ def resolve(guard: Guard, item_id: str, resolution: str, by: str, note: str | No
             t.writes.append(review_write(item.run_id, item.seq, "not_undone", policy, detail))
     else:
         t = T.resolve_item(item.run_id, item_id, resolution, by, note, "review.resolve")
-    landed = commit(guard, t)
+    landed = commit(core, t)
     if not landed:
         item = store.review_item(item_id)
         assert item is not None
@@ -235,12 +247,10 @@ def resolve(guard: Guard, item_id: str, resolution: str, by: str, note: str | No
     return Decision(item.run_id, resolution, landed, by)
 
 
-def close_held(
-    guard: Guard, run_id: str, resolution: str, by: str, note: str | None
-) -> list[Write]:
+def close_held(core: Core, run_id: str, resolution: str, by: str, note: str | None) -> list[Write]:
     """Writes closing the run's open ``held`` items, for the decision's own transaction (each
     expects the item still open: a person who resolved it meanwhile makes the decision retry)."""
-    items = guard.store.review_items(run_id=run_id, status="open")
+    items = core.store.review_items(run_id=run_id, status="open")
     return [
         write
         for item in items
@@ -249,25 +259,25 @@ def close_held(
     ]
 
 
-def _unchanged(guard: Guard, before: RunRecord) -> bool:
+def _unchanged(core: Core, before: RunRecord) -> bool:
     """The run is still where a decision that did not land found it: what stopped the decision
     was something else (a held item resolved meanwhile), so it may be made again."""
-    now = guard.require_run(before.id)
+    now = core.require_run(before.id)
     return now.status == before.status and now.epoch == before.epoch
 
 
-def missing_undos(guard: Guard, actions: list[Action]) -> list[PlannedStep]:
+def missing_undos(policies: PolicyLookup, actions: list[Action]) -> list[PlannedStep]:
     """The steps of the run's compensation that this guard cannot perform as the run's policies
     would: a reversible action with no undo here (it would become a ``no_undo`` review item), an
     undo tool that is not registered here, or an interrupted undo whose policy is unknown here.
     Each step's ``detail`` says which. Empty when compensating here does what it should."""
     found: list[PlannedStep] = []
-    for step in plan(actions, guard.find_policy):
-        policy = guard.find_policy(step.tool)
+    for step in plan(actions, policies.find_policy):
+        policy = policies.find_policy(step.tool)
         if step.reason == "no_undo":
             found.append(step)
         elif step.do == "undo" and policy is not None and isinstance(policy.undo, UndoTool):
-            if guard.tool_function(policy.undo.tool) is None:
+            if policies.tool_function(policy.undo.tool) is None:
                 found.append(
                     replace(
                         step,
@@ -300,12 +310,12 @@ def explain_missing(
     )
 
 
-def policy_mismatch(guard: Guard, run: RunRecord) -> str | None:
+def policy_mismatch(policies: Fingerprinted, run: RunRecord) -> str | None:
     """A warning when the run started under other policies than this guard's declared ones
     (by fingerprint); None when they match, when the run predates fingerprints, or when this
     guard declares no policies at all (nothing to compare: `missing_undos` says what it lacks).
     """
-    theirs, ours = run.policy_fingerprint, guard.policy_fingerprint
+    theirs, ours = run.policy_fingerprint, policies.policy_fingerprint
     if theirs is None or theirs == ours or ours == EMPTY:
         return None
     started = "no declared policies" if theirs == EMPTY else "policies"
@@ -315,14 +325,9 @@ def policy_mismatch(guard: Guard, run: RunRecord) -> str | None:
     )
 
 
-def open_approvals(guard: Guard, run_id: str) -> list[ReviewItem]:
-    items = guard.store.review_items(run_id=run_id, status="open")
-    return [i for i in items if i.reason == "approval"]
-
-
-def decide(guard: Guard, item_id: str, approve: bool, by: str, note: str | None) -> Decision:
+def decide(core: Core, item_id: str, approve: bool, by: str, note: str | None) -> Decision:
     """Approve or reject an approval request; exactly one decision lands."""
-    store = guard.store
+    store = core.store
     item = store.review_item(item_id)
     if item is None:
         raise RunNotFound(f"no review item {item_id!r} in {store.url}")
@@ -334,7 +339,7 @@ def decide(guard: Guard, item_id: str, approve: bool, by: str, note: str | None)
             status=item.status,
         )
     resolution = "approved" if approve else "rejected"
-    landed = commit(guard, T.decide_approval(item.run_id, item_id, item.seq, approve, by, note))
+    landed = commit(core, T.decide_approval(item.run_id, item_id, item.seq, approve, by, note))
     if not landed:
         item = store.review_item(item_id)
         assert item is not None

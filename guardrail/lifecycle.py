@@ -11,59 +11,19 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from guardrail import codec, inject, telemetry
 from guardrail import transitions as T
+from guardrail.core import Core, commit, still_holds
 from guardrail.drive import Invoke, Steps, attempts
-from guardrail.errors import GuardrailError, OwnershipLost, StoreError, UnknownTool
+from guardrail.errors import GuardrailError, UnknownTool
 from guardrail.keys import unseal
 from guardrail.policy import NO_RETRY, Policy, UndoTool
 from guardrail.redact import canonical, describe
-from guardrail.store import Action, Fenced, RunRecord, Write
+from guardrail.store import Action, ReviewItem, RunRecord, Write
 from guardrail.testing import crash_point
-from guardrail.transitions import HALTABLE, Lease, Transition, new_id, now
-
-if TYPE_CHECKING:
-    from guardrail.guard import Guard
-
-__all__ = ["HALTABLE", "new_id", "now"]
-
-
-def commit(guard: Guard, t: Transition) -> bool:
-    """Commit one transition. A fenced one that does not land means this worker lost the run:
-    raise OwnershipLost (nothing more may run or be recorded for it here)."""
-    try:
-        return guard.store.transact(t.run_id, t.kind, t.writes, t.fence)
-    except Fenced:
-        raise lost(guard, t.run_id, t.kind) from None
-
-
-def still_holds(guard: Guard, lease: Lease, *statuses: str) -> None:
-    """Raise OwnershipLost unless the run is still at the lease's epoch, in one of
-    ``statuses``: asked before a retry, which must not run for a worker that lost the run."""
-    record = guard.store.run(lease.run_id)
-    if record is None or record.epoch != lease.epoch or record.status not in statuses:
-        raise lost(guard, lease.run_id, "a retry")
-
-
-def lost(guard: Guard, run_id: str, kind: str) -> OwnershipLost:
-    guard.drop_lease(run_id)
-    try:
-        record = guard.store.run(run_id)
-    except StoreError:
-        record = None
-    status = record.status if record is not None else "unknown"
-    holder = f" under {record.owner}" if record is not None and record.owner else ""
-    return OwnershipLost(
-        f"run {run_id}: this worker no longer owns it ({kind} was refused; the run is now "
-        f"{status}{holder}). Another worker or a person took it over while this one was paused "
-        f"or cut off from the store; nothing more runs or is recorded here. See `guardrail show "
-        f"{run_id}`",
-        run_id=run_id,
-        status=status,
-    )
-
+from guardrail.transitions import Lease
 
 # -- review items ---------------------------------------------------------------------------
 
@@ -85,11 +45,16 @@ def review_write(
     )
 
 
+def open_approvals(core: Core, run_id: str) -> list[ReviewItem]:
+    items = core.store.review_items(run_id=run_id, status="open")
+    return [i for i in items if i.reason == "approval"]
+
+
 # -- halt and compensation ------------------------------------------------------------------
 
 
 def halt(
-    guard: Guard, lease: Lease, *, reason: str, hold: bool = False, failed_seq: int | None = None
+    core: Core, lease: Lease, *, reason: str, hold: bool = False, failed_seq: int | None = None
 ) -> Steps[RunRecord]:
     """Stop a running run: compensate (or hold), then leave it ``pending_review``.
 
@@ -103,23 +68,23 @@ def halt(
             policy = None
             doubts: list[Write] = []
             if failed_seq is not None:
-                failed = next((a for a in guard.store.actions(run_id) if a.seq == failed_seq), None)
-                policy = guard.find_policy(failed.tool) if failed else None
+                failed = next((a for a in core.store.actions(run_id) if a.seq == failed_seq), None)
+                policy = core.find_policy(failed.tool) if failed else None
                 if failed is not None and failed.state == T.ActionState.IN_DOUBT:
                     # a person must say whether it happened before a resume or an abort
                     why = doubt_detail(failed)
                     doubts.append(review_write(run_id, failed_seq, "in_doubt", policy, why))
             detail = f"held on failure: {reason}; nothing was undone. Resume or abort the run"
             held = review_write(run_id, failed_seq, "held", policy, detail)
-            commit(guard, T.hold(lease, reason, held, *doubts))
+            commit(core, T.hold(lease, reason, held, *doubts))
         else:
-            commit(guard, T.halt(lease, reason))
-            yield from compensate(guard, lease, T.RunStatus.COMPENSATING)
-            commit(guard, T.to_review(lease))
+            commit(core, T.halt(lease, reason))
+            yield from compensate(core, lease, T.RunStatus.COMPENSATING)
+            commit(core, T.to_review(lease))
     finally:
-        guard.drop_lease(run_id, lease.epoch)
-    record = guard.require_run(run_id)
-    guard.notify(record)
+        core.leases.drop(run_id, lease.epoch)
+    record = core.require_run(run_id)
+    core.hooks.halted(record)
     return record
 
 
@@ -210,7 +175,7 @@ def undo_name(policy: Policy) -> str:
     return getattr(undo, "__name__", None) or repr(undo)
 
 
-def compensate(guard: Guard, lease: Lease, status: str) -> Steps[None]:
+def compensate(core: Core, lease: Lease, status: str) -> Steps[None]:
     """Undo what can be undone, newest first; everything else becomes a review item.
 
     ``status`` is the run's status while it compensates (``compensating`` or ``aborting``);
@@ -218,21 +183,21 @@ def compensate(guard: Guard, lease: Lease, status: str) -> Steps[None]:
     compensated actions are skipped, an undo that was interrupted is re-run only if the policy
     says the undo is idempotent.
     """
-    store, run_id = guard.store, lease.run_id
+    store, run_id = core.store, lease.run_id
     actions = {a.seq: a for a in store.actions(run_id)}
     comps = {c.seq: c for c in store.compensations(run_id)}
     listed = {(i.seq, i.reason) for i in store.review_items(run_id=run_id)}
 
     position = max((c.position or 0 for c in comps.values()), default=0)
-    for step in plan(list(actions.values()), guard.find_policy):
+    for step in plan(list(actions.values()), core.find_policy):
         action = actions[step.seq]
-        policy = guard.find_policy(action.tool)
+        policy = core.find_policy(action.tool)
         if step.do == "undo":
             assert policy is not None
             interrupted = step.state == T.ActionState.COMPENSATING
             position += 0 if interrupted else 1
             yield from _undo(
-                guard, lease, status, action, policy, interrupted=interrupted, position=position
+                core, lease, status, action, policy, interrupted=interrupted, position=position
             )
         elif step.do == "review" and (step.seq, step.reason) not in listed:
             assert step.reason is not None
@@ -242,12 +207,12 @@ def compensate(guard: Guard, lease: Lease, status: str) -> Steps[None]:
             if step.reason == "compensation_in_doubt":
                 extra += T.interrupted_undo(lease, step.seq, step.seq in comps)
             item = review_write(run_id, step.seq, step.reason, policy, step.detail)
-            commit(guard, T.listed(lease, status, step.reason, item, *extra))
+            commit(core, T.listed(lease, status, step.reason, item, *extra))
             listed.add((step.seq, step.reason))
 
 
 def _undo(
-    guard: Guard,
+    core: Core,
     lease: Lease,
     status: str,
     action: Action,
@@ -260,22 +225,22 @@ def _undo(
     t = T.compensation_start(
         lease, status, action.seq, name, interrupted=interrupted, position=position
     )
-    begun = commit(guard, t)
+    begun = commit(core, t)
     if not begun:
         return  # someone else compensated it
     crash_point("after_compensation_start")
     ids = dict(action.external_ids or {})  # the row keeps them too: no query per undo
     span = telemetry.start_compensation(action.tool, action.run_id, action.seq)
-    undo, kwargs, ready = _undo_call(guard, action, policy, ids)
+    undo, kwargs, ready = _undo_call(core, action, policy, ids)
     outcome = yield from attempts(
         policy.undo_retry if ready else NO_RETRY,
         Invoke(undo, kwargs, span),
-        before_retry=lambda: still_holds(guard, lease, status),
+        before_retry=lambda: still_holds(core, lease, status),
     )
     crash_point("after_undo")
     if outcome.error is None:
         telemetry.end(span, attributes={"compensation.status": "compensated"})
-        commit(guard, T.compensation_done(lease, status, action.seq, outcome.attempts))
+        commit(core, T.compensation_done(lease, status, action.seq, outcome.attempts))
     else:
         error = describe(outcome.error)
         telemetry.end(span, error=outcome.error, attributes={"compensation.status": "failed"})
@@ -287,21 +252,21 @@ def _undo(
             f"the undo of {action.tool} failed after {outcome.attempts} attempt(s): {error[:500]}",
         )
         commit(
-            guard,
+            core,
             T.compensation_failed(lease, status, action.seq, outcome.attempts, error, item),
         )
 
 
 def _undo_call(
-    guard: Guard, action: Action, policy: Policy, ids: Mapping[str, Any]
+    core: Core, action: Action, policy: Policy, ids: Mapping[str, Any]
 ) -> tuple[Callable[..., Any], dict[str, Any], bool]:
     """The undo to run and its arguments; ``ready`` is False when it cannot run here (then the
     callable raises why, once, and the action becomes a review item)."""
     undo = policy.undo
-    injected, problem = inject.for_action(guard.live, guard.context, action)
-    snapshot = unseal(guard.store.keys, action.snapshot)
+    injected, problem = inject.for_action(core.live, core.factory, action)
+    snapshot = unseal(core.store.keys, action.snapshot)
     if isinstance(undo, UndoTool):
-        fn = guard.tool_function(undo.tool)
+        fn = core.policies.tool_function(undo.tool)
         if fn is None:
             return _missing(action, undo.tool), {}, False
         scope = {

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from guardrail import notify
+from guardrail import webhook
 from guardrail.store import OutboxEvent, Store
 
 log = logging.getLogger("guardrail")
@@ -82,11 +82,11 @@ def deliver(
         if not store.claim_event(event.id, event.attempts, now + retry_after(event.attempts + 1)):
             continue  # another process took it
         payload: dict[str, Any] = json.loads(event.body)
-        body = notify.encode(hook.body(payload) if hook.body is not None else payload)
-        headers = {notify.EVENT_ID: event.id}
+        body = webhook.encode(hook.body(payload) if hook.body is not None else payload)
+        headers = {webhook.EVENT_ID: event.id}
         if hook.secret:
-            headers[notify.SIGNATURE] = notify.sign(hook.secret, body, int(now))
-        error = notify.post(hook.url, body, headers)
+            headers[webhook.SIGNATURE] = webhook.sign(hook.secret, body, int(now))
+        error = webhook.post(hook.url, body, headers)
         if error is None:
             store.event_outcome(event.id, now, None)
             sent += 1

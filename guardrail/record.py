@@ -10,9 +10,9 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from guardrail import codec
+from guardrail.clock import NOW
 from guardrail.policy import Policy, resolve_path
 from guardrail.redact import REDACTED, NotJSON, canonical, looks_secret, redact, redacted_path
-from guardrail.transitions import now
 
 
 class ResultWarning(UserWarning):
@@ -74,7 +74,7 @@ def finish_values(
         "result": result,
         "result_note": note,
         "external_ids": ids,
-        "finished_at": now(),
+        "finished_at": NOW,
     }
     return values, ids
 

@@ -8,20 +8,17 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar, Token
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from guardrail import transitions as T
 from guardrail.call import ask_approval, guarded_call
+from guardrail.core import Core, commit
 from guardrail.drive import Steps, adrive, drive
 from guardrail.errors import Conflict, GuardrailError, RunHalted, RunStateError, StoreError
-from guardrail.lifecycle import commit, halt, new_id
-from guardrail.recovery import owner_alive
+from guardrail.lifecycle import halt
 from guardrail.redact import describe
 from guardrail.store import RunRecord
-from guardrail.transitions import Lease
-
-if TYPE_CHECKING:
-    from guardrail.guard import Guard
+from guardrail.transitions import Lease, new_id
 
 _current: ContextVar[Run | None] = ContextVar("guardrail_run", default=None)
 
@@ -47,21 +44,23 @@ class Run:
 
     def __init__(
         self,
-        guard: Guard,
+        core: Core,
         *,
+        guard: object = None,
         agent: str,
         run_id: str | None = None,
         metadata: dict[str, Any] | None = None,
         on_failure: str | None = None,
     ) -> None:
-        self.guard = guard
+        self.core = core  # what the guard that made the run gives its calls
+        self.guard = guard  # that guard itself, for adapters to tell their runs apart
         self.on_failure = on_failure  # "hold" holds every failure of this run for a person
         self.agent = agent
         self.id = run_id or new_id() + new_id()[:8]
         self.metadata = dict(metadata or {})
         self.halted = False
         self.awaiting = False  # halted by an approval request of this process
-        self.lease: Lease = Lease(self.id, guard.owner, 0)  # claimed when the run is entered
+        self.lease: Lease = Lease(self.id, core.owner, 0)  # claimed when the run is entered
         self.key_id: str | None = None  # the hash key of the run (None: a run made before keys)
         self._entered = False
         self._seq: itertools.count[int] = itertools.count(1)
@@ -80,20 +79,21 @@ class Run:
     # -- entering and leaving ----------------------------------------------------------------
 
     def _open(self) -> None:
-        store, guard = self.guard.store, self.guard
+        core = self.core
+        store = core.store
         existing = store.run(self.id)
         if existing is None:
             t = T.start_run(
                 self.id,
                 self.agent,
-                guard.owner,
+                core.owner,
                 self.metadata,
                 store.keys.current,
-                guard.policy_fingerprint,
+                core.policies.policy_fingerprint,
             )
             self.key_id = store.keys.current
             try:
-                commit(guard, t)
+                commit(core, t)
                 assert t.lease is not None
                 self.lease = t.lease
             except StoreError:
@@ -112,11 +112,12 @@ class Run:
         self.halted = self.awaiting = False
         self._failing, self._halting, self.halt_done = 0, False, False
         self._entered = True
-        guard.hold_lease(self.lease)
+        core.leases.hold(self.lease)
 
     def _attach(self, existing: RunRecord) -> None:
         """Continue a run after a person resumed it (or in a new process after a restart)."""
-        store, guard = self.guard.store, self.guard
+        core = self.core
+        store = core.store
         store.forget(self.id)
         if existing.status != T.RunStatus.RUNNING:
             raise RunStateError(
@@ -125,8 +126,8 @@ class Run:
                 run_id=self.id,
                 status=existing.status,
             )
-        if existing.owner not in (None, guard.owner) and owner_alive(
-            existing.owner, existing.heartbeat_at, guard.stale_after
+        if existing.owner not in (None, core.owner) and core.leases.alive(
+            existing.owner, existing.heartbeat_at
         ):
             raise Conflict(
                 f"run {self.id} is being executed by {existing.owner}; one agent per run",
@@ -156,8 +157,8 @@ class Run:
                 status=existing.status,
             )
         self.key_id = existing.key_id
-        t = T.claim(existing, guard.owner, "run.attach")
-        if not commit(guard, t):
+        t = T.claim(existing, core.owner, "run.attach")
+        if not commit(core, t):
             raise Conflict(f"run {self.id} was claimed by another worker", run_id=self.id)
         assert t.lease is not None
         self.lease = t.lease
@@ -167,20 +168,20 @@ class Run:
         self._entered = False
         try:
             if error is None and not self.halted:
-                unsettled = self.guard.store.seqs_in_state(self.id, (T.ActionState.STARTED,))
+                unsettled = self.core.store.seqs_in_state(self.id, (T.ActionState.STARTED,))
                 if not unsettled:
-                    commit(self.guard, T.complete(self.lease))
-                    self.guard.live.drop(self.id)
-                    self.guard.notify_completed(self.id)
+                    commit(self.core, T.complete(self.lease))
+                    self.core.live.drop(self.id)
+                    self.core.hooks.completed(self.id)
                     return
                 # a run holding a call whose outcome was never recorded is not complete
                 error = GuardrailError(f"action {unsettled[0]} has no recorded outcome")
             if error is not None and not isinstance(error, RunHalted) and not self.halted:
                 self.halted = True
                 reason = f"the agent raised {describe(error)}"[:500]
-                yield from halt(self.guard, self.lease, reason=reason)
+                yield from halt(self.core, self.lease, reason=reason)
         finally:
-            self.guard.drop_lease(self.id, self.lease.epoch)
+            self.core.leases.drop(self.id, self.lease.epoch)
 
     def __enter__(self) -> Run:
         self._open()
@@ -250,8 +251,8 @@ class Run:
         part of the dedup key (a framework's context, a connection); the tool's hooks can ask
         for them by name.
         """
-        policy, target = self.guard.resolve_tool(tool, fn, run_id=self.id)
-        steps = guarded_call(self.guard, self, policy, target, dict(args or {}), call_id, injected)
+        policy, target = self.core.policies.resolve_tool(tool, fn, run_id=self.id)
+        steps = guarded_call(self.core, self, policy, target, dict(args or {}), call_id, injected)
         return drive(steps)
 
     async def acall(
@@ -264,8 +265,8 @@ class Run:
         injected: Mapping[str, Any] | None = None,
     ) -> Any:
         """Async twin of :meth:`call`; ``fn`` may be sync or async."""
-        policy, target = self.guard.resolve_tool(tool, fn, run_id=self.id)
-        steps = guarded_call(self.guard, self, policy, target, dict(args or {}), call_id, injected)
+        policy, target = self.core.policies.resolve_tool(tool, fn, run_id=self.id)
+        steps = guarded_call(self.core, self, policy, target, dict(args or {}), call_id, injected)
         return await adrive(steps)
 
     def needs_approval(self, tool: str, args: dict[str, Any], call_id: str | None = None) -> bool:
@@ -274,10 +275,10 @@ class Run:
         True when a person must approve first: the request is recorded and the run now awaits
         approval. For frameworks that pause a call themselves (the OpenAI Agents SDK).
         """
-        policy = self.guard.find_policy(tool)
+        policy = self.core.find_policy(tool)
         if policy is None:
             return False
-        return ask_approval(self.guard, self, policy, dict(args), call_id)
+        return ask_approval(self.core, self, policy, dict(args), call_id)
 
     # -- used by the guarded call ------------------------------------------------------------
 
@@ -287,7 +288,7 @@ class Run:
                 f"run {self.id} is not entered; use `with guard.run(...) as run:`", run_id=self.id
             )
         if self.halted:
-            record = self.guard.require_run(self.id)
+            record = self.core.require_run(self.id)
             raise RunHalted(
                 f"run {self.id} halted earlier and is {record.status}; no more calls run until "
                 f"a person resumes it (guardrail resume {self.id})",
@@ -326,7 +327,7 @@ class Run:
     def done_seq(self, key: str) -> int | None:
         """The seq of this run's succeeded action with idempotency key ``key``, if any."""
         if self._done is None:
-            self._done = {hash(k): seq for k, seq in self.guard.store.done_keys(self.id).items()}
+            self._done = {hash(k): seq for k, seq in self.core.store.done_keys(self.id).items()}
         return self._done.get(hash(key))
 
     def mark_done(self, key: str, seq: int) -> None:
@@ -357,4 +358,4 @@ class Run:
     @property
     def status(self) -> str:
         """The run's status as stored now."""
-        return self.guard.require_run(self.id).status
+        return self.core.require_run(self.id).status

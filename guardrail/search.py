@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from guardrail.errors import GuardrailError
 
 if TYPE_CHECKING:
-    from guardrail.store import RunRecord
+    from guardrail.store import RunRecord, Store
 
 RUN_STATUSES = (
     "running",
@@ -97,6 +97,13 @@ class Found:
     runs: list[RunRecord]
     matches: dict[str, tuple[Match, ...]]
     next: str | None
+
+
+def found(store: Store, query: RunQuery) -> Found:
+    """One page of the runs ``query`` finds, with what matched (see `Guard.search`)."""
+    page = store.search_runs(query)
+    runs = [r for r in (store.run(i) for i in page.run_ids) if r is not None]
+    return Found(runs, {r.id: page.matches.get(r.id, ()) for r in runs}, page.next)
 
 
 def encode_cursor(created_at: float, run_id: str) -> str:

@@ -16,6 +16,7 @@ recorded), ``after_abort_start`` (an abort is recorded, nothing undone yet). A p
 qualified by a count, ``after_call:3``, to die on its third visit.
 
 :class:`ScriptedTool` is a tool whose outcomes you script (return values, exceptions).
+:class:`ManualClock` is a clock for ``Guard(clock=...)`` that the test moves by hand.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -91,6 +93,29 @@ class ScriptedTool:
         if isinstance(outcome, type) and issubclass(outcome, BaseException):
             raise outcome()
         return outcome
+
+
+class ManualClock:
+    """A clock for ``Guard(clock=...)`` that stands still until the test moves it: approval
+    expiry, lease expiry and recorded timestamps without sleeps.
+
+    Example::
+
+        clock = ManualClock()            # starts at the system time now
+        guard = Guard(store=..., clock=clock)
+        clock.advance(3601)              # an hour later: an approval with ttl=3600 expired
+    """
+
+    def __init__(self, start: float | None = None) -> None:
+        self.now = time.time() if start is None else float(start)
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> float:
+        """Move the clock ``seconds`` on (back, if negative); returns the new time."""
+        self.now += seconds
+        return self.now
 
 
 def tree_hash(root: str | os.PathLike[str]) -> str:

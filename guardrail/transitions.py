@@ -27,13 +27,13 @@ Action::
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from guardrail.clock import NOW
 from guardrail.store import Fence, RunRecord, Write
 
 
@@ -73,10 +73,6 @@ DECIDABLE = (R.PENDING_REVIEW, R.AWAITING_APPROVAL)
 TOOK_EFFECT = (A.SUCCEEDED, A.COMPENSATION_FAILED)
 
 
-def now() -> float:
-    return time.time()
-
-
 def new_id() -> str:
     return uuid.uuid4().hex[:12]
 
@@ -108,7 +104,7 @@ class Transition:
 
 
 def _run(run_id: str, expect: tuple[str, ...] | None = None, **values: Any) -> Write:
-    values.setdefault("updated_at", now())
+    values.setdefault("updated_at", NOW)
     return Write("runs", {"id": run_id}, values, expect={"status": expect} if expect else {})
 
 
@@ -143,7 +139,7 @@ def review_item(
             "owner": owner,
             "instructions": instructions,
             "status": "open",
-            "created_at": now(),
+            "created_at": NOW,
         },
         insert=True,
     )
@@ -161,7 +157,6 @@ def start_run(
     policy_fingerprint: str | None = None,
 ) -> Transition:
     """A new run; ``policy_fingerprint`` records the policies it runs under."""
-    stamp = now()
     values = {
         "agent": agent,
         "key_id": key_id,
@@ -169,10 +164,10 @@ def start_run(
         "status": R.RUNNING.value,
         "owner": owner,
         "epoch": 1,
-        "heartbeat_at": stamp,
+        "heartbeat_at": NOW,
         "meta": metadata,
-        "created_at": stamp,
-        "updated_at": stamp,
+        "created_at": NOW,
+        "updated_at": NOW,
     }
     return Transition(
         run_id,
@@ -189,7 +184,7 @@ def claim(run: RunRecord, owner: str, kind: str = "run.claim") -> Transition:
     write = Write(
         "runs",
         {"id": run.id},
-        {"owner": owner, "epoch": epoch, "heartbeat_at": now(), "updated_at": now()},
+        {"owner": owner, "epoch": epoch, "heartbeat_at": NOW, "updated_at": NOW},
         expect={"status": (run.status,), "owner": (run.owner,), "epoch": (run.epoch,)},
     )
     return Transition(run.id, kind, [write], lease=Lease(run.id, owner, epoch))
@@ -251,7 +246,7 @@ def fail(lease: Lease, seq: int, attempts: int, error: str) -> Transition:
         state=A.FAILED.value,
         attempts=attempts,
         error=error[:2000],
-        finished_at=now(),
+        finished_at=NOW,
     )
     return Transition(lease.run_id, "action.fail", [write], lease.fence(*CALL_ENDS))
 
@@ -262,7 +257,7 @@ def in_doubt(lease: Lease, seq: int, error: str, attempts: int | None = None) ->
     values: dict[str, Any] = {
         "state": A.IN_DOUBT.value,
         "error": error[:2000],
-        "finished_at": now(),
+        "finished_at": NOW,
     }
     if attempts is not None:
         values["attempts"] = attempts
@@ -340,7 +335,7 @@ def settle(lease: Lease, seq: int, state: str, error: str, was: str = A.STARTED.
 def settle_write(
     run_id: str, seq: int, state: str, error: str, was: str = A.STARTED.value
 ) -> Write:
-    return _action(run_id, seq, (was,), state=state, error=error, finished_at=now())
+    return _action(run_id, seq, (was,), state=state, error=error, finished_at=NOW)
 
 
 def settled(
@@ -360,7 +355,7 @@ def interrupted_undo(lease: Lease, seq: int, had_row: bool) -> list[Write]:
                 {"run_id": lease.run_id, "seq": seq},
                 {
                     "state": "interrupted",
-                    "finished_at": now(),
+                    "finished_at": NOW,
                     "error": "interrupted by a crash; outcome unknown",
                 },
             )
@@ -374,7 +369,7 @@ def compensation_start(
     """An undo starts; ``position`` is its place in the order the run's undos ran (an
     interrupted undo run again keeps the place it had)."""
     key = {"run_id": lease.run_id, "seq": seq}
-    comp: dict[str, Any] = {"undo": undo, "state": "started", "attempts": 0, "started_at": now()}
+    comp: dict[str, Any] = {"undo": undo, "state": "started", "attempts": 0, "started_at": NOW}
     writes = (
         [Write("compensations", key, comp)]
         if interrupted
@@ -393,7 +388,7 @@ def compensation_done(lease: Lease, status: str, seq: int, attempts: int) -> Tra
         Write(
             "compensations",
             key,
-            {"state": "succeeded", "attempts": attempts, "finished_at": now()},
+            {"state": "succeeded", "attempts": attempts, "finished_at": NOW},
         ),
     ]
     return Transition(lease.run_id, "compensation.done", writes, lease.fence(status))
@@ -408,7 +403,7 @@ def compensation_failed(
         Write(
             "compensations",
             key,
-            {"state": "failed", "attempts": attempts, "error": error[:2000], "finished_at": now()},
+            {"state": "failed", "attempts": attempts, "error": error[:2000], "finished_at": NOW},
         ),
         item,
     ]
@@ -442,7 +437,7 @@ def abort(run: RunRecord, owner: str, by: str, reason: str | None) -> Transition
         status=R.ABORTING.value,
         owner=owner,
         epoch=epoch,
-        heartbeat_at=now(),
+        heartbeat_at=NOW,
         decided_by=by,
         decision_note=reason,
     )
@@ -461,7 +456,7 @@ def resolve_item(
             "resolution": resolution,
             "resolved_by": by,
             "note": note,
-            "resolved_at": now(),
+            "resolved_at": NOW,
         },
         expect={"status": ("open",)},
     )

@@ -345,7 +345,7 @@ def test_a_run_stuck_compensating_is_recovered_while_its_owner_lives(
         faulty = FaultyStore(guard)
         run_id = faulty_run(guard, ledger, faulty, "compensation.done")
         assert guard.require_run(run_id).status == "compensating"
-        assert run_id not in guard._leases
+        assert run_id not in guard._leases.held
         deadline = time.monotonic() + 30
         while not guard.recover():  # the default rule: once the lease expires
             assert time.monotonic() < deadline, "the stuck run never became recoverable"

@@ -13,7 +13,7 @@ from guardrail import Guard, RunHalted
 def test_a_failing_inner_call_does_not_wait_for_the_call_enclosing_it(
     guard: Guard, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("guardrail.call.SIBLING_WAIT", 600.0)  # a wait would hang the test
+    monkeypatch.setattr("guardrail.failure.SIBLING_WAIT", 600.0)  # a wait would hang the test
     undone: list[str] = []
 
     @guard.tool(effect="reversible", undo=lambda args: undone.append(args["item"]))

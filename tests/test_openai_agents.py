@@ -409,7 +409,7 @@ def test_two_parallel_failures_halt_once_and_record_both(
 ) -> None:
     # Two failing siblings each wait in the core for the other to finish until SIBLING_WAIT
     # (60 s) runs out (a core issue, reported); a short wait keeps this test fast.
-    monkeypatch.setattr("guardrail.call.SIBLING_WAIT", 0.3)
+    monkeypatch.setattr("guardrail.failure.SIBLING_WAIT", 0.3)
     undone: list[str] = []
 
     def undo_of(name: str) -> Any:

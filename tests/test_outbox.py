@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from guardrail import Guard, RunHalted, notify, outbox
+from guardrail import Guard, RunHalted, outbox, webhook
 from guardrail.testing import ScriptedTool
 
 SECRET = "whsec_test_only"
@@ -67,9 +67,9 @@ def _guard(store_url: str, receiver: Receiver, clock: Clock, **kw: Any) -> Guard
         webhook_url=receiver.url,
         webhook_secret=SECRET,
         console_url="https://review.example/console",
+        clock=clock,
         **kw,
     )
-    guard._clock = clock
     guard.policy("ship", effect="read_only", retry={"attempts": 1})
     return guard
 
@@ -123,10 +123,10 @@ def test_the_event_says_what_where_and_when_and_is_signed(
     assert decided["id"] != halt["id"]
     for headers, body in receiver.got:
         sig = headers["guardrail-signature"]
-        assert notify.verify_signature(SECRET, sig, body, now=clock.now)
-        assert not notify.verify_signature("other", sig, body, now=clock.now)
-        assert not notify.verify_signature(SECRET, sig, body + b" ", now=clock.now)
-        assert not notify.verify_signature(SECRET, sig, body, now=clock.now + 3600)  # a replay
+        assert webhook.verify_signature(SECRET, sig, body, now=clock.now)
+        assert not webhook.verify_signature("other", sig, body, now=clock.now)
+        assert not webhook.verify_signature(SECRET, sig, body + b" ", now=clock.now)
+        assert not webhook.verify_signature(SECRET, sig, body, now=clock.now + 3600)  # a replay
 
 
 def test_a_deliverer_that_died_mid_post_leaves_the_event_to_the_next_pass(
@@ -165,7 +165,7 @@ def test_an_endpoint_down_for_good_is_given_up_on_and_kept_with_its_error(
 
 
 def test_chat_tools_get_one_line_with_the_console_link(store_url: str, receiver: Receiver) -> None:
-    guard = _guard(store_url, receiver, Clock(), webhook_body=notify.chat_text)
+    guard = _guard(store_url, receiver, Clock(), webhook_body=webhook.chat_text)
     run_id = _halt(guard)
     guard.abort(run_id, by="bo", reason="customer left")
     guard.close()

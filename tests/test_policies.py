@@ -23,6 +23,7 @@ from guardrail import (
 )
 from guardrail.cli import app
 from guardrail.conditions import Condition, ConditionError
+from guardrail.testing import ManualClock
 
 POLICY = """
 tools:
@@ -110,6 +111,10 @@ class Shop:
 
 @pytest.fixture
 def loaded(guard: Guard, tmp_path: Path) -> tuple[Guard, Shop]:
+    return load(guard, tmp_path)
+
+
+def load(guard: Guard, tmp_path: Path) -> tuple[Guard, Shop]:
     path = tmp_path / "policies.yaml"
     path.write_text(POLICY)
     guard.load_policies(path, allow=["tests.test_policies"])  # for undo: {call: ...refund}
@@ -278,21 +283,22 @@ def test_the_same_call_id_with_edited_arguments_needs_a_new_approval(
     assert charged == []
 
 
-def test_an_approval_expires(loaded: tuple[Guard, Shop], monkeypatch: pytest.MonkeyPatch) -> None:
-    guard, shop = loaded
-    with pytest.raises(RunHalted) as first, guard.run() as run:
-        shop.charge(amount=5000)
-    guard.approve(first.value.review_items[0], by="ann")
-    guard.resume(run.id, by="ann")
-    import guardrail.approval
-
-    later = guardrail.approval.now() + 3601  # the policy's ttl is 1h
-    monkeypatch.setattr(guardrail.approval, "now", lambda: later)
-    with pytest.raises(RunHalted) as second, guard.run(run_id=run.id):
-        shop.charge(amount=5000)
-    assert shop.charged == []
-    assert second.value.review_items != first.value.review_items
-    assert [a.state for a in guard.log(run.id).actions] == ["expired", "awaiting_approval"]
+def test_an_approval_expires(store_url: str, tmp_path: Path) -> None:
+    clock = ManualClock()  # the guard's time, moved by hand
+    with Guard(store=store_url, clock=clock) as guard:
+        guard, shop = load(guard, tmp_path)
+        with pytest.raises(RunHalted) as first, guard.run() as run:
+            shop.charge(amount=5000)
+        guard.approve(first.value.review_items[0], by="ann")
+        guard.resume(run.id, by="ann")
+        approval = guard.store.review_item(first.value.review_items[0])
+        assert approval is not None and approval.resolved_at == clock.now  # stamped by the clock
+        clock.advance(3601)  # the policy's ttl is 1h
+        with pytest.raises(RunHalted) as second, guard.run(run_id=run.id):
+            shop.charge(amount=5000)
+        assert shop.charged == []
+        assert second.value.review_items != first.value.review_items
+        assert [a.state for a in guard.log(run.id).actions] == ["expired", "awaiting_approval"]
 
 
 def test_bundle_change_needs_approval_when_more_than_half_is_removed(

@@ -111,7 +111,8 @@ def test_mypy_tests_and_examples() -> None:
 
 def test_import_contract() -> None:
     """The core (guardrail/ less adapters and policies) imports no adapter, policy pack or agent
-    framework, directly or through other modules: the contract is in pyproject.toml."""
+    framework, directly or through other modules; and the core's modules are layered (imports
+    point one way, so they form no circle): the contracts are in pyproject.toml."""
     result = subprocess.run(
         [Path(sys.executable).with_name("lint-imports"), "--no-cache"],
         cwd=ROOT,
@@ -120,7 +121,43 @@ def test_import_contract() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "1 kept, 0 broken" in result.stdout, result.stdout
+    assert "2 kept, 0 broken" in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize(
+    ("module", "line", "chain"),
+    [
+        # a lower layer importing a higher one: the circle guard -> ... -> lifecycle -> guard
+        ("lifecycle", "from guardrail import guard", "guardrail.lifecycle -> guardrail.guard"),
+        # the same through a module on no layer
+        ("core", "from guardrail import helper", "guardrail.helper -> guardrail.run"),
+    ],
+)
+def test_the_layers_contract_catches_an_import_circle_in_the_core(
+    tmp_path: Path, module: str, line: str, chain: str
+) -> None:
+    for folder in ("guardrail", "adapters", "policies"):
+        shutil.copytree(
+            ROOT / folder,
+            tmp_path / folder,
+            symlinks=True,
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    (tmp_path / "guardrail" / "helper.py").write_text("from guardrail import run  # noqa\n")
+    lower = tmp_path / "guardrail" / f"{module}.py"
+    lower.write_text(lower.read_text() + f"\n{line}  # noqa\n")
+    result = subprocess.run(
+        [Path(sys.executable).with_name("lint-imports"), "--no-cache"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "The core is layered" in result.stdout and "BROKEN" in result.stdout, result.stdout
+    assert chain in result.stdout, result.stdout
 
 
 @pytest.mark.parametrize(

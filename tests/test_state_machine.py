@@ -260,7 +260,7 @@ class World:
             record is not None
             and record.status in ("compensating", "aborting")
             and record.owner == by.owner
-            and by._leases.get(action.run_id) == record.epoch,
+            and by._leases.held.get(action.run_id) == record.epoch,
             f"the undo of {key} runs for {by.owner}, which does not hold the run: {record}",
         )
         self.touched.add(action.run_id)
@@ -1129,7 +1129,7 @@ class GuardMachine(RuleBasedStateMachine):
         when it goes on (``paused`` says how), is refused."""
         session = self.session
         stuck = {r.id for r in self.world.observer.runs() if r.status in LIVE and r.owner}
-        beating = list(self.guard._leases) if paused is None else []
+        beating = list(self.guard._leases.held) if paused is None else []
         if session is not None and paused is None:
             stuck.discard(session.run_id)
         self.guard.store.heartbeat(self.guard.owner, beating, time.time() + HEARTBEAT)
