@@ -3,7 +3,7 @@
 Exit codes: 0 ok, 1 not found or problems found, 2 usage (a bad option value, a question not
 answered yes, no terminal to ask on), 3 conflict.
 
-Building the command table imports every command module, so they import only typer, click and
+Building the command table imports every command module, so they import only typer and
 the standard library at module level; the store, the guard, policy files, the web console,
 Alembic and the MCP adapter are imported inside the commands that need them.
 """

@@ -1,7 +1,7 @@
 """What the review commands share: their options, the valid values of the enumerated ones, the
 confirmation prompt, and the output helpers (``--json`` documents, times, colours).
 
-Imports only the standard library, typer and click at module level: every command module is
+Imports only the standard library and typer at module level: every command module is
 loaded to build ``guardrail``'s command table, so what is imported here is paid by every command,
 including the read paths (``runs``, ``show``, ``find``, ``export``).
 """
@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
-import click
 import typer
 
 from guardrail.cli.loading import CONFLICT, NOT_FOUND, USAGE, Loads, fail, loaded, refusal
@@ -117,7 +116,7 @@ def confirm(question: str, flag: str = "--yes") -> None:
         )
     try:
         agreed = typer.confirm(question, default=False)
-    except click.exceptions.Abort:  # end of input or Ctrl-C at the prompt
+    except typer.Abort:  # end of input or Ctrl-C at the prompt
         typer.echo("", err=True)
         agreed = False
     if not agreed:
