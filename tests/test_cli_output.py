@@ -247,3 +247,17 @@ def test_approve_and_resume_print_one_json_document(approval: tuple[str, str, st
     assert done.exit_code == 0, done.output
     decided = json.loads(done.stdout)
     assert decided["status"] == "approved" and decided["resume"]["run_id"] == run_id
+
+
+def test_with_json_the_question_and_the_request_go_to_stderr(
+    approval: tuple[str, str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, run_id, item = approval
+    monkeypatch.setattr(common, "interactive", lambda: True)
+    done = invoke("reject", item, "--store", store, "--by", "ann", "--json", input="y\n")
+    assert done.exit_code == 0, done.output
+    # the test runner echoes the typed answer to stdout (a terminal echoes it on the tty)
+    assert done.stdout.startswith(" y\n")
+    assert json.loads(done.stdout.removeprefix(" y\n"))["status"] == "rejected"
+    assert f"reject {item}?" in done.stderr and f"run {run_id}" in done.stderr
+    assert "tool wire" in done.stderr

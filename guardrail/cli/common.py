@@ -105,9 +105,10 @@ def interactive() -> bool:
     return sys.stdin.isatty()
 
 
-def confirm(question: str, flag: str = "--yes") -> None:
-    """Ask ``question``; anything but yes exits 2 with nothing changed. Without a terminal
-    (a script, a pipe, a CI job) it does not ask: it exits 2 and says to pass ``flag``."""
+def confirm(question: str, flag: str = "--yes", *, err: bool = False) -> None:
+    """Ask ``question`` (on stderr with ``err``, which keeps stdout for a JSON document);
+    anything but yes exits 2 with nothing changed. Without a terminal (a script, a pipe, a CI
+    job) it does not ask: it exits 2 and says to pass ``flag``."""
     if not interactive():
         fail(
             f"{question} needs a yes, and there is no terminal to ask on (stdin is not a TTY); "
@@ -115,7 +116,7 @@ def confirm(question: str, flag: str = "--yes") -> None:
             USAGE,
         )
     try:
-        agreed = typer.confirm(question, default=False)
+        agreed = typer.confirm(question, default=False, err=err)
     except typer.Abort:  # end of input or Ctrl-C at the prompt
         typer.echo("", err=True)
         agreed = False

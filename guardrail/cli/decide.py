@@ -62,7 +62,7 @@ def _decide(
 ) -> dict[str, Any]:
     """Ask (unless ``yes``), decide, and print the outcome; the JSON document is returned too."""
     if not yes:
-        confirm(f"{what} {target}?")
+        confirm(f"{what} {target}?", err=as_json)
     decision = act()
     done = {
         **(shown or {}),

@@ -8,6 +8,7 @@ load (``--watch`` recovers the other runs and leaves that one for a watcher that
 
 from __future__ import annotations
 
+import datetime as dt
 import signal
 import threading
 import time
@@ -142,10 +143,10 @@ def _watch(
                 typer.echo(f"error: {exc}", err=True)
                 done = []
             if done:
-                stamp = iso(time.time())
                 if as_json:
-                    typer.echo(to_json({"at": stamp, "recovered": done}, indent=None))
+                    typer.echo(to_json({"at": iso(time.time()), "recovered": done}, indent=None))
                 else:
+                    stamp = dt.datetime.now().isoformat(timespec="seconds")
                     typer.echo(f"{stamp} recovered {len(done)} run(s): {', '.join(done)}")
             passes += 1
             if iterations is not None and passes >= iterations:
