@@ -111,8 +111,8 @@ def confirm(question: str, flag: str = "--yes", *, err: bool = False) -> None:
     job) it does not ask: it exits 2 and says to pass ``flag``."""
     if not interactive():
         fail(
-            f"{question} needs a yes, and there is no terminal to ask on (stdin is not a TTY); "
-            f"pass {flag} to decide without asking",
+            f"{question.rstrip('?')} needs a confirmation, and there is no terminal to ask on "
+            f"(stdin is not a TTY); pass {flag} to decide without asking",
             USAGE,
         )
     try:

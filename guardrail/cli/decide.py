@@ -60,7 +60,8 @@ def _decide(
     act: Callable[[], Decision],
     shown: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Ask (unless ``yes``), decide, and print the outcome; the JSON document is returned too."""
+    """Ask (unless ``yes``) and decide; print the outcome for people, and return it as a JSON
+    document (``shown`` first), which the caller prints once, after any further decision."""
     if not yes:
         confirm(f"{what} {target}?", err=as_json)
     decision = act()
