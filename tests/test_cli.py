@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from guardrail import Guard, RunHalted
-from guardrail.cli import app
+from guardrail.cli import app, common
 
 runner = CliRunner(env={"COLUMNS": "200"})
 
@@ -40,6 +40,12 @@ def halted(sqlite_url: str) -> tuple[str, str, str]:
             send_email(to="a@example.com")
             fail()
         return sqlite_url, run.id, halt.value.review_items[0]
+
+
+@pytest.fixture
+def at_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI asks as if stdin were a terminal (the test runner's stdin is not)."""
+    monkeypatch.setattr(common, "interactive", lambda: True)
 
 
 def cli(*args: str) -> tuple[int, str]:
@@ -72,7 +78,8 @@ def test_decisions_and_exit_codes(halted: tuple[str, str, str]) -> None:
     assert code == 0 and "done_manually" in out
     code, out = cli("resolve", item, "--as", "skipped", "--by", "bob", "--store", store, "-y")
     assert code == 3  # someone else decided first
-    assert cli("resolve", item, "--as", "bogus", "--store", store, "-y")[0] == 3
+    code, out = cli("resolve", item, "--as", "bogus", "--store", store, "-y")
+    assert code == 2 and "'bogus' is not one of 'done_manually'" in out  # usage, as documented
     code, out = cli("abort", run_id, "--by", "ann", "--note", "why", "--store", store, "-y")
     assert code == 0 and "aborted" in out
     code, out = cli("abort", run_id, "--by", "ann", "--store", store, "-y", "--json")
@@ -83,10 +90,11 @@ def test_decisions_and_exit_codes(halted: tuple[str, str, str]) -> None:
         assert (run.status, run.decided_by, run.decision_note) == ("aborted", "ann", "why")
 
 
-def test_confirmation_is_asked(halted: tuple[str, str, str]) -> None:
+def test_confirmation_is_asked(halted: tuple[str, str, str], at_a_terminal: None) -> None:
     store, run_id, _ = halted
     result = runner.invoke(app, ["resume", run_id, "--store", store, "--by", "ann"], input="n\n")
     assert result.exit_code == 2
+    assert f"resume {run_id}?" in result.output and "cancelled; nothing changed" in result.stderr
     with Guard(store=store) as guard:
         assert guard.require_run(run_id).status == "pending_review"
 
@@ -173,7 +181,9 @@ def held(sqlite_url: str) -> tuple[str, str]:
         return sqlite_url, run.id
 
 
-def test_abort_refuses_before_asking_and_force_lists_the_undo(held: tuple[str, str]) -> None:
+def test_abort_refuses_before_asking_and_force_lists_the_undo(
+    held: tuple[str, str], at_a_terminal: None
+) -> None:
     store, run_id = held
     with Guard(store=store) as guard:
         before = guard.log(run_id).model_dump(exclude={"run": {"heartbeat_at"}})

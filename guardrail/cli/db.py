@@ -5,9 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from sqlalchemy import create_engine
-
-from guardrail.store import migrate
 
 app = typer.Typer(help="The store's schema (Alembic migrations).", no_args_is_help=True)
 
@@ -23,6 +20,10 @@ def upgrade(
     revision: Annotated[str, typer.Option(help="Target revision.")] = "head",
 ) -> None:
     """Bring the store's schema to the newest version (keeps every row)."""
+    from sqlalchemy import create_engine
+
+    from guardrail.store import migrate
+
     try:
         before, after = migrate.upgrade(create_engine(store), revision)
     except Exception as exc:
@@ -37,6 +38,10 @@ def upgrade(
 @app.command()
 def current(store: Store = "sqlite:///guardrail.db") -> None:
     """Print the store's schema version and the one this guardrail needs."""
+    from sqlalchemy import create_engine
+
+    from guardrail.store import migrate
+
     with create_engine(store).connect() as conn:
         found = migrate.current(conn)
     typer.echo(f"{found or 'none'} (this guardrail needs {migrate.HEAD})")

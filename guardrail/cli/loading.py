@@ -24,16 +24,16 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from guardrail.decisions import explain_missing, policy_mismatch
 from guardrail.errors import PolicyError, StoreError
-from guardrail.guard import Guard
-from guardrail.lifecycle import PlannedStep
-from guardrail.redact import describe
-from guardrail.store import RunRecord
+
+if TYPE_CHECKING:  # imported where used: building the command table stays light
+    from guardrail.guard import Guard
+    from guardrail.lifecycle import PlannedStep
+    from guardrail.store import RunRecord
 
 NOT_FOUND, USAGE, CONFLICT = 1, 2, 3
 DEFAULT_STORE = "sqlite:///guardrail.db"
@@ -128,6 +128,9 @@ class AppNotFound(Exception):
 def load_app(spec: str) -> tuple[Guard, bool]:
     """The guard ``MODULE:ATTRIBUTE`` names, and whether this call made it (a factory's guard,
     which the caller closes) rather than finding it (a module's guard, which the module owns)."""
+    from guardrail.guard import Guard
+    from guardrail.redact import describe
+
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
         raise AppNotFound(f"--app {spec!r}: expected MODULE:ATTRIBUTE, e.g. myapp.agent:guard")
@@ -219,6 +222,8 @@ def open_guard(
     """The command's guard (and whether the command must close it), or exit with a message:
     usage errors (a bad --app, --store against the app's store, a policy that does not load)
     exit 2, a store that is not there exits 1."""
+    from guardrail.guard import Guard
+
     if loads.app:
         try:
             guard, owned = load_app(loads.app)
@@ -267,6 +272,8 @@ def loaded(store: str | None, loads: Loads, **options: Any) -> Iterator[Guard]:
 
 def warn_mismatch(guard: Guard, run: RunRecord) -> bool:
     """Warn (stderr) when the run started under other policies than the ones loaded here."""
+    from guardrail.decisions import policy_mismatch
+
     problem = policy_mismatch(guard, run)
     if problem is None:
         return False
@@ -279,6 +286,8 @@ def warn_mismatch(guard: Guard, run: RunRecord) -> bool:
 
 def refusal(run_id: str, steps: Sequence[PlannedStep], what: str) -> str:
     """Why a command refuses to compensate, and what to pass instead."""
+    from guardrail.decisions import explain_missing
+
     return explain_missing(
         run_id,
         steps,

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
+from guardrail.cli.common import OnFailure
 from guardrail.cli.loading import App, AppStore, Force, Loads, PackOptions, Packs, open_guard
 from guardrail.errors import GuardrailError, PolicyError
 
@@ -52,10 +53,10 @@ def mcp_proxy(
         ),
     ] = None,
     on_failure: Annotated[
-        str | None,
+        OnFailure | None,
         typer.Option(
             help="hold: on a failure undo nothing until a person decides (resume or abort). "
-            "Default: each tool's policy (compensate at once)."
+            "Default: each tool's policy (compensate at once).",
         ),
     ] = None,
 ) -> None:
@@ -70,10 +71,6 @@ def mcp_proxy(
     undo of the continued --run-id run), unless --force.
     """
     _log_to_stderr()
-    if on_failure not in (None, "hold", "compensate"):
-        raise typer.BadParameter(
-            f"{on_failure!r}: expected hold or compensate", param_hint="--on-failure"
-        )
     loads = Loads.of(app, [str(p) for p in policy or []], pack, pack_option)
     guard, owned = open_guard(store, loads, strict=True, must_exist=False)
     try:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import sys
 import tempfile
@@ -14,12 +13,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from guardrail import policy_check, policy_source
+from guardrail.cli.common import to_json
 from guardrail.errors import PolicyError
-from guardrail.guard import load_pack
 
 app = typer.Typer(help="Check policy files.", no_args_is_help=True)
 
@@ -64,6 +60,9 @@ def check(
     version of an MCP server added). Warnings (do not fail): policies for tools the toolkit
     lacks.
     """
+    from guardrail import policy_check, policy_source
+    from guardrail.guard import load_pack
+
     if tools is not None and server:
         raise typer.BadParameter("give --tools or an MCP server command, not both")
     names = tool_names(tools) if tools is not None else None
@@ -85,12 +84,12 @@ def check(
     errors = [p for p in found if p.severity == "error"]
     if as_json:
         typer.echo(
-            json.dumps(
-                {"file": str(file), "ok": not errors, "problems": [asdict(p) for p in found]},
-                indent=2,
-            )
+            to_json({"file": str(file), "ok": not errors, "problems": [asdict(p) for p in found]})
         )
     else:
+        from rich.console import Console
+        from rich.table import Table
+
         console = Console()
         if not found:
             console.print(f"[green]{file}: ok[/green]")

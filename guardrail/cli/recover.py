@@ -9,14 +9,14 @@ load (``--watch`` recovers the other runs and leaves that one for a watcher that
 from __future__ import annotations
 
 import datetime as dt
-import json
 import signal
 import threading
-from typing import Annotated
+import time
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from guardrail import decisions
+from guardrail.cli.common import AsJson, dump_json, iso, opened, to_json
 from guardrail.cli.loading import (
     USAGE,
     App,
@@ -31,12 +31,10 @@ from guardrail.cli.loading import (
     refusal,
     warn_mismatch,
 )
-from guardrail.cli.runs import AsJson, dump_json, opened
-from guardrail.errors import GuardrailError
-from guardrail.guard import Guard
-from guardrail.lifecycle import PlannedStep
-from guardrail.recovery import owner_alive
-from guardrail.transitions import LIVE
+
+if TYPE_CHECKING:
+    from guardrail.guard import Guard
+    from guardrail.lifecycle import PlannedStep
 
 
 def register(app: typer.Typer) -> None:
@@ -101,6 +99,10 @@ def recover(
 def _blocked(guard: Guard, force: bool) -> dict[str, list[PlannedStep]]:
     """The runs a recovery pass would take over now that need undos this process lacks (with
     --force: none, after a warning), warning about runs started under other policies."""
+    from guardrail import decisions
+    from guardrail.recovery import owner_alive
+    from guardrail.transitions import LIVE
+
     blocked: dict[str, list[PlannedStep]] = {}
     for status in LIVE:
         for run in guard.store.runs(status=status):
@@ -118,6 +120,8 @@ def _blocked(guard: Guard, force: bool) -> dict[str, list[PlannedStep]]:
 def _watch(
     guard: Guard, interval: float, iterations: int | None, as_json: bool, force: bool
 ) -> None:
+    from guardrail.errors import GuardrailError
+
     stop = threading.Event()
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) if main else None
@@ -139,10 +143,10 @@ def _watch(
                 typer.echo(f"error: {exc}", err=True)
                 done = []
             if done:
-                stamp = dt.datetime.now().isoformat(timespec="seconds")
                 if as_json:
-                    typer.echo(json.dumps({"at": stamp, "recovered": done}))
+                    typer.echo(to_json({"at": iso(time.time()), "recovered": done}, indent=None))
                 else:
+                    stamp = dt.datetime.now().isoformat(timespec="seconds")
                     typer.echo(f"{stamp} recovered {len(done)} run(s): {', '.join(done)}")
             passes += 1
             if iterations is not None and passes >= iterations:

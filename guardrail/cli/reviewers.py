@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from guardrail.cli.common import AsJson, dump_json, iso, when
 from guardrail.cli.loading import CONFLICT, NOT_FOUND, USAGE, fail
-from guardrail.cli.runs import AsJson, _when, dump_json
 
 if TYPE_CHECKING:
     from guardrail.web.reviewers import ReviewerFile
@@ -89,14 +89,14 @@ def list_(file: File = None, as_json: AsJson = False) -> None:
     except ValueError as exc:
         fail(str(exc), USAGE)
     if as_json:
-        dump_json([{"name": r.name, "created_at": r.created_at} for r in found])
+        dump_json([{"name": r.name, "created_at": iso(r.created_at)} for r in found])
         return
     if not found:
         typer.echo(f"no reviewers in {reviewers.path}", err=True)
         return
     width = max(len(r.name) for r in found)
     for r in found:
-        typer.echo(f"{r.name:<{width}}  added {_when(r.created_at)}")
+        typer.echo(f"{r.name:<{width}}  added {when(r.created_at)}")
 
 
 @app.command()

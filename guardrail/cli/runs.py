@@ -1,150 +1,54 @@
-"""Review commands: ``runs``, ``resume``, ``abort``, ``resolve``, ``approve``,
-``reject``, ``find``, ``export``, ``verify`` (``show`` is in :mod:`guardrail.cli.show`,
-``recover`` in :mod:`guardrail.cli.recover`).
+"""Read commands: ``runs``, ``find``, ``export``, ``verify`` (``show`` is in
+:mod:`guardrail.cli.show`, the decisions in :mod:`guardrail.cli.decide`, ``recover`` in
+:mod:`guardrail.cli.recover`).
 
-Every command takes ``--store URL`` (or ``GUARDRAIL_STORE``). Decisions record ``--by`` (default:
-``GUARDRAIL_REVIEWER``, else the login name) and ``--note``, ask for confirmation unless
-``--yes``, and are safe to repeat. Decisions load the application's guard
-(``--app``) or policy files and packs (``--policy``, ``--pack``), see :mod:`guardrail.cli.loading`;
-``abort`` refuses to compensate without the undos it needs unless ``--force``.
-Exit codes: 0 ok, 1 not found, 2 usage, 3 conflict.
+Every command takes ``--store URL`` (or ``GUARDRAIL_STORE``); ``--json`` prints the documents
+described in docs/cli.md (keys sorted, times in ISO 8601 UTC). Nothing heavy is imported at
+module level: the store and the guard load when a command runs.
+Exit codes: 0 ok, 1 not found (``verify``: a problem found), 2 usage.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import getpass
 import json
-import os
-import re
 import sys
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from guardrail import decisions
-from guardrail.audit import Witness
-from guardrail.cli.loading import (
-    CONFLICT,
-    DEFAULT_STORE,
-    NOT_FOUND,
-    USAGE,
-    App,
-    AppStore,
-    Force,
-    Loads,
-    PackOptions,
-    Packs,
-    Policies,
-    fail,
-    forced,
-    loaded,
-    refusal,
-    warn_mismatch,
+from guardrail.cli.common import (
+    STATUS_COLOURS,
+    AsJson,
+    ExportFormat,
+    RunStatusName,
+    Store,
+    dump_json,
+    opened,
+    record,
+    since,
+    to_json,
+    when,
 )
-from guardrail.decisions import Decision, UndosMissing
-from guardrail.drive import drive
-from guardrail.errors import Conflict, GuardrailError, RunNotFound, RunStateError
-from guardrail.guard import Guard
-from guardrail.transitions import DECIDABLE
+from guardrail.cli.loading import DEFAULT_STORE, NOT_FOUND, USAGE, fail
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from guardrail.audit import Witness
+    from guardrail.store import RunRecord
 
-Store = Annotated[
-    str,
-    typer.Option(
-        "--store", envvar="GUARDRAIL_STORE", help="Store URL (default sqlite:///guardrail.db)."
-    ),
-]
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-By = Annotated[
-    str | None,
-    typer.Option(help="Who decides (default: GUARDRAIL_REVIEWER, else the login name)."),
-]
-Note = Annotated[str | None, typer.Option(help="Why; stored with the decision.")]
-Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
-
-
-def register(app: typer.Typer) -> None:
-    for command in (runs, resume, abort, resolve, approve, reject, find, export, verify):
-        app.command()(command)
-
-
-@contextmanager
-def opened(store: str | None, loads: Loads | None = None) -> Iterator[Guard]:
-    """A non-strict guard on the store, or the app's guard, with the policies ``loads`` names;
-    errors become exit codes with a one-line message."""
-    with loaded(store, loads or Loads()) as guard:
-        try:
-            yield guard
-        except RunNotFound as exc:
-            fail(str(exc), NOT_FOUND)
-        except Conflict as exc:
-            fail(str(exc), CONFLICT)
-        except RunStateError as exc:
-            fail(str(exc), CONFLICT)
-        except UndosMissing as exc:  # the run changed between the check and the abort
-            fail(refusal(exc.run_id or "?", exc.steps, "abort"), USAGE)
-        except GuardrailError as exc:
-            fail(str(exc), USAGE)
-
-
-def _reviewer(by: str | None) -> str:
-    if by:
-        return by
-    try:
-        return os.environ.get("GUARDRAIL_REVIEWER") or getpass.getuser()
-    except Exception:
-        return "unknown"
-
-
-def _when(stamp: float | None) -> str:
-    if stamp is None:
-        return ""
-    return dt.datetime.fromtimestamp(stamp).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _since(text: str) -> float:
-    """``30m``, ``2h``, ``1d`` ago, or an ISO date/time."""
-    found = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip())
-    if found:
-        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[found.group(2)]
-        return time.time() - float(found.group(1)) * unit
-    try:
-        return dt.datetime.fromisoformat(text).timestamp()
-    except ValueError:
-        raise typer.BadParameter(
-            f"{text!r}: expected a duration (30m, 2h, 1d) or an ISO date", param_hint="--since"
-        ) from None
-
-
-def dump_json(value: Any) -> None:
-    typer.echo(json.dumps(value, indent=2, default=str))
-
-
-def _decide(what: str, target: str, yes: bool, as_json: bool, act: Callable[[], Decision]) -> None:
-    if not yes and not typer.confirm(f"{what} {target}?", default=False):
-        fail("cancelled; nothing changed", USAGE)
-    decision = act()
-    if as_json:
-        dump_json({"run_id": decision.run_id, "status": decision.status, "landed": decision.landed})
-    elif decision.landed:
-        typer.echo(f"{what}: {target} is now {decision.status} (by {decision.by})")
-    else:
-        typer.echo(f"{what}: already done; {target} is {decision.status} (nothing changed)")
+GAP = "  "
 
 
 def runs(
     store: Store = DEFAULT_STORE,
-    status: Annotated[str | None, typer.Option(help="Only runs with this status.")] = None,
+    status: Annotated[
+        RunStatusName | None, typer.Option(help="Only runs with this status.")
+    ] = None,
     agent: Annotated[str | None, typer.Option(help="Only runs of this agent.")] = None,
-    since: Annotated[str | None, typer.Option(help="Changed since: 30m, 2h, 1d or a date.")] = None,
+    since_: Annotated[
+        str | None, typer.Option("--since", help="Changed since: 30m, 2h, 1d or a date.")
+    ] = None,
     limit: Annotated[int, typer.Option(help="At most N runs, newest first (0: all).")] = 100,
     as_json: AsJson = False,
 ) -> None:
@@ -153,165 +57,47 @@ def runs(
         found = guard.runs(
             status=status,
             agent=agent,
-            since=_since(since) if since else None,
+            since=since(since_) if since_ else None,
             limit=limit if limit > 0 else None,
         )
-        if as_json:
-            dump_json([r.model_dump() for r in found])
-            return
-        table = Table(title=f"{len(found)} run(s)")
-        for column in ("run", "agent", "status", "updated", "reason"):
-            table.add_column(column, overflow="fold")
-        for r in found:
-            table.add_row(r.id, r.agent, status_text(r.status), _when(r.updated_at), r.reason or "")
-        Console().print(table)
+    if as_json:
+        dump_json([record(r) for r in found])
+        return
+    _table(found)
 
 
-def status_text(status: str) -> str:
-    colour = {
-        "pending_review": "red",
-        "awaiting_approval": "yellow",
-        "completed": "green",
-        "aborted": "dim",
-    }.get(status)
-    return f"[{colour}]{status}[/{colour}]" if colour else status
+def _table(found: Sequence[RunRecord]) -> None:
+    """One line per run, fitted to the terminal: the run id first and never cut (a double-click
+    copies all of it), the reason, then the agent, give way with an ellipsis."""
+    from rich.console import Console
+    from rich.text import Text
 
+    from guardrail.cli.timeline import fit
 
-def resume(
-    run_id: Annotated[str, typer.Argument()],
-    store: AppStore = None,
-    app: App = None,
-    policy: Policies = None,
-    pack: Packs = None,
-    pack_option: PackOptions = None,
-    by: By = None,
-    note: Note = None,
-    yes: Yes = False,
-    as_json: AsJson = False,
-) -> None:
-    """Let a halted run continue (restart the agent on the same run afterwards).
-
-    With --app, --policy or --pack, warns when the run started under other policies.
-    """
-    with opened(store, Loads.of(app, policy, pack, pack_option)) as guard:
-        warn_mismatch(guard, guard.require_run(run_id))
-        who = _reviewer(by)
-        _decide("resume", run_id, yes, as_json, lambda: guard.resume(run_id, by=who, note=note))
-
-
-def abort(
-    run_id: Annotated[str, typer.Argument()],
-    store: AppStore = None,
-    app: App = None,
-    policy: Policies = None,
-    pack: Packs = None,
-    pack_option: PackOptions = None,
-    force: Force = False,
-    by: By = None,
-    note: Note = None,
-    yes: Yes = False,
-    as_json: AsJson = False,
-) -> None:
-    """Undo whatever is still undoable and end the run as aborted.
-
-    Undos run in this process, so it needs the application's guard (--app MODULE:ATTRIBUTE or
-    GUARDRAIL_APP) or the policies that name the undos (--policy, --pack). Without an undo it
-    needs, it refuses and changes nothing (exit 2); --force aborts anyway and lists those
-    actions for a person. Warns when the run started under other policies than the ones loaded.
-    """
-    with opened(store, Loads.of(app, policy, pack, pack_option)) as guard:
-        run = guard.require_run(run_id)
-        warn_mismatch(guard, run)
-        if run.status in DECIDABLE:
-            missing = decisions.missing_undos(guard, guard.store.actions(run_id))
-            if missing and not force:
-                fail(refusal(run_id, missing, "abort"), USAGE)
-            if missing:
-                forced(run_id, missing)
-        who = _reviewer(by)
-        _decide(
-            "abort",
-            run_id,
-            yes,
-            as_json,
-            lambda: drive(decisions.abort(guard, run_id, who, note, require_undos=not force)),
-        )
-
-
-def resolve(
-    item_id: Annotated[str, typer.Argument()],
-    as_: Annotated[
-        str,
-        typer.Option(
-            "--as",
-            help="done_manually, retried or skipped; for a call whose outcome is unknown "
-            "(in_doubt): happened or not_happened.",
-        ),
-    ] = "done_manually",
-    store: AppStore = None,
-    app: App = None,
-    policy: Policies = None,
-    pack: Packs = None,
-    pack_option: PackOptions = None,
-    by: By = None,
-    note: Note = None,
-    yes: Yes = False,
-    as_json: AsJson = False,
-) -> None:
-    """Record a person's decision on a review item."""
-    with opened(store, Loads.of(app, policy, pack, pack_option)) as guard:
-        who = _reviewer(by)
-        _decide(
-            f"resolve as {as_}",
-            item_id,
-            yes,
-            as_json,
-            lambda: guard.resolve(item_id, as_, by=who, note=note),
-        )
-
-
-def approve(
-    item_id: Annotated[str, typer.Argument()],
-    store: AppStore = None,
-    app: App = None,
-    policy: Policies = None,
-    pack: Packs = None,
-    pack_option: PackOptions = None,
-    by: By = None,
-    note: Note = None,
-    resume_run: Annotated[bool, typer.Option("--resume", help="Also resume the run.")] = False,
-    yes: Yes = False,
-    as_json: AsJson = False,
-) -> None:
-    """Approve an approval request (these exact arguments)."""
-    with opened(store, Loads.of(app, policy, pack, pack_option)) as guard:
-        who = _reviewer(by)
-        _decide("approve", item_id, yes, as_json, lambda: guard.approve(item_id, by=who, note=note))
-        item = guard.store.review_item(item_id)
-        if resume_run and item is not None:
-            run_id = item.run_id
-            warn_mismatch(guard, guard.require_run(run_id))
-            _decide(
-                "resume", run_id, True, as_json, lambda: guard.resume(run_id, by=who, note=note)
+    console = Console()
+    columns = ("run", "status", "updated", "agent", "reason")
+    rows = [(r.id, r.status, when(r.updated_at), r.agent, r.reason or "") for r in found]
+    widths = [max([len(columns[0]), *(len(row[i]) for row in rows)]) for i in range(3)]
+    agent_w = min(max([len(columns[3]), *(len(row[3]) for row in rows)]), 24)
+    console.print(Text(f"{len(found)} run(s)", "bold"))
+    padded = (f"{c:<{w}}" for c, w in zip(columns, [*widths, agent_w, 0], strict=True))
+    lines = [Text(GAP.join(padded), "bold")]
+    for run_id, status, updated, agent, reason in rows:
+        if len(agent) > agent_w:
+            agent = agent[: agent_w - 1] + "…"
+        lines.append(
+            Text.assemble(
+                (f"{run_id:<{widths[0]}}", "cyan"),
+                GAP,
+                (f"{status:<{widths[1]}}", STATUS_COLOURS.get(status, "")),
+                f"{GAP}{updated:<{widths[2]}}{GAP}{agent:<{agent_w}}{GAP}{reason}",
             )
-
-
-def reject(
-    item_id: Annotated[str, typer.Argument()],
-    store: AppStore = None,
-    app: App = None,
-    policy: Policies = None,
-    pack: Packs = None,
-    pack_option: PackOptions = None,
-    by: By = None,
-    note: Note = None,
-    yes: Yes = False,
-    as_json: AsJson = False,
-) -> None:
-    """Reject an approval request; the agent gets CallRejected for that call."""
-    with opened(store, Loads.of(app, policy, pack, pack_option)) as guard:
-        who = _reviewer(by)
-        _decide("reject", item_id, yes, as_json, lambda: guard.reject(item_id, by=who, reason=note))
+        )
+    # on a terminal narrower than an id, the line is left to the terminal to wrap
+    width = max(console.width, widths[0] + len(GAP))
+    for line in lines:
+        line.rstrip()
+        console.print(fit(line, width), soft_wrap=True)
 
 
 def find(
@@ -325,39 +111,45 @@ def find(
     name, _, value = external_id.rpartition("=")
     with opened(store) as guard:
         found = guard.find(value, name=name or None)
-        if as_json:
-            dump_json([a.model_dump() for a in found])
-            return
-        if not found:
-            fail(f"no action produced {external_id}", NOT_FOUND)
-        for a in found:
-            typer.echo(f"{a.run_id}  action {a.seq}  {a.tool}  {a.state}  {a.external_ids}")
+    if as_json:
+        dump_json([record(a) for a in found])
+        return
+    if not found:
+        fail(f"no action produced {external_id}", NOT_FOUND)
+    for a in found:
+        typer.echo(f"{a.run_id}  action {a.seq}  {a.tool}  {a.state}  {a.external_ids}")
 
 
 def export(
     run_id: Annotated[str, typer.Argument()],
     store: Store = DEFAULT_STORE,
-    format: Annotated[str, typer.Option(help="json or jsonl.")] = "json",
+    format: Annotated[ExportFormat, typer.Option(help="json or jsonl.")] = "json",
 ) -> None:
     """The run's whole log, for archives and other tools."""
-    if format not in ("json", "jsonl"):
-        raise typer.BadParameter("expected json or jsonl", param_hint="--format")
     with opened(store) as guard:
         log = guard.log(run_id)
-        seen = guard.witness(run_id).model_dump()
-        if format == "json":
-            dump_json({**log.model_dump(), "witness": seen})
-            return
-        out = sys.stdout
-        out.write(json.dumps({"type": "run", **log.run.model_dump()}, default=str) + "\n")
-        for kind, rows in (
-            ("action", log.actions),
-            ("compensation", log.compensations),
-            ("review_item", log.review_items),
-        ):
-            for row in rows:
-                out.write(json.dumps({"type": kind, **row.model_dump()}, default=str) + "\n")
-        out.write(json.dumps({"type": "witness", **seen}) + "\n")  # for verify --against
+        seen = record(guard.witness(run_id))
+    if format == "json":
+        dump_json(
+            {
+                "run": record(log.run),
+                "actions": [record(a) for a in log.actions],
+                "compensations": [record(c) for c in log.compensations],
+                "review_items": [record(i) for i in log.review_items],
+                "witness": seen,
+            }
+        )
+        return
+    out = sys.stdout
+    out.write(to_json({"type": "run", **record(log.run)}, indent=None) + "\n")
+    for kind, rows in (
+        ("action", log.actions),
+        ("compensation", log.compensations),
+        ("review_item", log.review_items),
+    ):
+        for row in rows:
+            out.write(to_json({"type": kind, **record(row)}, indent=None) + "\n")
+    out.write(to_json({"type": "witness", **seen}, indent=None) + "\n")  # for verify --against
 
 
 def verify(
@@ -372,7 +164,7 @@ def verify(
         ),
     ] = None,
     store: Store = DEFAULT_STORE,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Check runs' hash chains and rows, and the store against witnesses kept elsewhere.
 
@@ -409,6 +201,8 @@ def verify(
 
 def _witnesses(path: Path) -> list[Witness]:
     """Witnesses in an export (json: one run; jsonl: its witness line) or a jsonl of them."""
+    from guardrail.audit import Witness
+
     try:
         text = path.read_text()
     except OSError as exc:

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from guardrail.cli.common import opened
 from guardrail.cli.loading import (
     USAGE,
     App,
@@ -23,7 +24,6 @@ from guardrail.cli.loading import (
     Policies,
     fail,
 )
-from guardrail.cli.runs import opened
 
 
 def register(app: typer.Typer) -> None:

@@ -14,11 +14,19 @@ import shlex
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
+from guardrail.cli.common import (
+    RUN_STATUSES,
+    AsJson,
+    Store,
+    dump_json,
+    iso,
+    opened,
+    since,
+    status_text,
+    when,
+)
 from guardrail.cli.loading import DEFAULT_STORE, USAGE, App, AppStore, Loads, fail
-from guardrail.cli.runs import AsJson, Store, _since, _when, dump_json, opened, status_text
 
 FILTER_KEYS = ("status", "agent", "tool", "owner", "since", "until", "group")
 
@@ -26,6 +34,15 @@ FILTER_KEYS = ("status", "agent", "tool", "owner", "since", "until", "group")
 def register(app: typer.Typer) -> None:
     for command in (search, groups, history, deliver):
         app.command()(command)
+
+
+def _statuses(values: list[str] | None) -> list[str] | None:
+    for value in values or ():
+        if value not in RUN_STATUSES:
+            raise typer.BadParameter(
+                f"{value!r} is not a run status; expected one of {', '.join(RUN_STATUSES)}"
+            )
+    return values
 
 
 def parse_filter(text: str) -> dict[str, Any]:
@@ -53,7 +70,7 @@ def parse_filter(text: str) -> dict[str, Any]:
         if key == "status":
             found["status"] = tuple(s.strip() for s in value.split(",") if s.strip())
         elif key in ("since", "until"):
-            found[key] = _since(value)
+            found[key] = since(value)
         else:
             found[key] = value
     if free:
@@ -67,7 +84,8 @@ def search(
     text: Annotated[str, typer.Argument(help="The start of an id (any case), or reason text.")],
     store: Store = DEFAULT_STORE,
     status: Annotated[
-        list[str] | None, typer.Option(help="Only runs with this status (repeatable).")
+        list[str] | None,
+        typer.Option(help="Only runs with this status (repeatable).", callback=_statuses),
     ] = None,
     agent: Annotated[str | None, typer.Option(help="Only runs of this agent.")] = None,
     tool: Annotated[str | None, typer.Option(help="Only runs that called this tool.")] = None,
@@ -89,7 +107,7 @@ def search(
                             "run_id": r.id,
                             "status": r.status,
                             "agent": r.agent,
-                            "updated_at": r.updated_at,
+                            "updated_at": iso(r.updated_at),
                             "matches": [
                                 {"field": m.field, "value": m.value} for m in found.matches[r.id]
                             ],
@@ -100,6 +118,9 @@ def search(
                 }
             )
             return
+        from rich.console import Console
+        from rich.table import Table
+
         table = Table(title=f"{len(found.runs)} run(s) matching {text!r}")
         table.add_column("run", no_wrap=True)
         table.add_column("status", no_wrap=True)
@@ -116,7 +137,8 @@ def search(
 def groups(
     store: Store = DEFAULT_STORE,
     status: Annotated[
-        list[str] | None, typer.Option(help="Runs of this status (default pending_review).")
+        list[str] | None,
+        typer.Option(help="Runs of this status (default pending_review).", callback=_statuses),
     ] = None,
     as_json: AsJson = False,
 ) -> None:
@@ -132,6 +154,9 @@ def groups(
                 ]
             )
             return
+        from rich.console import Console
+        from rich.table import Table
+
         table = Table(title=f"{len(found)} group(s)")
         table.add_column("group", no_wrap=True)
         table.add_column("runs", justify="right", no_wrap=True)
@@ -153,7 +178,7 @@ def history(
             dump_json(
                 [
                     {
-                        "at": e.at,
+                        "at": iso(e.at),
                         "by": e.by,
                         "what": e.what,
                         "note": e.note,
@@ -166,11 +191,14 @@ def history(
         if not events:
             typer.echo(f"run {run_id}: no decision yet")
             return
+        from rich.console import Console
+        from rich.table import Table
+
         table = Table(title=f"decisions on run {run_id}")
         for column in ("when", "by", "what", "item", "note"):
             table.add_column(column, overflow="fold", no_wrap=column in ("when", "what"))
         for e in events:
-            table.add_row(_when(e.at), e.by or "", e.what, e.item_id or "", e.note or "")
+            table.add_row(when(e.at), e.by or "", e.what, e.item_id or "", e.note or "")
         Console().print(table)
 
 

@@ -1,0 +1,305 @@
+"""Decisions: ``resume``, ``abort``, ``resolve``, ``approve``, ``reject``.
+
+Decisions record ``--by`` (default: ``GUARDRAIL_REVIEWER``, else the login name) and ``--note``,
+ask for confirmation unless ``--yes`` (and, without a terminal to ask on, refuse unless
+``--yes``), and are safe to repeat. They load the application's guard (``--app``) or policy
+files and packs (``--policy``, ``--pack``), see :mod:`guardrail.cli.loading`; ``abort`` refuses
+to compensate without the undos it needs unless ``--force``. What is decided is checked before
+the question: an unknown run or item exits 1, a resolution that does not fit the item exits 2,
+so that a yes is never followed by a usage error.
+Exit codes: 0 ok, 1 not found, 2 usage (or not confirmed), 3 conflict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from guardrail.cli.common import (
+    DOUBT_WORDS,
+    AsJson,
+    By,
+    Note,
+    Resolution,
+    Yes,
+    confirm,
+    dump_json,
+    opened,
+    reviewer,
+    to_json,
+)
+from guardrail.cli.loading import (
+    NOT_FOUND,
+    USAGE,
+    App,
+    AppStore,
+    Force,
+    Loads,
+    PackOptions,
+    Packs,
+    Policies,
+    fail,
+    forced,
+    refusal,
+    warn_mismatch,
+)
+
+if TYPE_CHECKING:
+    from guardrail.decisions import Decision
+    from guardrail.guard import Guard
+    from guardrail.store import ReviewItem
+
+
+def _decide(
+    what: str,
+    target: str,
+    yes: bool,
+    as_json: bool,
+    act: Callable[[], Decision],
+    shown: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Ask (unless ``yes``) and decide; print the outcome for people, and return it as a JSON
+    document (``shown`` first), which the caller prints once, after any further decision."""
+    if not yes:
+        confirm(f"{what} {target}?", err=as_json)
+    decision = act()
+    done = {
+        **(shown or {}),
+        "run_id": decision.run_id,
+        "status": decision.status,
+        "landed": decision.landed,
+        "by": decision.by,
+    }
+    if as_json:
+        return done
+    if decision.landed:
+        typer.echo(f"{what}: {target} is now {decision.status} (by {decision.by})")
+    else:
+        typer.echo(f"{what}: already done; {target} is {decision.status} (nothing changed)")
+    return done
+
+
+def _item(guard: Guard, item_id: str) -> ReviewItem:
+    item = guard.store.review_item(item_id)
+    if item is None:
+        fail(f"no review item {item_id!r} in {guard.store.url}", NOT_FOUND)
+    return item
+
+
+def resume(
+    run_id: Annotated[str, typer.Argument()],
+    store: AppStore = None,
+    app: App = None,
+    policy: Policies = None,
+    pack: Packs = None,
+    pack_option: PackOptions = None,
+    by: By = None,
+    note: Note = None,
+    yes: Yes = False,
+    as_json: AsJson = False,
+) -> None:
+    """Let a halted run continue (restart the agent on the same run afterwards).
+
+    With --app, --policy or --pack, warns when the run started under other policies.
+    """
+    with opened(store, Loads.of(app, policy, pack, pack_option)) as guard:
+        warn_mismatch(guard, guard.require_run(run_id))
+        who = reviewer(by)
+        done = _decide(
+            "resume", run_id, yes, as_json, lambda: guard.resume(run_id, by=who, note=note)
+        )
+    if as_json:
+        dump_json(done)
+
+
+def abort(
+    run_id: Annotated[str, typer.Argument()],
+    store: AppStore = None,
+    app: App = None,
+    policy: Policies = None,
+    pack: Packs = None,
+    pack_option: PackOptions = None,
+    force: Force = False,
+    by: By = None,
+    note: Note = None,
+    yes: Yes = False,
+    as_json: AsJson = False,
+) -> None:
+    """Undo whatever is still undoable and end the run as aborted.
+
+    Undos run in this process, so it needs the application's guard (--app MODULE:ATTRIBUTE or
+    GUARDRAIL_APP) or the policies that name the undos (--policy, --pack). Without an undo it
+    needs, it refuses and changes nothing (exit 2); --force aborts anyway and lists those
+    actions for a person. Warns when the run started under other policies than the ones loaded.
+    """
+    from guardrail import decisions
+    from guardrail.drive import drive
+    from guardrail.transitions import DECIDABLE
+
+    with opened(store, Loads.of(app, policy, pack, pack_option)) as guard:
+        run = guard.require_run(run_id)
+        warn_mismatch(guard, run)
+        if run.status in DECIDABLE:
+            missing = decisions.missing_undos(guard, guard.store.actions(run_id))
+            if missing and not force:
+                fail(refusal(run_id, missing, "abort"), USAGE)
+            if missing:
+                forced(run_id, missing)
+        who = reviewer(by)
+        done = _decide(
+            "abort",
+            run_id,
+            yes,
+            as_json,
+            lambda: drive(decisions.abort(guard, run_id, who, note, require_undos=not force)),
+        )
+    if as_json:
+        dump_json(done)
+
+
+def resolve(
+    item_id: Annotated[str, typer.Argument()],
+    as_: Annotated[
+        Resolution,
+        typer.Option(
+            "--as",
+            help="done_manually, retried or skipped; for a call whose outcome is unknown "
+            "(in_doubt): happened or not_happened.",
+        ),
+    ] = "done_manually",
+    store: AppStore = None,
+    app: App = None,
+    policy: Policies = None,
+    pack: Packs = None,
+    pack_option: PackOptions = None,
+    by: By = None,
+    note: Note = None,
+    yes: Yes = False,
+    as_json: AsJson = False,
+) -> None:
+    """Record a person's decision on a review item."""
+    with opened(store, Loads.of(app, policy, pack, pack_option)) as guard:
+        item = _item(guard, item_id)
+        if item.reason == "approval" and as_ not in ("approved", "rejected"):
+            fail(
+                f"review item {item_id} is an approval request: guardrail approve {item_id} "
+                f"or guardrail reject {item_id} (or --as approved|rejected), not --as {as_}",
+                USAGE,
+            )
+        if as_ in DOUBT_WORDS and (item.reason != "in_doubt" or item.seq is None):
+            fail(
+                f"review item {item_id} is {item.reason}, not a call whose outcome is unknown: "
+                f"--as {as_} answers only in_doubt items; use done_manually, retried or skipped",
+                USAGE,
+            )
+        who = reviewer(by)
+        done = _decide(
+            f"resolve as {as_}",
+            item_id,
+            yes,
+            as_json,
+            lambda: guard.resolve(item_id, as_, by=who, note=note),
+        )
+    if as_json:
+        dump_json(done)
+
+
+def _request(guard: Guard, item_id: str, what: str) -> dict[str, Any]:
+    """The approval request ``item_id``: its run, tool and the call's arguments as stored
+    (redacted), shown before the question; exits 2 when the item is not an approval request."""
+    item = _item(guard, item_id)
+    if item.reason != "approval":
+        fail(
+            f"review item {item_id} ({item.reason}) is not an approval request; close it with "
+            f"guardrail resolve {item_id} --as done_manually|retried|skipped, not {what}",
+            USAGE,
+        )
+    action = next((a for a in guard.store.actions(item.run_id) if a.seq == item.seq), None)
+    return {
+        "item_id": item_id,
+        "run_id": item.run_id,
+        "seq": item.seq,
+        "tool": action.tool if action is not None else None,
+        "args": action.args if action is not None else None,
+    }
+
+
+def _show_request(request: dict[str, Any], as_json: bool, yes: bool) -> None:
+    """What a person approves or rejects: for people on stdout, with --json on stderr before a
+    question (the JSON document at the end has it too)."""
+    if as_json and yes:
+        return
+    lines = [
+        f"approval request {request['item_id']}: run {request['run_id']}, action "
+        f"{request['seq']}, tool {request['tool']}",
+        "arguments (as stored, redacted):",
+        *("  " + line for line in to_json(request["args"]).splitlines()),
+    ]
+    typer.echo("\n".join(lines), err=as_json)
+
+
+def approve(
+    item_id: Annotated[str, typer.Argument()],
+    store: AppStore = None,
+    app: App = None,
+    policy: Policies = None,
+    pack: Packs = None,
+    pack_option: PackOptions = None,
+    by: By = None,
+    note: Note = None,
+    resume_run: Annotated[bool, typer.Option("--resume", help="Also resume the run.")] = False,
+    yes: Yes = False,
+    as_json: AsJson = False,
+) -> None:
+    """Approve an approval request (these exact arguments, shown before the question)."""
+    with opened(store, Loads.of(app, policy, pack, pack_option)) as guard:
+        request = _request(guard, item_id, "approve")
+        _show_request(request, as_json, yes)
+        who = reviewer(by)
+        done = _decide(
+            "approve",
+            item_id,
+            yes,
+            as_json,
+            lambda: guard.approve(item_id, by=who, note=note),
+            request,
+        )
+        if resume_run:
+            run_id = request["run_id"]
+            warn_mismatch(guard, guard.require_run(run_id))
+            done["resume"] = _decide(
+                "resume", run_id, True, as_json, lambda: guard.resume(run_id, by=who, note=note)
+            )
+    if as_json:
+        dump_json(done)
+
+
+def reject(
+    item_id: Annotated[str, typer.Argument()],
+    store: AppStore = None,
+    app: App = None,
+    policy: Policies = None,
+    pack: Packs = None,
+    pack_option: PackOptions = None,
+    by: By = None,
+    note: Note = None,
+    yes: Yes = False,
+    as_json: AsJson = False,
+) -> None:
+    """Reject an approval request; the agent gets CallRejected for that call."""
+    with opened(store, Loads.of(app, policy, pack, pack_option)) as guard:
+        request = _request(guard, item_id, "reject")
+        _show_request(request, as_json, yes)
+        who = reviewer(by)
+        done = _decide(
+            "reject",
+            item_id,
+            yes,
+            as_json,
+            lambda: guard.reject(item_id, by=who, reason=note),
+            request,
+        )
+    if as_json:
+        dump_json(done)
