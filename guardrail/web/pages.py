@@ -367,4 +367,6 @@ def summarize(problems: list[Problem]) -> list[str]:
     for reason, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
         one, many = REASONS.get(reason, (f"{reason} item", f"{reason} items"))
         said.append(f"{n} {one if n == 1 else many}")
+    if any(p.item is None for p in problems):
+        said.append("the call that stopped the run")
     return said
