@@ -1,10 +1,10 @@
 """How long the console takes to render a long run's page, in process (Starlette's TestClient).
 
-Run: ``python benchmarks/bench_console.py [--actions 600 10000] [--repeats 5]``.
+Run: ``python benchmarks/bench_console.py [--actions 600 10000] [--failed-undos 6] [--repeats 5]``.
 
-Each run is a halted run of read-only lookups with a reversible reservation every 100 actions
-whose undo fails (so the run has failed undos spread over it, as a long agent run does), ending
-in a failing call. Prints the median time of GET /runs/RUN (and the page's size) per run length.
+Each run is a halted run of read-only lookups with reversible reservations spread over it whose
+undos fail (the failed undos a person must find in a long run), ending in a failing call. Prints
+the median time of GET /runs/RUN (and the page's size) per run length.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from guardrail.web import create_app
 TOKEN = "bench-token-0123456789abcdef"
 
 
-def long_run(guard: Guard, actions: int) -> str:
+def long_run(guard: Guard, actions: int, failed_undos: int) -> str:
     """A halted run of ``actions`` actions whose failed undos need a person."""
 
     def release(args: dict[str, str]) -> None:
@@ -42,10 +42,12 @@ def long_run(guard: Guard, actions: int) -> str:
     def ship(sku: str) -> None:
         raise ConnectionError("carrier API returned 503")
 
+    every = max(1, actions // max(1, failed_undos))
     try:
         with guard.run(agent="bench") as run:
             for n in range(1, actions):
-                (reserve if n % 100 == 14 else lookup)(sku=f"sku-{n:05d}")
+                failing_undo = n % every == 14 and n // every < failed_undos
+                (reserve if failing_undo else lookup)(sku=f"sku-{n:05d}")
             ship(sku="last")
     except RunHalted:
         pass
@@ -55,6 +57,7 @@ def long_run(guard: Guard, actions: int) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--actions", type=int, nargs="+", default=[600, 10_000])
+    parser.add_argument("--failed-undos", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=5)
     options = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
@@ -62,7 +65,7 @@ def main() -> int:
         print(f"{'actions':>8} {'build s':>8} {'page ms':>9} {'page kB':>8}")
         for count in options.actions:
             started = time.perf_counter()
-            run_id = long_run(guard, count)
+            run_id = long_run(guard, count, options.failed_undos)
             built = time.perf_counter() - started
             with TestClient(create_app(guard, TOKEN)) as client:
                 headers = {"Authorization": f"Bearer {TOKEN}"}
