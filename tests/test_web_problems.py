@@ -265,6 +265,48 @@ def test_approve_and_resume_in_one_step(shop: Shop, team: Team, client: TestClie
     assert (run.status, run.decided_by, run.decision_note) == ("running", "Ann", "known customer")
 
 
+def test_an_approval_that_lands_on_a_run_that_cannot_resume_says_so(
+    shop: Shop, team: Team, client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The approval is recorded; the resume is refused (here: another decision holds the run)
+    and the page says the run was not resumed."""
+    from guardrail.errors import RunStateError
+
+    run_id, item = shop.awaiting()
+
+    def refused(run: str, *, by: str, note: str | None = None) -> Any:
+        raise RunStateError(f"run {run} has call(s) whose outcome is unknown", run_id=run)
+
+    monkeypatch.setattr(shop.guard, "resume", refused)
+    kind, text = decide(
+        client, run_id, team.bearer("Dee"), decision="approve_resume", item_id=item, note="ok"
+    )
+    assert kind == "warn" and f"Approved item {item} (by Dee)" in text
+    assert "but the run was not resumed: run" in text and "outcome is unknown" in text
+    approval = shop.guard.store.review_item(item)
+    assert approval is not None and (approval.resolution, approval.resolved_by) == (
+        "approved",
+        "Dee",
+    )
+    assert shop.guard.require_run(run_id).status == "awaiting_approval"
+
+
+def test_approve_and_resume_is_offered_only_when_nothing_else_holds_the_run() -> None:
+    from guardrail.store import ReviewItem
+    from guardrail.web.pages import blockers
+
+    def item(id: str, reason: str) -> ReviewItem:
+        return ReviewItem(id=id, run_id="r", seq=1, reason=reason, kind="k", created_at=1.0)
+
+    alone = [item("a", "approval"), item("e", "irreversible")]
+    assert blockers(alone) == {"a": []}
+    crowded = [item("a", "approval"), item("b", "approval"), item("d", "in_doubt")]
+    assert blockers(crowded) == {
+        "a": ["approval b", "in_doubt d"],
+        "b": ["approval a", "in_doubt d"],
+    }
+
+
 # -- in a real browser ----------------------------------------------------------------------------
 
 PHONE = {"width": 390, "height": 844}
