@@ -328,6 +328,11 @@ def test_browser_a_phone_fits_the_inbox_and_a_run(
         for path in ("/", "/?status=all", f"/runs/{run_id.replace('/', '%2F')}", "/runs/nope"):
             page.goto(served + path)
             assert page_width(page) <= 390, path
+        # on the inbox the runs stack as cards: nothing to scroll sideways, even inside a box
+        page.goto(f"{served}/")
+        assert LONG_RUN in (page.text_content("table.runs") or "")
+        box = "document.querySelector('table.runs').parentElement"
+        assert page.evaluate(f"{box}.scrollWidth <= {box}.clientWidth")
         page.goto(f"{served}/runs/{run_id.replace('/', '%2F')}?part=1")
         assert page_width(page) <= 390
         assert page.locator("#problems").is_visible()
@@ -362,7 +367,9 @@ def test_browser_working_through_the_problems_of_a_long_run(
     page = context.new_page()
     try:
         page.goto(f"{served}/runs/{run_id}")
-        browser_log_in(page, team.tokens["Ann"])
+        with page.expect_navigation():
+            browser_log_in(page, team.tokens["Ann"])
+        page.wait_for_selector("#problems")
         problems = page.locator("#problems article.item-compensation_failed:not(.item-decided)")
         assert problems.count() == 6
         assert "6 failed undos" in (page.text_content("#problem-summary") or "")
