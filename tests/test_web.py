@@ -1003,6 +1003,10 @@ def test_a_call_whose_outcome_is_unknown_is_answered_in_the_console(
     [item] = [i for i in shop.guard.log(run.id).review_items if i.reason == "in_doubt"]
     html = client.get(f"/runs/{run.id}", headers=BEARER).text
     assert '<option value="not_happened">it did not happen</option>' in html
+    # at the top, among what needs a person, with the call it is about
+    problems = html.split('id="problems"', 1)[1].split("</section>", 1)[0]
+    assert "1 call in doubt" in problems and f'id="item-{item.id}"' in problems
+    assert "the courier did not answer" in problems
     kind, text = decide(client, run.id, decision="resume", run_id=run.id, note="go on")
     assert kind == "error" and "not_happened" in text  # a person must say first
     kind, _ = decide(
