@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from html import unescape
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from starlette.applications import Starlette
@@ -169,21 +168,37 @@ def csrf_of(html: str) -> str:
     return found.group(1)
 
 
+FLASH = re.compile(
+    r'<div class="flash flash-(ok|warn|error)" role="status" id="flash">([^<]*)</div>'
+)
+
+
+def shown_flash(html: str) -> tuple[str, str] | None:
+    """The outcome a page shows, as (kind, message), if it shows one."""
+    found = FLASH.findall(html)
+    assert len(found) <= 1, found
+    return (found[0][0], unescape(found[0][1])) if found else None
+
+
 def decide(
     client: TestClient, on: str, who: dict[str, Any] | None = None, **fields: str
 ) -> tuple[str, str]:
     """Post a decision from run ``on``'s page as a browser would, authenticated by ``who``
-    (default: the shared token; ``{}``: the client's session cookie); return the flash."""
+    (default: the shared token; ``{}``: the client's session cookie); return the outcome the
+    next page shows (once: a reload does not show it again)."""
     headers = BEARER if who is None else who
     page = client.get(f"/runs/{on}", headers=headers)
     assert page.status_code == 200
     data = {"csrf": csrf_of(page.text), **fields}
     answer = client.post("/decide", data=data, headers=headers, follow_redirects=False)
     assert answer.status_code == 303, answer.text
-    query = parse_qs(urlsplit(answer.headers["location"]).query)
-    shown = client.get(answer.headers["location"], headers=headers)
-    assert query["flash"][0] in unescape(shown.text)
-    return query["kind"][0], query["flash"][0]
+    location = answer.headers["location"]
+    assert "flash" not in location and "?" not in location  # the outcome is not in the URL
+    shown = client.get(location, headers=headers)
+    flash = shown_flash(shown.text)
+    assert flash is not None, shown.text
+    assert shown_flash(client.get(location, headers=headers).text) is None
+    return flash
 
 
 def use_cookie(client: TestClient, value: str) -> None:
@@ -818,27 +833,74 @@ def test_a_typed_name_cannot_change_who_decided(shop: Shop, team: Team, client: 
 
 def test_a_decision_needs_a_note(shop: Shop, team: Team, client: TestClient) -> None:
     run_id = shop.halted()
+    (email,) = shop.guard.store.review_items(run_id=run_id, status="open")
     ann = team.bearer("Ann")
     csrf = csrf_of(client.get(f"/runs/{run_id}", headers=ann).text)
     base = {"csrf": csrf, "decision": "abort", "run_id": run_id}
+    # a note left empty, only spaces, or too long: the form again, the message by the field
+    item = {"decision": "resolve", "item_id": email.id, "resolution": "skipped"}
+    for extra, key, message in (
+        ({}, "abort", "it was empty"),
+        ({"reviewer": "Ann"}, "abort", "it was empty"),
+        ({"note": "   "}, "abort", "it was only spaces"),
+        ({"note": " \t\n ", "decision": "resume"}, "resume", "it was only spaces"),
+        ({"note": "x" * 2001}, "abort", "limited to 2000 characters (this one has 2001)"),
+        ({**item, "note": "    "}, email.id, "it was only spaces"),
+    ):
+        answer = client.post("/decide", data={**base, **extra}, headers=ann)
+        assert answer.status_code == 422, extra
+        html = unescape(answer.text)
+        error = re.search(rf'class="field-error" id="note-{key}-error" role="alert">([^<]*)<', html)
+        assert error and message in error.group(1) and "nothing was recorded" in error.group(1)
+        assert f'id="note-{key}" name="note"' in html and 'aria-invalid="true"' in html
+        assert html.count('class="field-error"') == 1  # only next to the field concerned
+        assert 'id="run-status">pending_review<' in html  # the run's page, with its forms
+    # the resolution chosen is kept when the form comes back
+    answer = client.post("/decide", data={**base, **item, "note": " "}, headers=ann)
+    assert '<option value="skipped" selected>' in answer.text
+    # forms the console never makes
     for extra in (
-        {},
-        {"reviewer": "Ann"},
-        {"note": "   "},
-        {"note": "x" * 2001},
         {"note": "why", "decision": "delete"},
         {"note": "why", "decision": "resolve", "item_id": "x"},
         {"note": "why", "run_id": ""},
     ):
         answer = client.post("/decide", data={**base, **extra}, headers=ann)
         assert answer.status_code == 400, extra
+    for decision in ("approve", "approve_resume"):
+        answer = client.post(
+            "/decide",
+            data={**base, "decision": decision, "item_id": "nope", "note": "n"},
+            headers=ann,
+        )
+        assert answer.status_code == 404
     answer = client.post(
-        "/decide",
-        data={**base, "decision": "approve", "item_id": "nope", "note": "n"},
-        headers=ann,
+        "/decide", data={**base, **item, "item_id": "nope", "note": " "}, headers=ann
     )
     assert answer.status_code == 404
     assert shop.guard.require_run(run_id).status == "pending_review"
+    assert shop.guard.store.review_items(run_id=run_id, status="open") == [email]
+    assert stored_decisions(shop.guard, run_id) == []
+
+
+def stored_decisions(guard: Guard, run_id: str) -> list[str]:
+    """Who decided anything on the run: the run's decider and the items' resolvers."""
+    run = guard.require_run(run_id)
+    return [run.decided_by or ""] * bool(run.decided_by) + [
+        i.resolved_by or "" for i in guard.log(run_id).review_items if i.resolved_by
+    ]
+
+
+def test_a_blank_token_asks_again_and_is_not_a_guess(team: Team, clock: Clock, shop: Shop) -> None:
+    app = console(shop, team, clock, throttle=Throttle(clock=clock, free=1, burst=1000))
+    with TestClient(app) as c:
+        for token in ("", "   ", "\t"):
+            answer = c.post("/login", data={"token": token, "next": "/"}, follow_redirects=False)
+            assert answer.status_code == 422 and "Enter your token" in answer.text
+            assert SESSION_COOKIE not in c.cookies
+        # none of them counted against the address: one wrong token is still only a 401
+        assert c.post("/login", data={"token": "wrong"}).status_code == 401
+        answer = c.post("/login", data={"token": team.tokens["Ann"]}, follow_redirects=False)
+        assert answer.status_code == 429  # the second real failure would have locked it
 
 
 # -- what the pages show ------------------------------------------------------------------------
@@ -941,6 +1003,10 @@ def test_a_call_whose_outcome_is_unknown_is_answered_in_the_console(
     [item] = [i for i in shop.guard.log(run.id).review_items if i.reason == "in_doubt"]
     html = client.get(f"/runs/{run.id}", headers=BEARER).text
     assert '<option value="not_happened">it did not happen</option>' in html
+    # at the top, among what needs a person, with the call it is about
+    problems = html.split('id="problems"', 1)[1].split("</section>", 1)[0]
+    assert "1 call in doubt" in problems and f'id="item-{item.id}"' in problems
+    assert "the courier did not answer" in problems
     kind, text = decide(client, run.id, decision="resume", run_id=run.id, note="go on")
     assert kind == "error" and "not_happened" in text  # a person must say first
     kind, _ = decide(
@@ -1047,9 +1113,9 @@ def test_a_tampered_log_shows_a_broken_chain(shop: Shop, client: TestClient) -> 
 def test_odd_run_ids_and_long_timelines(
     shop: Shop, client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import guardrail.web.app as web_app
+    import guardrail.web.pages as web_pages
 
-    monkeypatch.setattr(web_app, "ACTIONS_PER_PART", 2)
+    monkeypatch.setattr(web_pages, "ACTIONS_PER_PART", 2)
     run_id = "thread/42 <b>"
     with pytest.raises(RunHalted), shop.guard.run(run_id=run_id, agent="graph"):
         for item in ("a", "b", "c", "d", "e"):
@@ -1063,6 +1129,14 @@ def test_odd_run_ids_and_long_timelines(
     assert "?part=1#timeline" in html and "?part=3#timeline" in html
     html = client.get("/runs/thread%2F42%20%3Cb%3E?part=1", headers=BEARER).text
     assert re.findall(r'<tr id="action-(\d+)"', html) == ["1", "2"]
+    # a longer run opens on its focus: around the failing call, and the newest; gaps marked
+    monkeypatch.setattr(web_pages, "FOCUS_ABOVE", 4)
+    monkeypatch.setattr(web_pages, "NEWEST", 1)
+    monkeypatch.setattr(web_pages, "CONTEXT", 1)
+    html = unescape(client.get("/runs/thread%2F42%20%3Cb%3E", headers=BEARER).text)
+    assert re.findall(r'<tr id="action-(\d+)"', html) == ["5", "6"]
+    assert "4 actions not shown (seq 1\N{EN DASH}4)" in html and "?part=1#action-1" in html
+    assert 'id="failing-call"' in html and "carrier API returned 503" in html
     kind, _ = decide(client, "thread%2F42%20%3Cb%3E", decision="abort", run_id=run_id, note="n")
     assert kind == "ok" and shop.guard.require_run(run_id).status == "aborted"
 
