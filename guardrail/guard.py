@@ -5,20 +5,22 @@ people-facing API) delegate to the registry and to the core's modules."""
 
 from __future__ import annotations
 
-import functools
-import inspect
+import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
-from guardrail import audit, decisions, inject, lifecycle, policy_file, recovery
+from guardrail import audit, decisions, inject, lifecycle, outbox, policy_file, recovery
 from guardrail.audit import ActionLog, Verification, Witness, read_log, verify
 from guardrail.clock import SYSTEM, Clock, check_clock
 from guardrail.core import Core
 from guardrail.decisions import Decision
+from guardrail.decorate import guarded
 from guardrail.drive import adrive, drive
 from guardrail.errors import GuardrailError, PolicyError, RunNotFound
+from guardrail.history import DecisionEvent
+from guardrail.inbox import Inbox
 from guardrail.keys import KeySource
 from guardrail.leases import Leases, make_owner
 from guardrail.lifecycle import PlannedStep
@@ -32,7 +34,7 @@ from guardrail.store import Action, RunRecord, Store, open_store
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class Guard:
+class Guard(Inbox):
     """Guards an agent's tools: records every call, compensates on failure, halts for review.
 
     Example::
@@ -47,10 +49,12 @@ class Guard:
 
     ``strict`` refuses tools without a policy; ``durability`` is ``"process"`` (survives a
     process crash) or ``"power"`` (survives power loss; slower); ``on_halt`` is called with the
-    run record whenever a run starts waiting for a person, and ``webhook_url`` (if given)
-    receives a JSON POST then (see :mod:`guardrail.notify`). ``hash_key`` is the key of the
-    arguments hashes and the journal chain (see :mod:`guardrail.keys`: by default the
-    ``GUARDRAIL_HASH_KEY`` variable or a 0600 key file created on first use).
+    run record whenever a run starts waiting for a person, ``on_decision`` with a
+    `DecisionEvent` whenever a person's decision lands, and ``webhook_url`` (if given) receives
+    a signed JSON POST of both, from a durable outbox (``webhook_secret``, ``webhook_body``,
+    ``console_url``: see :mod:`guardrail.webhook` and :mod:`guardrail.outbox`). ``hash_key``
+    is the key of the arguments hashes and the journal chain (see :mod:`guardrail.keys`: by
+    default the ``GUARDRAIL_HASH_KEY`` variable or a 0600 key file created on first use).
 
     ``allow``: module prefixes (``["myapp.payments"]``) whose functions policy files may name as
     ``undo.call``, ``snapshot``, ``probe`` or ``retry.on``; besides them, a file may name only
@@ -74,7 +78,11 @@ class Guard:
         strict: bool = True,
         durability: str = "process",
         on_halt: Callable[[RunRecord], None] | None = None,
+        on_decision: Callable[[DecisionEvent], None] | None = None,
         webhook_url: str | None = None,
+        webhook_secret: str | None = None,
+        webhook_body: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        console_url: str | None = None,
         heartbeat_interval: float = 5.0,
         max_args_bytes: int = 1_000_000,
         max_result_bytes: int | None = 256_000,
@@ -90,7 +98,13 @@ class Guard:
             if isinstance(store, str)
             else store
         )
-        notifier = Notifier(opened, on_halt, webhook_url)
+        notifier = Notifier(opened, clock, on_halt, on_decision, console_url)
+        if webhook_url:
+            notifier.use_webhook(
+                webhook_url,
+                webhook_secret or os.environ.get("GUARDRAIL_WEBHOOK_SECRET"),
+                webhook_body,
+            )
         self._registry = Registry(strict=strict, allow=self.allow)
         self._leases = Leases(opened, clock, make_owner(), heartbeat_interval)
         self._core = Core(
@@ -135,8 +149,20 @@ class Guard:
         return self._notifier.on_halt
 
     @property
+    def on_decision(self) -> Callable[[DecisionEvent], None] | None:
+        return self._notifier.on_decision
+
+    @on_decision.setter
+    def on_decision(self, hook: Callable[[DecisionEvent], None] | None) -> None:
+        self._notifier.on_decision = hook
+
+    @property
     def webhook_url(self) -> str | None:
         return self._notifier.webhook_url
+
+    @property
+    def console_url(self) -> str | None:
+        return self._notifier.console_url
 
     @property
     def heartbeat_interval(self) -> float:
@@ -269,47 +295,8 @@ class Guard:
                     tool=tool_name,
                     field="effect",
                 )
-            signature = inspect.signature(fn)
-            if any(p.kind is p.VAR_POSITIONAL for p in signature.parameters.values()):
-                raise PolicyError(
-                    f"tool {tool_name!r} takes *args; guarded tools take named parameters",
-                    tool=tool_name,
-                    field="args",
-                )
+            wrapper = guarded(fn, tool_name, self.active_run)
             self._registry.register(tool_name, fn)
-            marked = inject.annotated_names(fn)
-
-            def named(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-                if not args:
-                    bound = signature.bind_partial(**kwargs)
-                else:
-                    bound = signature.bind(*args, **kwargs)
-                bound.apply_defaults()
-                merged = dict(bound.arguments)
-                for p in signature.parameters.values():
-                    if p.kind is p.VAR_KEYWORD:
-                        merged.update(merged.pop(p.name, {}))
-                return merged
-
-            if inspect.iscoroutinefunction(fn):
-
-                @functools.wraps(fn)
-                async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                    run = self.active_run(tool_name)
-                    plain, live = inject.split(named(args, kwargs), marked, None)
-                    return await run.acall(tool_name, plain, fn=fn, injected=live)
-
-                wrapper: Any = async_wrapper
-            else:
-
-                @functools.wraps(fn)
-                def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
-                    run = self.active_run(tool_name)
-                    plain, live = inject.split(named(args, kwargs), marked, None)
-                    return run.call(tool_name, plain, fn=fn, injected=live)
-
-                wrapper = sync_wrapper
-            wrapper.__guardrail_raw__ = fn
             return wrapper  # type: ignore[no-any-return]
 
         return decorate(fn) if fn is not None else decorate
@@ -403,7 +390,7 @@ class Guard:
 
     def resume(self, run_id: str, *, by: str, note: str | None = None) -> Decision:
         """Let a halted run continue; restart the agent with ``guard.run(run_id=...)``."""
-        return decisions.resume(self._core, run_id, by, note)
+        return self._decided(decisions.resume(self._core, run_id, by, note))
 
     def abort(
         self, run_id: str, *, by: str, reason: str | None = None, require_undos: bool = False
@@ -412,27 +399,51 @@ class Guard:
 
         ``require_undos``: refuse (``UndosMissing``, nothing changed) when an undo the abort
         needs is not available here, instead of listing those actions for review."""
-        return drive(decisions.abort(self._core, run_id, by, reason, require_undos=require_undos))
+        steps = decisions.abort(self._core, run_id, by, reason, require_undos=require_undos)
+        return self._decided(drive(steps))
 
     async def aabort(
         self, run_id: str, *, by: str, reason: str | None = None, require_undos: bool = False
     ) -> Decision:
         steps = decisions.abort(self._core, run_id, by, reason, require_undos=require_undos)
-        return await adrive(steps)
+        return self._decided(await adrive(steps))
 
     def resolve(
         self, item_id: str, resolution: str, *, by: str, note: str | None = None
     ) -> Decision:
         """Record a person's decision on a review item (``done_manually``, ``retried``, ...)."""
-        return decisions.resolve(self._core, item_id, resolution, by, note)
+        return self._decided(decisions.resolve(self._core, item_id, resolution, by, note))
 
     def approve(self, item_id: str, *, by: str, note: str | None = None) -> Decision:
         """Approve an approval request; then resume the run and the call runs once."""
-        return decisions.decide(self._core, item_id, True, by, note)
+        return self._decided(decisions.decide(self._core, item_id, True, by, note))
 
     def reject(self, item_id: str, *, by: str, reason: str | None = None) -> Decision:
         """Reject an approval request; after resume the agent gets CallRejected for that call."""
-        return decisions.decide(self._core, item_id, False, by, reason)
+        return self._decided(decisions.decide(self._core, item_id, False, by, reason))
+
+    def _decided(self, decision: Decision) -> Decision:
+        if decision.landed:
+            self._notifier.decided(decision.run_id)
+        return decision
+
+    def use_webhook(
+        self,
+        url: str,
+        *,
+        secret: str | None = None,
+        body: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> None:
+        """Send events to ``url`` from now on (as ``Guard(webhook_url=...)``); ``secret``
+        defaults to the ``GUARDRAIL_WEBHOOK_SECRET`` variable."""
+        self._notifier.use_webhook(url, secret or os.environ.get("GUARDRAIL_WEBHOOK_SECRET"), body)
+
+    def deliver(self) -> outbox.Delivery:
+        """Post the webhook events that are due (new, or failed before and due again)."""
+        hook = self._notifier.hook
+        if hook is None:
+            raise GuardrailError("this guard has no webhook_url to deliver to", field="webhook_url")
+        return outbox.deliver(self.store, hook, self.clock())
 
     def plan_undo(self, run_id: str, *, log: ActionLog | None = None) -> list[PlannedStep]:
         """What compensation would do now (undo, review, nothing), newest first; changes nothing."""

@@ -1,81 +1,23 @@
-"""Telling people a run waits for them: the ``on_halt`` callable and an optional webhook.
+"""Telling people a run waits for them, and workers that a person decided: a span, the
+``on_halt`` and ``on_decision`` callables, and the webhook's events (made by
+:mod:`guardrail.webhook`, kept and retried by :mod:`guardrail.outbox`).
 
-The webhook receives a JSON POST on every transition to ``pending_review`` or
-``awaiting_approval``::
-
-    {"event": "run.pending_review", "run_id": "...", "agent": "...", "status": "...",
-     "reason": "...", "review_items": [{"id": "...", "reason": "...", "kind": "...", ...}]}
-
-A failing hook or webhook is logged and never breaks the halt: the run is already safely stopped.
+A failing hook or webhook is logged and never breaks the halt or the decision: the run is
+already safely stopped, the decision already recorded.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import urllib.request
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
-from guardrail import telemetry
-from guardrail.errors import GuardrailError
-from guardrail.store import ReviewItem, RunRecord, Store
+from guardrail import history, outbox, telemetry, webhook
+from guardrail.clock import Clock
+from guardrail.history import DecisionEvent
+from guardrail.store import RunRecord, Store
 
 log = logging.getLogger("guardrail")
-TIMEOUT = 5.0
-
-
-def check_url(url: str) -> str:
-    if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
-        raise GuardrailError(f"webhook_url {url!r} is not an http(s) URL", field="webhook_url")
-    return url
-
-
-def payload(
-    run: RunRecord, items: list[ReviewItem], journal: tuple[int, str] | None = None
-) -> dict[str, Any]:
-    return {
-        "event": f"run.{run.status}",
-        "run_id": run.id,
-        # the journal's length and head hash, for a witness kept outside the store
-        "journal": {"entries": journal[0], "head": journal[1]} if journal else None,
-        "agent": run.agent,
-        "status": run.status,
-        "reason": run.reason,
-        "review_items": [
-            {
-                "id": i.id,
-                "seq": i.seq,
-                "reason": i.reason,
-                "kind": i.kind,
-                "owner": i.owner,
-                "instructions": i.instructions,
-            }
-            for i in items
-            if i.status == "open"
-        ],
-    }
-
-
-def post(url: str, body: dict[str, Any]) -> bool:
-    """POST the body as JSON; True when the server answered 2xx."""
-    request = urllib.request.Request(
-        url,
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json", "User-Agent": "guardrail"},
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
-            status = int(response.status)
-            ok = 200 <= status < 300
-    except Exception as exc:
-        log.warning("guardrail webhook %s failed for run %s: %s", url, body.get("run_id"), exc)
-        return False
-    if not ok:
-        log.warning("guardrail webhook %s answered %s", url, status)
-    return ok
 
 
 class Notifier:
@@ -85,12 +27,29 @@ class Notifier:
     def __init__(
         self,
         store: Store,
+        clock: Clock,
         on_halt: Callable[[RunRecord], None] | None = None,
-        webhook_url: str | None = None,
+        on_decision: Callable[[DecisionEvent], None] | None = None,
+        console_url: str | None = None,
     ) -> None:
         self.store = store
+        self.clock = clock
         self.on_halt = on_halt
-        self.webhook_url = check_url(webhook_url) if webhook_url else None
+        self.on_decision = on_decision
+        self.console_url = webhook.check_url(console_url, "console_url") if console_url else None
+        self.hook: outbox.Webhook | None = None
+
+    @property
+    def webhook_url(self) -> str | None:
+        return self.hook.url if self.hook is not None else None
+
+    def use_webhook(
+        self,
+        url: str,
+        secret: str | None = None,
+        body: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> None:
+        self.hook = outbox.Webhook(webhook.check_url(url), secret, body)
 
     def halted(self, run: RunRecord) -> None:
         """The run waits for a person (``pending_review`` or ``awaiting_approval``)."""
@@ -109,9 +68,37 @@ class Notifier:
                 self.on_halt(run)
             except Exception:
                 log.exception("guardrail on_halt hook failed for run %s", run.id)
-        if self.webhook_url is not None:
+        if self.hook is not None:
             items = self.store.review_items(run_id=run.id, status="open")
-            post(self.webhook_url, payload(run, items, journal))
+            self.send(webhook.halt_event(run, items, journal, self.clock(), self.console_url))
+
+    def decided(self, run_id: str) -> None:
+        """A person's decision on the run landed: tell ``on_decision`` and the webhook."""
+        if self.on_decision is None and self.hook is None:
+            return
+        try:
+            event = history.decisions(run_id, self.store.entries(run_id))[-1]
+            run = self.store.run(run_id)
+        except Exception:
+            log.warning("guardrail could not read the decision on run %s", run_id, exc_info=True)
+            return
+        if self.on_decision is not None:
+            try:
+                self.on_decision(event)
+            except Exception:
+                log.exception("guardrail on_decision hook failed for run %s", run_id)
+        if self.hook is not None and run is not None:
+            self.send(webhook.decision_event(run, event, self.console_url))
+
+    def send(self, event: dict[str, Any]) -> None:
+        """Keep the event in the outbox and post it once now (never fails the caller)."""
+        assert self.hook is not None
+        now = self.clock()
+        try:
+            outbox.queue(self.store, event, now)
+            outbox.deliver(self.store, self.hook, now, only=event["id"])
+        except Exception:
+            log.warning("guardrail could not send event %s", event["id"], exc_info=True)
 
     def completed(self, run_id: str) -> None:
         """A span marks the run's end with its journal's length and head hash (a witness)."""

@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 
 from guardrail import Guard, GuardrailError, RunHalted
+from guardrail.history import DecisionEvent
+from guardrail.testing import ScriptedTool
 
 
 @pytest.fixture
@@ -102,3 +104,26 @@ def test_unreachable_webhook_and_bad_url(sqlite_url: str, caplog: pytest.LogCapt
             fail()
         assert guard.require_run(run.id).status == "pending_review"
     assert "webhook" in caplog.text
+
+
+def test_decision_events_reach_the_callable_and_the_webhook(
+    store_url: str,
+    hook: tuple[str, list[dict[str, Any]]],
+) -> None:
+    url, received = hook
+    events: list[DecisionEvent] = []
+    guard = Guard(store=store_url, webhook_url=url, on_decision=events.append)
+    guard.policy("ship", effect="read_only", on_failure="hold", retry={"attempts": 1})
+    with pytest.raises(RunHalted) as halted, guard.run(agent="shop") as run:
+        run.call("ship", {"order": 1}, fn=ScriptedTool([RuntimeError("carrier is down")]))
+    run_id = halted.value.run_id
+    guard.resume(run_id, by="ana", note="carrier back")
+    guard.resume(run_id, by="ana", note="carrier back")  # a repeat does not land: no event
+    guard.close()
+    assert [(e.run_id, e.what, e.by, e.note) for e in events] == [
+        (run_id, "resume", "ana", "carrier back")
+    ]
+    decided = [r for r in received if r["event"].startswith("decision.")]
+    assert [(r["event"], r["status"], r["decision"]["by"]) for r in decided] == [
+        ("decision.resume", "running", "ana")
+    ]

@@ -172,20 +172,19 @@ def test_the_witness_goes_out_with_the_runs_end(tmp_path: Path) -> None:
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from guardrail import notify, telemetry
+    from guardrail import telemetry, webhook
 
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     posted: list[dict[str, Any]] = []
 
-    def post(url: str, body: dict[str, Any]) -> bool:
-        posted.append(body)
-        return True
+    def post(url: str, body: bytes, headers: dict[str, str]) -> None:
+        posted.append(json.loads(body))
 
-    old_tracer, old_post = telemetry._tracer, notify.post
+    old_tracer, old_post = telemetry._tracer, webhook.post
     telemetry._tracer = provider.get_tracer("test")
-    notify.post = post
+    webhook.post = post
     try:
         with Guard(store=f"sqlite:///{tmp_path / 'g.db'}", webhook_url="http://127.0.0.1:9/") as g:
             run_id = shop_run(g)
@@ -199,7 +198,7 @@ def test_the_witness_goes_out_with_the_runs_end(tmp_path: Path) -> None:
                 look(item="a")
             done_head = g.witness(done.id)
     finally:
-        telemetry._tracer, notify.post = old_tracer, old_post
+        telemetry._tracer, webhook.post = old_tracer, old_post
     assert posted[-1]["journal"] == {"entries": head.entries, "head": head.head}
     ends = {
         s.attributes["guardrail.run.id"]: s.attributes

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import typer
 
-from guardrail.cli import db, decide, policy, recover, reviewers, runs, serve, show
+from guardrail.cli import db, decide, policy, recover, reviewers, runs, serve, show, volume
 from guardrail.cli import mcp as mcp_proxy
 
 app = typer.Typer(
@@ -41,6 +41,7 @@ show.register(app)
 db.register(app)
 mcp_proxy.register(app)
 serve.register(app)
+volume.register(app)
 
 
 def main() -> None:

@@ -11,11 +11,13 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
 from guardrail.keys import Keys, KeySource
+from guardrail.search import Page, RunQuery
 from guardrail.store.schema import (
     Action,
     Compensation,
     Entry,
     ExternalId,
+    OutboxEvent,
     ReviewItem,
     RunRecord,
 )
@@ -25,6 +27,7 @@ __all__ = [
     "Compensation",
     "Entry",
     "ExternalId",
+    "OutboxEvent",
     "Fence",
     "Recorded",
     "Fenced",
@@ -125,6 +128,16 @@ class Store(Protocol):
     def external_id_rows(self, run_id: str) -> list[dict[str, Any]]: ...
     def external_ids(self, run_id: str) -> list[ExternalId]: ...
     def find(self, *, value: str, name: str | None = None) -> list[ExternalId]: ...
+
+    def search_runs(self, query: RunQuery) -> Page: ...
+    # the outbox of notifications (not part of the action log: not journaled)
+    def queue_event(self, event: OutboxEvent) -> bool: ...
+    def due_events(self, now: float, limit: int) -> list[OutboxEvent]: ...
+    def claim_event(self, event_id: str, attempts: int, retry_at: float) -> bool: ...
+    def event_outcome(
+        self, event_id: str, delivered_at: float | None, error: str | None
+    ) -> None: ...
+    def events(self, *, run_id: str | None = None) -> list[OutboxEvent]: ...
     def close(self) -> None: ...
 
 

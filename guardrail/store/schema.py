@@ -128,6 +128,23 @@ class Entry(SQLModel, table=True):
     hash: str
 
 
+class OutboxEvent(SQLModel, table=True):
+    """A notification to deliver (a halt, a decision): kept until the webhook took it."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_due", "delivered_at", "next_at"),)
+
+    id: str = Field(primary_key=True)  # the event id: the run and its journal entry
+    run_id: str
+    event: str
+    at: float
+    body: str = Field(sa_column=Column(Text, nullable=False))
+    attempts: int = 0
+    next_at: float
+    delivered_at: float | None = None
+    last_error: str | None = None
+
+
 TABLES: dict[str, type[SQLModel]] = {
     "runs": RunRecord,
     "actions": Action,

@@ -26,6 +26,17 @@ from guardrail import keys
 from guardrail.errors import StoreError
 from guardrail.keys import Keys, KeySource
 from guardrail.redact import canonical, digest
+from guardrail.search import (
+    NARROW,
+    Page,
+    RunQuery,
+    candidates_sql,
+    explain,
+    page_of,
+    prefix_match,
+    prefix_params,
+    run_page_sql,
+)
 from guardrail.store import Fence, Fenced, JournalRow, Recorded, Write, migrate
 from guardrail.store.schema import (
     COLUMN_NAMES,
@@ -34,6 +45,7 @@ from guardrail.store.schema import (
     Compensation,
     Entry,
     ExternalId,
+    OutboxEvent,
     ReviewItem,
     RunRecord,
 )
@@ -467,7 +479,7 @@ class SQLStore:
         row = self._fetch(run_id, "SELECT MAX(seq) FROM actions WHERE run_id = ?", (run_id,))[0]
         return 1 if row[0] is None else int(row[0]) + 1
 
-    def _fetch(self, run_id: str, sql: str, params: tuple[Any, ...]) -> list[Any]:
+    def _fetch(self, run_id: str | None, sql: str, params: tuple[Any, ...]) -> list[Any]:
         try:
             with self._checkout() as conn:
                 cur = conn.cursor()
@@ -580,6 +592,110 @@ class SQLStore:
         q = select(ExternalId).where(ExternalId.value == value)
         if name is not None:
             q = q.where(ExternalId.name == name)
+        return self._read(lambda s: list(s.exec(q).all()))
+
+    def search_runs(self, query: RunQuery) -> Page:
+        """A page of runs matching ``query``, newest first, with what matched its text."""
+        dialect = "sqlite" if self._sqlite else "postgresql"
+        needle = query.needle
+        narrow: list[list[str] | None] = [None, None]
+        if needle is not None:
+            for i, (table, column) in enumerate((("external_ids", "value"), ("actions", "tool"))):
+                rows = self._fetch(
+                    None,
+                    candidates_sql(table, column, dialect),
+                    (*prefix_params(needle), NARROW + 1),
+                )
+                narrow[i] = [str(r[0]) for r in rows] if len(rows) <= NARROW else None
+        sql, params = run_page_sql(query, dialect, narrow[0], narrow[1])
+        page = page_of(self._fetch(None, sql, tuple(params)), query.limit)
+        if needle is None or not page.run_ids:
+            return page
+        ids = page.run_ids
+        marks = ", ".join("?" for _ in ids)
+        runs = self._fetch(
+            None, f"SELECT id, agent, reason FROM runs WHERE id IN ({marks})", tuple(ids)
+        )
+        eids = self._fetch(
+            None,
+            f"SELECT run_id, name, value FROM external_ids WHERE run_id IN ({marks}) AND "
+            + prefix_match("lower(value)", dialect),
+            (*ids, *prefix_params(needle)),
+        )
+        tools = self._fetch(
+            None,
+            f"SELECT DISTINCT run_id, tool FROM actions WHERE run_id IN ({marks}) AND "
+            + prefix_match("lower(tool)", dialect),
+            (*ids, *prefix_params(needle)),
+        )
+        for run_id, agent, reason in runs:
+            page.matches[run_id] = explain(
+                needle,
+                run_id,
+                agent,
+                reason,
+                [t for r, t in tools if r == run_id],
+                [(n, str(v)) for r, n, v in eids if r == run_id],
+            )
+        return page
+
+    # -- the outbox --------------------------------------------------------------------------
+
+    def _outbox_write(self, sql: str, params: tuple[Any, ...]) -> int:
+        try:
+            with self._transaction() as cur:
+                cur.execute(self._sql(sql), params)
+                return int(cur.rowcount)
+        except StoreError:
+            raise
+        except Exception as exc:
+            if _is_integrity_error(exc):
+                return 0
+            raise StoreError(f"cannot write the outbox in {self.url}: {exc}") from exc
+
+    def queue_event(self, event: OutboxEvent) -> bool:
+        """Keep ``event`` for delivery; False when an event with its id is queued already."""
+        return (
+            self._outbox_write(
+                "INSERT INTO outbox (id, run_id, event, at, body, attempts, next_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (event.id, event.run_id, event.event, event.at, event.body, 0, event.next_at),
+            )
+            == 1
+        )
+
+    def due_events(self, now: float, limit: int) -> list[OutboxEvent]:
+        q = (
+            select(OutboxEvent)
+            .where(col(OutboxEvent.delivered_at).is_(None), OutboxEvent.next_at <= now)
+            .order_by(col(OutboxEvent.next_at))
+            .limit(limit)
+        )
+        return self._read(lambda s: list(s.exec(q).all()))
+
+    def claim_event(self, event_id: str, attempts: int, retry_at: float) -> bool:
+        """Take the event for one delivery attempt (compare-and-set on its attempts): the next
+        attempt, should this one never report, is at ``retry_at``."""
+        return (
+            self._outbox_write(
+                "UPDATE outbox SET attempts = ?, next_at = ? WHERE id = ? AND attempts = ? "
+                "AND delivered_at IS NULL",
+                (attempts + 1, retry_at, event_id, attempts),
+            )
+            == 1
+        )
+
+    def event_outcome(self, event_id: str, delivered_at: float | None, error: str | None) -> None:
+        self._outbox_write(
+            "UPDATE outbox SET delivered_at = ?, last_error = ? WHERE id = ?",
+            (delivered_at, error, event_id),
+        )
+
+    def events(self, *, run_id: str | None = None) -> list[OutboxEvent]:
+        q = select(OutboxEvent)
+        if run_id is not None:
+            q = q.where(OutboxEvent.run_id == run_id)
+        q = q.order_by(col(OutboxEvent.at), col(OutboxEvent.id))
         return self._read(lambda s: list(s.exec(q).all()))
 
     def close(self) -> None:

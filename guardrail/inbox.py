@@ -1,0 +1,121 @@
+"""The people-facing API at volume, as a part of `Guard`: search, groups of like halts, bulk
+decisions with a preview, the decision history, and waiting for a decision.
+
+A mixin of the facade: each method works through what `guardrail.bulk.Deciding` says the guard
+has (its store, clock, reads and one-run decisions), so none of this reaches into the core.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+from guardrail import bulk, history, waiting
+from guardrail.clock import Clock
+from guardrail.drive import adrive, drive
+from guardrail.history import DecisionEvent
+from guardrail.search import Found, Group, RunQuery, found, groups
+from guardrail.store import RunRecord
+
+
+class _Guard(bulk.Deciding, Protocol):
+    @property
+    def clock(self) -> Clock: ...
+
+
+class Inbox:
+    """`Guard`'s methods for reviewers at volume (see docs/volume.md)."""
+
+    def search(
+        self: _Guard,
+        text: str | None = None,
+        *,
+        status: str | Sequence[str] = (),
+        agent: str | None = None,
+        tool: str | None = None,
+        owner: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Found:
+        """Runs matching a search text and filters, newest first, a page at a time.
+
+        ``text`` matches, case-insensitively, the start of a run id, an agent, a tool or an
+        external id, and anywhere in the run's reason; each run found says what matched. Pass
+        the result's ``next`` as ``cursor`` for the next page::
+
+            found = guard.search("ord_4004", status="pending_review")
+            for run in found.runs:
+                print(run.id, run.status, found.matches[run.id])
+        """
+        statuses = (status,) if isinstance(status, str) else tuple(status)
+        query = RunQuery(
+            text, statuses, agent, tool, owner, since, until, limit=limit, cursor=cursor
+        )
+        return found(self.store, query)
+
+    def groups(self: _Guard, status: str | Sequence[str] = ("pending_review",)) -> list[Group]:
+        """Runs in ``status`` grouped by the cause they halted for (their reason, with ids,
+        numbers and quoted values blanked), the largest group first: decide a group at once
+        with :meth:`decide`."""
+        query = RunQuery(status=(status,) if isinstance(status, str) else tuple(status))
+        return groups(r for s in query.status for r in self.store.runs(status=s))
+
+    def history(self: _Guard, run_id: str) -> list[DecisionEvent]:
+        """Who decided what on the run and when (resume, abort, each item's resolution, each
+        approval), oldest first: read from the run's hash-chained journal."""
+        self.require_run(run_id)
+        return history.decisions(run_id, self.store.entries(run_id))
+
+    def preview(
+        self: _Guard,
+        run_ids: Iterable[str],
+        decision: str,
+        *,
+        resolution: str | None = None,
+        force: bool = False,
+    ) -> list[bulk.Preview]:
+        """What ``decision`` (``resume``, ``abort``, or ``resolve`` each open item as
+        ``resolution``) would do to each run, or why it would be refused. Changes nothing."""
+        return bulk.preview(self, run_ids, decision, resolution=resolution, force=force)
+
+    def decide(
+        self: _Guard,
+        run_ids: Iterable[str],
+        decision: str,
+        *,
+        by: str,
+        note: str | None = None,
+        resolution: str | None = None,
+        force: bool = False,
+    ) -> list[bulk.Outcome]:
+        """Make one decision on many runs (those :meth:`preview` does not refuse), one run at
+        a time; returns each run's outcome::
+
+            group = guard.groups()[0]
+            for o in guard.decide(group.run_ids, "abort", by="ana", note="carrier outage"):
+                print(o.run_id, o.status, o.error or "")
+        """
+        return bulk.decide(
+            self, run_ids, decision, by=by, note=note, resolution=resolution, force=force
+        )
+
+    def wait_decision(
+        self: _Guard, run_id: str, *, timeout: float | None = None, poll: float = 1.0
+    ) -> RunRecord:
+        """Block until a person decides the halted run; returns it then (``running`` after a
+        resume, ``aborted`` after an abort). TimeoutError after ``timeout`` seconds::
+
+            try:
+                agent(run_id=run_id)
+            except RunHalted as halted:
+                if guard.wait_decision(halted.run_id).status == "running":
+                    agent(run_id=halted.run_id)  # carries on: nothing done runs twice
+        """
+        return drive(waiting.wait_decision(self.store, run_id, timeout, poll, self.clock))
+
+    async def await_decision(
+        self: _Guard, run_id: str, *, timeout: float | None = None, poll: float = 1.0
+    ) -> RunRecord:
+        return await adrive(waiting.wait_decision(self.store, run_id, timeout, poll, self.clock))
