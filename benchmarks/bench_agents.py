@@ -140,6 +140,53 @@ def create_agent_measures(guard: Any) -> dict[str, Callable[[], Any]]:
     }
 
 
+def middleware_split(guard: Any, steps: int) -> dict[str, float]:
+    """Where GuardrailMiddleware's time goes in a one-call step, per step (thread CPU time, us):
+    opening the thread's run, the guarded call without the tool, completing the run (its
+    after_agent hook), and the middleware's own code around them."""
+    from guardrail.adapters.langchain import GuardrailMiddleware
+
+    spent = dict.fromkeys(("open", "call", "complete", "wrap", "tool"), 0.0)
+
+    def timed(key: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def inner(*args: Any, **kwargs: Any) -> Any:
+            start = time.thread_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[key] += time.thread_time() - start
+
+        return inner
+
+    class Timed(GuardrailMiddleware):
+        def _open(self, run_id: str) -> Any:
+            run = timed("open", super()._open)(run_id)
+            run.call = timed("call", type(run).call.__get__(run))
+            return run
+
+        def wrap_tool_call(self, request: Any, handler: Callable[[Any], Any]) -> Any:
+            return timed("wrap", super().wrap_tool_call)(request, timed("tool", handler))
+
+        def after_agent(self, state: Any, runtime: Any) -> None:
+            timed("complete", super().after_agent)(state, runtime)
+
+    step = agent_step([Timed(guard)])
+    for _ in range(max(1, steps // 10)):
+        step()
+    for key in spent:
+        spent[key] = 0.0
+    for _ in range(steps):
+        step()
+    per = {k: v / steps * 1e6 for k, v in spent.items()}
+    return {
+        "run start": per["open"],
+        "guarded call (without the tool)": per["call"] - per["tool"],
+        "run complete (after_agent)": per["complete"],
+        "the middleware's own code": per["wrap"] - per["open"] - per["call"],
+        "the tool through ToolNode's handler": per["tool"],
+    }
+
+
 # -- agent-saga (a child process: it keeps process-wide state) ------------------------------
 
 
