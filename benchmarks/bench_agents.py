@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 import tracemalloc
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -86,10 +87,11 @@ def agent_step(middleware: list[Any]) -> Callable[[], Any]:
 
     agent = create_agent(_model(1), [lookup_tool()], middleware=middleware)
     counter = itertools.count()
+    prefix = uuid.uuid4().hex[:8]  # thread ids (so run ids) of their own, whatever shares the store
     messages = [{"role": "user", "content": "look it up"}]
 
     def step() -> Any:
-        config = {"configurable": {"thread_id": f"t-{next(counter)}"}}
+        config = {"configurable": {"thread_id": f"t-{prefix}-{next(counter)}"}}
         return agent.invoke({"messages": messages}, config)  # type: ignore[arg-type]
 
     return step
