@@ -1067,7 +1067,8 @@ def targets(results: dict[str, Any]) -> list[Target]:
 
 def resources_target(res: dict[str, Any]) -> Target:
     """No growth over N calls, each on a new thread, in each mode: descriptors and pooled
-    connections bounded, memory flat (< 8 B/call traced, steady state)."""
+    connections bounded, memory flat (the interpreter's allocated blocks over the second half of
+    the calls grow by fewer than one per 20 calls)."""
     name = "no growth over 10,000 tool calls, each on a new thread (connections, fds, memory)"
     if not res:
         return Target(name, "not measured", "flat", None)
@@ -1082,20 +1083,20 @@ def resources_target(res: dict[str, Any]) -> Target:
         pool_ok = (
             m["pooled_max"] is None or m["max_idle"] is None or (m["pooled_max"] <= m["max_idle"])
         )
-        mem = m["bytes_per_call"]
-        mem_ok = mem is not None and abs(mem) < 8
+        blocks = m.get("blocks_per_call")
+        mem_ok = blocks is not None and abs(blocks) < 0.05
         ok = ok and fds_ok and pool_ok and mem_ok
         pooled = "?" if m["pooled_max"] is None else m["pooled_max"]
         parts.append(
             f"{mode}: fds {m['fds_first_last'][0]}->{m['fds_first_last'][1]}, pooled <= {pooled}, "
-            f"{mem:+.1f} B/call traced"
-            if mem is not None
+            f"{blocks * 1000:+.0f} allocated blocks per 1,000 calls"
+            if blocks is not None
             else f"{mode}: memory not measured"
         )
     calls = min((res.get(m, {}).get("calls", 0) for m in agents.MODES), default=0)
     if calls < 10_000:
         name = name.replace("10,000", f"{calls:,} (quick; the target: 10,000)")
-    return Target(name, "; ".join(parts), "fds +-2, pool bounded, < 8 B/call", ok)
+    return Target(name, "; ".join(parts), "fds +-2, pool bounded, < 50 blocks per 1,000 calls", ok)
 
 
 def verdict(t: Target) -> str:
@@ -1235,18 +1236,21 @@ def report(results: dict[str, Any]) -> str:
         add("")
         add(
             "| mode | calls | s | open fds first / last (spread) | pooled connections, max "
-            "| threads, max | RSS KiB first / last | RSS B/call (2nd half) | traced B/call |"
+            "| threads, max | allocated blocks per 1,000 calls (2nd half) | RSS KiB first / last "
+            "| RSS B/call (2nd half) | traced B/call (after) |"
         )
-        add("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        add("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for mode in agents.MODES:
             m = res.get(mode, {})
             if "error" in m:
-                add(f"| {mode} | failed: {m['error']} | | | | | | | |")
+                add(f"| {mode} | failed: {m['error']} | | | | | | | | |")
                 continue
             if not m:
                 continue
             rss, traced = m["rss_bytes_per_call"], m["bytes_per_call"]
             rss_text = f"{rss:+.1f}" if rss is not None else "?"
+            blocks = m.get("blocks_per_call")
+            blocks_text = f"{blocks * 1000:+.1f}" if blocks is not None else "?"
             traced_text = (
                 f"{traced:+.1f} ({m['traced_calls']:,} calls)" if traced is not None else "?"
             )
@@ -1255,8 +1259,8 @@ def report(results: dict[str, Any]) -> str:
             add(
                 f"| {mode} | {m['calls']:,} | {m['seconds']:.0f} | {first} / {last} "
                 f"({m['fds_spread']}) | {m['pooled_max']} of {m['max_idle']} | "
-                f"{m['threads_max']} | {rss_first:,} / {rss_last:,} | {rss_text} | "
-                f"{traced_text} |"
+                f"{m['threads_max']} | {blocks_text} | {rss_first:,} / {rss_last:,} | "
+                f"{rss_text} | {traced_text} |"
             )
         add("")
     start = results.get("startup", {})
