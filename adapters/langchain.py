@@ -230,13 +230,6 @@ def injected_keys(tool: BaseTool) -> frozenset[str]:
     return frozenset(keys)
 
 
-def _tool_call_id(input: Any) -> str | None:
-    if isinstance(input, dict) and input.get("type") == "tool_call":
-        value = input.get("id")
-        return str(value) if value is not None else None
-    return None
-
-
 def _arguments(tool: BaseTool, args: Sequence[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
     if args:  # a single string input to a tool with one argument
         names = list(tool.args)

@@ -195,3 +195,39 @@ def test_return_direct_and_schema_are_kept(guard: Guard) -> None:
     assert isinstance(ours, type) and issubclass(ours, BaseModel)
     assert isinstance(theirs, type) and issubclass(theirs, BaseModel)
     assert ours.model_json_schema() == theirs.model_json_schema()
+
+
+def test_invalid_input_is_answered_by_the_tools_own_setting(guard: Guard) -> None:
+    @tool
+    def add(a: int, b: int) -> int:
+        """Add."""
+        return a + b
+
+    lenient = add.model_copy(update={"handle_validation_error": "give two numbers"})
+    guard.policy("add", effect="read_only")
+    [strict, answered] = wrap_tools(guard, [add, lenient])
+    with guard.run() as run:
+        out = answered.invoke(call("add", {"a": "x", "b": 1}, "tc-1"))
+        with pytest.raises(ValueError, match="validation error"):
+            strict.invoke(call("add", {"a": "x", "b": 1}, "tc-2"))
+    assert (out.content, out.status) == ("give two numbers", "error")
+    assert guard.log(run.id).actions == []  # nothing ran, nothing recorded
+
+
+def test_a_single_string_input_tool(guard: Guard) -> None:
+    from langchain_core.tools import Tool
+
+    seen: list[str] = []
+
+    def search(query: str) -> str:
+        seen.append(query)
+        return f"results for {query}"
+
+    plain = Tool(name="search", func=search, description="Search the web.")
+    guard.policy("search", effect="read_only")
+    [wrapped] = wrap_tools(guard, [plain])
+    with guard.run() as run:
+        assert wrapped.invoke("books") == "results for books"
+    assert seen == ["books"]
+    [action] = guard.log(run.id).actions
+    assert action.args == {"tool_input": "books"}
