@@ -25,8 +25,10 @@ which LangChain does not catch (it is a BaseException), so the agent loop really
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import threading
+import time
 import typing
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextvars import ContextVar
@@ -44,6 +46,7 @@ from langgraph.prebuilt.tool_node import ToolCallRequest
 from langgraph.types import Command, interrupt
 from pydantic import BaseModel, PrivateAttr, ValidationError
 
+from guardrail.call import SIBLING_WAIT
 from guardrail.errors import GuardrailError, RunHalted, RunStateError
 from guardrail.guard import Guard
 from guardrail.run import Run
@@ -350,6 +353,25 @@ class GuardrailMiddleware(AgentMiddleware):
             }
         }
 
+    # A parallel call of this model turn failed and is halting the run in this process; it lets
+    # the calls in flight finish first, so the store says "running" until its halt lands. That
+    # is not a run a person resumed: a call refused meanwhile waits for the halt to land before
+    # it looks at the run, instead of calling again.
+
+    @staticmethod
+    def _halt_landed(run: Run) -> None:
+        waited = 0.0
+        while run.halted and not run.halt_done and waited < SIBLING_WAIT:
+            time.sleep(0.002)
+            waited += 0.002
+
+    @staticmethod
+    async def _ahalt_landed(run: Run) -> None:
+        waited = 0.0
+        while run.halted and not run.halt_done and waited < SIBLING_WAIT:
+            await asyncio.sleep(0.002)
+            waited += 0.002
+
     def _halted(self, run_id: str, halt: RunHalted) -> None:
         """Pause the thread until a person has decided; returns once the run may go on."""
         with self._lock:
@@ -444,6 +466,7 @@ class GuardrailMiddleware(AgentMiddleware):
                     injected=self._injected(request),
                 )
             except RunHalted as halt:
+                self._halt_landed(run)
                 self._halted(run_id, halt)
                 continue
             return answered[-1] if answered else self._message(request, recorded)
@@ -477,6 +500,7 @@ class GuardrailMiddleware(AgentMiddleware):
                     injected=self._injected(request),
                 )
             except RunHalted as halt:
+                await self._ahalt_landed(run)
                 self._halted(run_id, halt)
                 continue
             return answered[-1] if answered else self._message(request, recorded)

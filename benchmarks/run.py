@@ -622,7 +622,8 @@ def compensation(tmp: Path, sizes: tuple[int, ...], repeats: int) -> list[dict[s
                 cpus.append(time.process_time() - cpu - spent[0])
                 assert halt.status == "pending_review", halt.status
             states = {a.state for a in guard.store.actions(guard.runs()[0].id)}
-            assert states == {"compensated", "failed"}, states
+            # the failing call: failed, or in doubt (an error that proves nothing happened)
+            assert states in ({"compensated", "failed"}, {"compensated", "in_doubt"}), states
             guard.close()
             samples.append(took - spent[0])
             undo_share.append(spent[0])
@@ -742,7 +743,8 @@ def build_store(path: Path, actions: int) -> tuple[str, str, dict[str, int]]:
 
 def queries(tmp: Path, actions: int, repeats: int) -> dict[str, Any]:
     from guardrail import Guard
-    from guardrail.cli import runs as cli
+    from guardrail.cli.runs import runs as cli_runs
+    from guardrail.cli.show import show as cli_show
 
     path = tmp / "big.db"
     start = time.perf_counter()
@@ -766,13 +768,13 @@ def queries(tmp: Path, actions: int, repeats: int) -> dict[str, Any]:
         Measure("guard.plan_undo(run)", lambda: guard.plan_undo(halted_id), 1, group="query"),
         Measure(
             "CLI show RUN, rendered (in process, opens the store)",
-            quiet(lambda: cli.show(halted_id, store=url, as_json=False)),
+            quiet(lambda: cli_show(halted_id, store=url, as_json=False)),
             1,
             group="query",
         ),
         Measure(
             "CLI show RUN --json (in process)",
-            quiet(lambda: cli.show(halted_id, store=url, as_json=True)),
+            quiet(lambda: cli_show(halted_id, store=url, as_json=True)),
             1,
             group="query",
         ),
@@ -787,7 +789,7 @@ def queries(tmp: Path, actions: int, repeats: int) -> dict[str, Any]:
         ),
         Measure(
             f"CLI runs --status pending_review, rendered ({pending:,} rows)",
-            quiet(lambda: cli.runs(store=url, status="pending_review")),
+            quiet(lambda: cli_runs(store=url, status="pending_review")),
             1,
             group="query",
         ),
