@@ -58,7 +58,6 @@ def test_create_agent_steps_with_the_middleware(store_url: str) -> None:
     assert grew <= 2, f"{grew} descriptors more after 300 create_agent steps"
     runs = guard.runs()
     assert len(runs) == 320 and {r.status for r in runs} == {"completed"}
-    assert threading.active_count() <= 2  # ToolNode's threads are gone
     guard.close()
 
 
