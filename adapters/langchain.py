@@ -25,19 +25,28 @@ which LangChain does not catch (it is a BaseException), so the agent loop really
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import threading
+import time
+import typing
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 from langchain.agents.middleware import AgentMiddleware
+from langchain_core.callbacks import AsyncCallbackManagerForToolRun, CallbackManagerForToolRun
 from langchain_core.messages import ToolMessage
 from langchain_core.runnables import RunnableConfig
-from langchain_core.tools import BaseTool
+from langchain_core.tools import BaseTool, ToolException
+from langchain_core.tools.base import _get_runnable_config_param, _handle_tool_error
+from langchain_core.utils._signature import _signature_parameters
 from langgraph.prebuilt.tool_node import ToolCallRequest
 from langgraph.types import Command, interrupt
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, PrivateAttr, ValidationError
 
+from guardrail.call import SIBLING_WAIT
 from guardrail.errors import GuardrailError, RunHalted, RunStateError
 from guardrail.guard import Guard
 from guardrail.run import Run
@@ -46,26 +55,54 @@ _call_id: ContextVar[str | None] = ContextVar("guardrail_lc_call_id", default=No
 
 
 class GuardedTool(BaseTool):
-    """A LangChain tool whose calls go through a :class:`~guardrail.Guard`."""
+    """A LangChain tool whose calls go through a :class:`~guardrail.Guard`.
+
+    LangChain's machinery (input parsing and validation, callbacks, the ``ToolMessage``) runs
+    once, for this tool; inside it the guard runs the original tool's own ``_run`` / ``_arun``
+    with the same run manager and config, so the original is not invoked a second time.
+    """
 
     inner: BaseTool
     guard: Any  # Guard; Any keeps pydantic from trying to validate it
+    # what the inner tool's _run / _arun accept (run_manager, the config's parameter name)
+    _sync_takes: _Takes = PrivateAttr()
+    _async_takes: _Takes = PrivateAttr()
 
-    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
-        token = _call_id.set(_tool_call_id(input))
+    def model_post_init(self, context: Any, /) -> None:
+        super().model_post_init(context)
+        inner = self.inner
+        self._sync_takes = _Takes.of(inner._run)
+        # as BaseTool.arun decides: a tool without its own _arun runs _run in a thread
+        uses_run = type(inner)._arun is BaseTool._arun
+        self._async_takes = _Takes.of(inner._run if uses_run else inner._arun)
+
+    def run(
+        self,
+        tool_input: str | dict[str, Any],
+        *args: Any,
+        tool_call_id: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        token = _call_id.set(tool_call_id)
         try:
-            return super().invoke(input, config, **kwargs)
+            return super().run(tool_input, *args, tool_call_id=tool_call_id, **kwargs)
         finally:
             _call_id.reset(token)
 
-    async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
-        token = _call_id.set(_tool_call_id(input))
+    async def arun(
+        self,
+        tool_input: str | dict[str, Any],
+        *args: Any,
+        tool_call_id: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        token = _call_id.set(tool_call_id)
         try:
-            return await super().ainvoke(input, config, **kwargs)
+            return await super().arun(tool_input, *args, tool_call_id=tool_call_id, **kwargs)
         finally:
             _call_id.reset(token)
 
-    @property
+    @functools.cached_property
     def _injected_args_keys(self) -> frozenset[str]:
         # the inner tool's injected parameters (InjectedToolArg and its kin, ToolRuntime):
         # LangChain passes them through to _run, and they must reach the inner tool
@@ -76,26 +113,110 @@ class GuardedTool(BaseTool):
 
     def _split(self, args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[dict[str, Any], ...]:
         arguments = _arguments(self.inner, args, kwargs)
-        injected = {k: arguments.pop(k) for k in injected_keys(self.inner) if k in arguments}
+        injected = {k: arguments.pop(k) for k in self._injected_args_keys if k in arguments}
         return arguments, injected
 
-    def _run(self, *args: Any, run_manager: Any = None, **kwargs: Any) -> Any:
+    def _run(
+        self,
+        *args: Any,
+        config: RunnableConfig,
+        run_manager: CallbackManagerForToolRun | None = None,
+        **kwargs: Any,
+    ) -> Any:
         arguments, injected = self._split(args, kwargs)
-        return self._active().call(
-            self.name, arguments, fn=self._call_inner, call_id=_call_id.get(), injected=injected
-        )
+        extra = self._sync_takes.kwargs(run_manager, config)
+        inner = self.inner
 
-    async def _arun(self, *args: Any, run_manager: Any = None, **kwargs: Any) -> Any:
-        arguments, injected = self._split(args, kwargs)
-        return await self._active().acall(
-            self.name, arguments, fn=self._acall_inner, call_id=_call_id.get(), injected=injected
+        def call(**given: Any) -> Any:
+            try:
+                # a single string input stays positional, as the tool was called
+                if args:
+                    return inner._run(*args, **extra)
+                return inner._run(**given, **extra)
+            except ToolException as exc:
+                return self._handled(exc)
+
+        result = self._active().call(
+            self.name, arguments, fn=call, call_id=_call_id.get(), injected=injected
         )
+        return self._as_response(result)
+
+    async def _arun(
+        self,
+        *args: Any,
+        config: RunnableConfig,
+        run_manager: AsyncCallbackManagerForToolRun | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        arguments, injected = self._split(args, kwargs)
+        extra = self._async_takes.kwargs(run_manager, config)
+        inner = self.inner
+
+        async def call(**given: Any) -> Any:
+            try:
+                if args:
+                    return await inner._arun(*args, **extra)
+                return await inner._arun(**given, **extra)
+            except ToolException as exc:
+                return self._handled(exc)
+
+        result = await self._active().acall(
+            self.name, arguments, fn=call, call_id=_call_id.get(), injected=injected
+        )
+        return self._as_response(result)
+
+    def _handled(self, exc: ToolException) -> Any:
+        """A ToolException the inner tool handles itself (``handle_tool_error``): its error
+        text is the call's result, as ``inner.invoke`` would have answered."""
+        flag = self.inner.handle_tool_error
+        if not flag:
+            raise exc
+        content = _handle_tool_error(exc, flag=flag)
+        return (content, None) if self.response_format == "content_and_artifact" else content
+
+    def _as_response(self, result: Any) -> Any:
+        # a replayed (content, artifact) pair comes back from the store as a JSON list
+        if (
+            self.response_format == "content_and_artifact"
+            and isinstance(result, list)
+            and len(result) == 2
+        ):
+            return tuple(result)
+        return result
 
     def _call_inner(self, **arguments: Any) -> Any:
+        """The inner tool by name, with its own machinery (for undo-by-name, not the hot path)."""
         return self.inner.invoke(arguments)
 
-    async def _acall_inner(self, **arguments: Any) -> Any:
-        return await self.inner.ainvoke(arguments)
+
+# LangChain looks for the config parameter of _run / _arun with typing.get_type_hints on every
+# call; under `from __future__ import annotations` that compiles each annotation string each time
+# (about 20 us a call). Resolved once here, the look-up finds types.
+for _method in (GuardedTool._run, GuardedTool._arun):
+    _method.__annotations__ = typing.get_type_hints(_method)
+
+
+@dataclass(frozen=True, slots=True)
+class _Takes:
+    """What a tool's ``_run`` / ``_arun`` accepts besides the arguments."""
+
+    run_manager: bool
+    config: str | None
+
+    @classmethod
+    def of(cls, method: Callable[..., Any]) -> _Takes:
+        return cls(
+            run_manager="run_manager" in _signature_parameters(method),
+            config=_get_runnable_config_param(method),
+        )
+
+    def kwargs(self, run_manager: Any, config: RunnableConfig) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        if self.run_manager:
+            extra["run_manager"] = run_manager
+        if self.config is not None:
+            extra[self.config] = config
+        return extra
 
 
 def injected_keys(tool: BaseTool) -> frozenset[str]:
@@ -110,13 +231,6 @@ def injected_keys(tool: BaseTool) -> frozenset[str]:
             if _is_injected_arg_type(type_):
                 keys = keys | {name}
     return frozenset(keys)
-
-
-def _tool_call_id(input: Any) -> str | None:
-    if isinstance(input, dict) and input.get("type") == "tool_call":
-        value = input.get("id")
-        return str(value) if value is not None else None
-    return None
 
 
 def _arguments(tool: BaseTool, args: Sequence[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -134,6 +248,14 @@ def wrap_tool(guard: Guard, tool: BaseTool) -> GuardedTool:
         args_schema=tool.args_schema,
         return_direct=tool.return_direct,
         response_format=tool.response_format,
+        # LangChain's machinery runs once, for the wrapper: it carries the inner tool's own
+        # callbacks, tags and metadata, and answers invalid input as the inner tool would
+        callbacks=tool.callbacks,
+        verbose=tool.verbose,
+        tags=tool.tags,
+        metadata=tool.metadata,
+        extras=tool.extras,
+        handle_validation_error=tool.handle_validation_error,
         inner=tool,
         guard=guard,
     )
@@ -231,6 +353,25 @@ class GuardrailMiddleware(AgentMiddleware):
             }
         }
 
+    # A parallel call of this model turn failed and is halting the run in this process; it lets
+    # the calls in flight finish first, so the store says "running" until its halt lands. That
+    # is not a run a person resumed: a call refused meanwhile waits for the halt to land before
+    # it looks at the run, instead of calling again.
+
+    @staticmethod
+    def _halt_landed(run: Run) -> None:
+        waited = 0.0
+        while run.halted and not run.halt_done and waited < SIBLING_WAIT:
+            time.sleep(0.002)
+            waited += 0.002
+
+    @staticmethod
+    async def _ahalt_landed(run: Run) -> None:
+        waited = 0.0
+        while run.halted and not run.halt_done and waited < SIBLING_WAIT:
+            await asyncio.sleep(0.002)
+            waited += 0.002
+
     def _halted(self, run_id: str, halt: RunHalted) -> None:
         """Pause the thread until a person has decided; returns once the run may go on."""
         with self._lock:
@@ -305,20 +446,30 @@ class GuardrailMiddleware(AgentMiddleware):
             return handler(request)
         run_id = self._thread(request.runtime.config)
         call = request.tool_call
+        answered: list[ToolMessage] = []  # the tool's own message, when it ran now
+
+        def execute(**_: Any) -> dict[str, Any]:
+            message = handler(request)
+            recorded = self._recorded(message)
+            answered.append(message)  # type: ignore[arg-type]  # _recorded checked it
+            return recorded
+
         while True:
             run = self._open(run_id)
+            answered.clear()
             try:
                 recorded = run.call(
                     call["name"],
                     call["args"],
-                    fn=lambda **_: self._recorded(handler(request)),
+                    fn=execute,
                     call_id=call["id"],
                     injected=self._injected(request),
                 )
             except RunHalted as halt:
+                self._halt_landed(run)
                 self._halted(run_id, halt)
                 continue
-            return self._message(request, recorded)
+            return answered[-1] if answered else self._message(request, recorded)
 
     async def awrap_tool_call(
         self,
@@ -329,12 +480,17 @@ class GuardrailMiddleware(AgentMiddleware):
             return await handler(request)
         run_id = self._thread(request.runtime.config)
         call = request.tool_call
+        answered: list[ToolMessage] = []  # the tool's own message, when it ran now
 
         async def execute(**_: Any) -> dict[str, Any]:
-            return self._recorded(await handler(request))
+            message = await handler(request)
+            recorded = self._recorded(message)
+            answered.append(message)  # type: ignore[arg-type]  # _recorded checked it
+            return recorded
 
         while True:
             run = self._open(run_id)
+            answered.clear()
             try:
                 recorded = await run.acall(
                     call["name"],
@@ -344,9 +500,10 @@ class GuardrailMiddleware(AgentMiddleware):
                     injected=self._injected(request),
                 )
             except RunHalted as halt:
+                await self._ahalt_landed(run)
                 self._halted(run_id, halt)
                 continue
-            return self._message(request, recorded)
+            return answered[-1] if answered else self._message(request, recorded)
 
     # the end of the agent
 

@@ -58,6 +58,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import bench_agents as agents  # benchmarks/bench_agents.py, beside this file
+
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -378,6 +380,29 @@ def per_call(opts: argparse.Namespace, tmp: Path, results: dict[str, Any]) -> No
             calls,
         )
     )
+    # what the wrapper is held against: the plain tool.invoke(tool_call) above plus this direct
+    # guarded call of the same policy with a tool-call id (the guard's own cost)
+    measures.append(
+        Measure(
+            "guarded read_only via run.call with a tool-call id (direct)",
+            lambda: guard.active_run("lookup").call(
+                "lookup", {"item": item()}, fn=bare, call_id=f"d{next(counter)}"
+            ),
+            calls,
+        )
+    )
+
+    def run_only() -> None:
+        with guard.run(agent="bench-run"):
+            pass
+
+    measures.append(
+        Measure("a run's own cost: enter + exit, no calls (SQLite)", run_only, calls // 2)
+    )
+    measures += [
+        Measure(label, fn, slow_calls, group="agents")
+        for label, fn in agents.create_agent_measures(guard).items()
+    ]
     pg_conns: list[Any] = []
     pg_context = contextvars.copy_context()
     pg_guard = None
@@ -445,6 +470,7 @@ def per_call(opts: argparse.Namespace, tmp: Path, results: dict[str, Any]) -> No
             pg_context.run(pg_run.__enter__)
             stack.callback(pg_context.run, pg_run.__exit__, None, None, None)
         interleave(measures, batches)
+        results["middleware_split"] = agents.middleware_split(guard, max(100, slow_calls * 10))
         guarded = next(m for m in measures if m.label == "guarded reversible (SQLite)")
         if opts.profile:
             profile(guarded.fn, calls * 5, results)
@@ -596,7 +622,8 @@ def compensation(tmp: Path, sizes: tuple[int, ...], repeats: int) -> list[dict[s
                 cpus.append(time.process_time() - cpu - spent[0])
                 assert halt.status == "pending_review", halt.status
             states = {a.state for a in guard.store.actions(guard.runs()[0].id)}
-            assert states == {"compensated", "failed"}, states
+            # the failing call: failed, or in doubt (an error that proves nothing happened)
+            assert states in ({"compensated", "failed"}, {"compensated", "in_doubt"}), states
             guard.close()
             samples.append(took - spent[0])
             undo_share.append(spent[0])
@@ -716,7 +743,8 @@ def build_store(path: Path, actions: int) -> tuple[str, str, dict[str, int]]:
 
 def queries(tmp: Path, actions: int, repeats: int) -> dict[str, Any]:
     from guardrail import Guard
-    from guardrail.cli import runs as cli
+    from guardrail.cli.runs import runs as cli_runs
+    from guardrail.cli.show import show as cli_show
 
     path = tmp / "big.db"
     start = time.perf_counter()
@@ -740,13 +768,13 @@ def queries(tmp: Path, actions: int, repeats: int) -> dict[str, Any]:
         Measure("guard.plan_undo(run)", lambda: guard.plan_undo(halted_id), 1, group="query"),
         Measure(
             "CLI show RUN, rendered (in process, opens the store)",
-            quiet(lambda: cli.show(halted_id, store=url, as_json=False)),
+            quiet(lambda: cli_show(halted_id, store=url, as_json=False)),
             1,
             group="query",
         ),
         Measure(
             "CLI show RUN --json (in process)",
-            quiet(lambda: cli.show(halted_id, store=url, as_json=True)),
+            quiet(lambda: cli_show(halted_id, store=url, as_json=True)),
             1,
             group="query",
         ),
@@ -761,7 +789,7 @@ def queries(tmp: Path, actions: int, repeats: int) -> dict[str, Any]:
         ),
         Measure(
             f"CLI runs --status pending_review, rendered ({pending:,} rows)",
-            quiet(lambda: cli.runs(store=url, status="pending_review")),
+            quiet(lambda: cli_runs(store=url, status="pending_review")),
             1,
             group="query",
         ),
@@ -795,6 +823,41 @@ def queries(tmp: Path, actions: int, repeats: int) -> dict[str, Any]:
         ],
         "process_ms": statistics.median(process),
         "shown_actions": 100,
+    }
+
+
+# -- startup: import and the CLI as new processes ------------------------------------------
+
+
+def startup(tmp: Path, repeats: int) -> dict[str, Any]:
+    """``import guardrail`` in a new process (the import alone, timed inside it), and
+    ``guardrail show RUN`` / ``guardrail runs`` as new processes (interpreter start included)
+    on a small store (the two template runs of 100 actions)."""
+    url = f"sqlite:///{tmp / 'small.db'}"
+    _, halted_id = template_runs(url)
+    code = "import time; t = time.perf_counter(); import guardrail; print(time.perf_counter() - t)"
+    imports = []
+    for _ in range(repeats):
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+        )
+        imports.append(float(done.stdout.strip()) * 1e3)
+    env = {**os.environ, "GUARDRAIL_STORE": url, "COLUMNS": "160"}
+    cli = shutil.which("guardrail", path=str(Path(sys.executable).parent)) or "guardrail"
+
+    def process_ms(args: list[str]) -> float:
+        took = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            subprocess.run([cli, *args], capture_output=True, check=True, env=env)
+            took.append((time.perf_counter() - start) * 1e3)
+        return statistics.median(took)
+
+    return {
+        "import_ms": statistics.median(imports),
+        "show_ms": process_ms(["show", halted_id]),
+        "runs_ms": process_ms(["runs"]),
+        "repeats": repeats,
     }
 
 
@@ -886,128 +949,156 @@ class Target:
 
 
 def targets(results: dict[str, Any]) -> list[Target]:
-    """The targets, judged on wall time, or on CPU time when the machine was loaded (then a
-    batch of a slow measure is preempted more often than one of a fast measure, and wall-time
-    ratios say more about the scheduler than about the code). PostgreSQL is always wall time:
-    the server's work is not this process's CPU time."""
+    """The targets, exactly these, judged on wall time, or on CPU time when the machine was
+    loaded (then a batch of a slow measure is preempted more often than one of a fast measure,
+    and wall-time ratios say more about the scheduler than about the code). PostgreSQL is always
+    wall time: the server's work is not this process's CPU time."""
     basis = results["basis"]
     cpu = basis == "cpu"
     unit = "us CPU" if cpu else "us"
     rows = {r["label"]: r[basis] for r in results["per_call"]}
     wall = {r["label"]: r["us"] for r in results["per_call"]}
-    base = rows["bare function call"]
     floor = rows["two raw sqlite3 commits (WAL, NORMAL): the floor"]
-    guarded = {k: v for k, v in rows.items() if k.startswith("guarded") and "(SQLite)" in k}
-    worst_label = max(guarded, key=lambda k: guarded[k])
-    worst = guarded[worst_label]
-    kind = worst_label.split(" (")[0].removeprefix("guarded ")
     reversible = rows["guarded reversible (SQLite)"]
-    saver = next(v for k, v in rows.items() if "SqliteSaver (WAL, synchronous=NORMAL)" in k)
-    saver_shipped = next(v for k, v in rows.items() if "SqliteSaver (as shipped" in k)
-    wall_reversible = wall["guarded reversible (SQLite)"]
-    wall_saver = next(v for k, v in wall.items() if "SqliteSaver (WAL, synchronous=NORMAL)" in k)
-    wall_shipped = next(v for k, v in wall.items() if "SqliteSaver (as shipped" in k)
     out = [
         Target(
-            "a guarded call adds <= 200 us on SQLite (NORMAL)",
-            f"{worst - base:.0f} {unit} ({kind}; wall time: "
-            f"{wall[worst_label] - wall['bare function call']:.0f} us)",
-            "<= 200 us",
-            worst - base <= 200,
-        ),
-        Target(
-            "<= 1.6x two raw SQLite commits",
-            f"{worst / floor:.2f}x ({worst:.0f} / {floor:.0f} {unit})",
-            "<= 1.6x",
-            worst / floor <= 1.6,
-        ),
-        Target(
-            ">= 45x cheaper than a LangGraph SqliteSaver tool step",
-            f"{saver / reversible:.0f}x at synchronous=NORMAL, {saver_shipped / reversible:.0f}x "
-            f"as shipped ({results['sqlitesaver_sync']}), against a reversible call"
-            + (
-                f" (wall time: {wall_saver / wall_reversible:.0f}x and "
-                f"{wall_shipped / wall_reversible:.0f}x)"
-                if cpu
-                else ""
-            ),
-            ">= 45x",
-            saver / reversible >= 45,
-        ),
-        Target(
-            ">= 5,000 guarded calls/s on one core",
-            f"{1e6 / reversible:,.0f} calls/s (reversible, {reversible:.0f} {unit} per call)",
-            ">= 5,000/s",
-            1e6 / reversible >= 5000,
-        ),
+            "SQLite: a guarded reversible call <= 2.5x the floor (two raw commits) and >= 8,000 "
+            "calls/s on one core",
+            f"{reversible / floor:.2f}x ({reversible:.0f} / {floor:.0f} {unit}); "
+            f"{1e6 / reversible:,.0f} calls/s",
+            "<= 2.5x and >= 8,000/s",
+            reversible / floor <= 2.5 and 1e6 / reversible >= 8000,
+        )
     ]
+    own = rows.get("a run's own cost: enter + exit, no calls (SQLite)")
+    out.append(
+        Target(
+            "a run's own cost (enter + exit, no calls; SQLite)",
+            f"{own / 1e3:.2f} ms{' CPU' if cpu else ''}" if own else "not measured",
+            "<= 0.3 ms",
+            own <= 300 if own else None,
+        )
+    )
     pg = wall.get("guarded reversible (PostgreSQL)")
     pg_floor = wall.get("two raw psycopg autocommits: the floor")
     out.append(
         Target(
-            "PostgreSQL <= 1.5x two raw psycopg autocommits (wall time)",
-            f"{pg / pg_floor:.2f}x ({pg:.0f} / {pg_floor:.0f} us; the call adds "
-            f"{pg - wall['bare function call']:.0f} us, target 1,500)"
+            "PostgreSQL: a guarded reversible call <= 1.5x two raw psycopg autocommits (wall)",
+            f"{pg / pg_floor:.2f}x ({pg:.0f} / {pg_floor:.0f} us)"
             if pg and pg_floor
             else "not measured (no --postgres URL)",
             "<= 1.5x",
             (pg / pg_floor <= 1.5) if pg and pg_floor else None,
         )
     )
-    if pg:
-        added = pg - wall["bare function call"]
+    wrapped = rows["guarded read_only via LangChain wrap_tools (tool_call)"]
+    plain = rows["langchain_core tool.invoke(tool_call)"]
+    direct = rows["guarded read_only via run.call with a tool-call id (direct)"]
+    out.append(
+        Target(
+            "wrap_tools: a guarded call through a wrapped tool <= 1.3x (plain tool.invoke of the "
+            "same tool + the same guarded call made directly)",
+            f"{wrapped / (plain + direct):.2f}x ({wrapped:.0f} / ({plain:.0f} + {direct:.0f}) "
+            f"{unit})",
+            "<= 1.3x",
+            wrapped / (plain + direct) <= 1.3,
+        )
+    )
+    step = rows.get("create_agent step, 1 tool call, no middleware")
+    guarded_step = rows.get("create_agent step, 1 tool call, GuardrailMiddleware")
+    passthrough = rows.get("create_agent step, 1 tool call, a pass-through middleware")
+    share = rows.get("the guard's share: run start + 1 guarded call + complete, on a new thread")
+    split = results.get("middleware_split", {})
+    if step and guarded_step and passthrough and share:
+        added = guarded_step - step
+        parts = ", ".join(f"{k} {v:,.0f}" for k, v in split.items() if not k.startswith("the tool"))
         out.append(
             Target(
-                "a guarded call adds <= 1.5 ms on PostgreSQL (wall time)",
-                f"{added:,.0f} us",
-                "<= 1,500 us",
-                added <= 1500,
+                "GuardrailMiddleware adds <= 300 us per tool call to a create_agent step (one "
+                "tool call per step, a new thread id each)",
+                f"{added:,.0f} {unit} ({guarded_step:,.0f} against {step:,.0f}); inside it, per "
+                f"step (thread CPU us): {parts}",
+                "<= 300 us",
+                added <= 300,
             )
         )
-    mem = results.get("memory", {})
-    runs, one = mem.get("runs_of_100", {}), mem.get("one_run", {})
-    if "bytes_per_call" in runs and "bytes_per_call" in one:
-        out.append(
-            Target(
-                "no per-call memory growth",
-                f"{one['bytes_per_call']:+.0f} B/call within one run; "
-                f"{runs['bytes_per_call']:+.1f} B/call across runs of 100 calls "
-                f"({runs['bytes_per_call'] * 100:+.0f} B per finished run)",
-                "< 8 B/call, both",
-                abs(runs["bytes_per_call"]) < 8 and abs(one["bytes_per_call"]) < 8,
-            )
+    out.append(resources_target(results.get("resources", {})))
+    startup = results.get("startup", {})
+    imp = startup.get("import_ms")
+    out.append(
+        Target(
+            "`import guardrail` (in a new process)",
+            f"{imp:.0f} ms" if imp is not None else str(startup.get("error", "not measured")),
+            "<= 200 ms",
+            imp <= 200 if imp is not None else None,
         )
-    else:
-        error = runs.get("error") or one.get("error") or "not measured"
-        out.append(Target("no per-call memory growth", str(error), "< 8 B/call", None))
+    )
+    show, runs = startup.get("show_ms"), startup.get("runs_ms")
+    out.append(
+        Target(
+            "`guardrail show RUN` and `guardrail runs` as new processes, small store",
+            f"show {show:.0f} ms, runs {runs:.0f} ms"
+            if show is not None and runs is not None
+            else str(startup.get("error", "not measured")),
+            "<= 250 ms each",
+            (show <= 250 and runs <= 250) if show is not None and runs is not None else None,
+        )
+    )
     q = results.get("queries")
     if q:
         key = "cpu_ms" if cpu else "ms"
         ms = {m["label"]: m[key] for m in q["measures"]}
-        show = next(v for k, v in ms.items() if k.startswith("CLI show RUN, r"))
+        shown = next(v for k, v in ms.items() if k.startswith("CLI show RUN, r"))
         data = ms["guard.log(run)"] + ms["guard.verify(run)"] + ms["guard.plan_undo(run)"]
         out.append(
             Target(
-                f"show on a {q['counts']['actions']:,}-action store < 50 ms",
-                f"{show:.0f} ms{' CPU' if cpu else ''} (CLI show, rendered, in process; its "
-                f"queries log + verify + plan_undo {data:.0f} ms)",
+                f"`show` on a 1,000,000-action store, rendered in process (this store: "
+                f"{q['counts']['actions']:,} actions)",
+                f"{shown:.0f} ms{' CPU' if cpu else ''} (its queries log + verify + plan_undo "
+                f"{data:.0f} ms)",
                 "< 50 ms",
-                show < 50 and q["counts"]["actions"] >= 1_000_000,
+                shown < 50 and q["counts"]["actions"] >= 1_000_000,
             )
         )
-    comp = next((c for c in results.get("compensation", []) if c["actions"] == 1000), None)
-    if comp:
-        took = comp["cpu_seconds"] if cpu else comp["seconds"]
+    else:
         out.append(
-            Target(
-                "compensating 1,000 actions < 1 s (+ the undos' own time)",
-                f"{took:.2f} s{' CPU' if cpu else ''} (wall {comp['seconds']:.2f} s; "
-                f"+ {comp['undo_seconds'] * 1e3:.1f} ms in the undos)",
-                "< 1 s",
-                took < 1,
-            )
+            Target("`show` on a 1,000,000-action store, rendered", "not measured", "< 50 ms", None)
         )
     return out
+
+
+def resources_target(res: dict[str, Any]) -> Target:
+    """No growth over N calls, each on a new thread, in each mode: descriptors and pooled
+    connections bounded, memory flat (the interpreter's allocated blocks over the second half of
+    the calls grow by fewer than one per 20 calls)."""
+    name = "no growth over 10,000 tool calls, each on a new thread (connections, fds, memory)"
+    if not res:
+        return Target(name, "not measured", "flat", None)
+    parts, ok = [], True
+    for mode in agents.MODES:
+        m = res.get(mode, {})
+        if "error" in m or "fds_spread" not in m:
+            parts.append(f"{mode}: failed ({m.get('error', 'no result')})")
+            ok = False
+            continue
+        fds_ok = m["fds_spread"] is not None and m["fds_spread"] <= 2
+        pool_ok = (
+            m["pooled_max"] is None or m["max_idle"] is None or (m["pooled_max"] <= m["max_idle"])
+        )
+        blocks = m.get("blocks_per_call")
+        mem_ok = blocks is not None and abs(blocks) < 0.05
+        ok = ok and fds_ok and pool_ok and mem_ok
+        pooled = "?" if m["pooled_max"] is None else m["pooled_max"]
+        parts.append(
+            f"{mode}: fds {m['fds_first_last'][0]}->{m['fds_first_last'][1]}, pooled <= {pooled}, "
+            f"{blocks * 1000:+.0f} allocated blocks per 1,000 calls"
+            if blocks is not None
+            else f"{mode}: memory not measured"
+        )
+    calls = min((res.get(m, {}).get("calls", 0) for m in agents.MODES), default=0)
+    if calls < 10_000:
+        name = name.replace("10,000", f"{calls:,} (quick; the target: 10,000)")
+    return Target(name, "; ".join(parts), "fds +-2, pool bounded, < 50 blocks per 1,000 calls", ok)
 
 
 def verdict(t: Target) -> str:
@@ -1043,6 +1134,12 @@ def report(results: dict[str, Any]) -> str:
     add("")
     add("### Targets")
     add("")
+    add(
+        f"Load average (1, 5, 15 min) at the start {', '.join(map(str, results['load_start']))}, "
+        f"at the end {', '.join(map(str, results['load_end']))}; judged on "
+        f"{'CPU' if results['basis'] == 'cpu' else 'wall'} time."
+    )
+    add("")
     add("| target | measured | goal | verdict |")
     add("|---|---|---|---|")
     for t in results["targets"]:
@@ -1075,6 +1172,22 @@ def report(results: dict[str, Any]) -> str:
             ("guarded reversible, in the DBOS child's batches", "guarded_reversible"),
         ):
             us, cpu = dbos[f"{key}_us"], dbos[f"{key}_cpu"]
+            v = us if basis == "us" else cpu
+            add(f"| {name} | {us:,.1f} | {cpu:,.1f} | {v - base:,.1f} | {v / floor:.2f} | |")
+    saga = results.get("saga", {})
+    if "error" in saga or "skipped" in saga:
+        reason = saga.get("error") or saga.get("skipped")
+        add(f"| agent-saga COMPENSABLE step | could not run: {reason} | | | | |")
+    elif saga:
+        for name, key in (
+            (
+                f"agent-saga {saga['version']}: a saga of 1 COMPENSABLE step, file WAL (child)",
+                "saga_1_step",
+            ),
+            ("agent-saga COMPENSABLE step inside a 10-step saga (marginal)", "marginal_step"),
+            ("guarded reversible, in the agent-saga child's batches", "guarded_reversible"),
+        ):
+            us, cpu = saga[f"{key}_us"], saga[f"{key}_cpu"]
             v = us if basis == "us" else cpu
             add(f"| {name} | {us:,.1f} | {cpu:,.1f} | {v - base:,.1f} | {v / floor:.2f} | |")
     add("")
@@ -1117,6 +1230,48 @@ def report(results: dict[str, Any]) -> str:
         add(
             f"| `guardrail show RUN` as a new process (interpreter start and imports included) | "
             f"{q['process_ms']:,.0f} | | |"
+        )
+        add("")
+    res = results.get("resources", {})
+    if res:
+        add("### Resources: tool calls each on a new thread (each mode in a fresh process)")
+        add("")
+        add(
+            "| mode | calls | s | open fds first / last (spread) | pooled connections, max "
+            "| threads, max | allocated blocks per 1,000 calls (2nd half) | RSS KiB first / last "
+            "| RSS B/call (2nd half) | traced B/call (after) |"
+        )
+        add("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for mode in agents.MODES:
+            m = res.get(mode, {})
+            if "error" in m:
+                add(f"| {mode} | failed: {m['error']} | | | | | | | | |")
+                continue
+            if not m:
+                continue
+            rss, traced = m["rss_bytes_per_call"], m["bytes_per_call"]
+            rss_text = f"{rss:+.1f}" if rss is not None else "?"
+            blocks = m.get("blocks_per_call")
+            blocks_text = f"{blocks * 1000:+.1f}" if blocks is not None else "?"
+            traced_text = (
+                f"{traced:+.1f} ({m['traced_calls']:,} calls)" if traced is not None else "?"
+            )
+            first, last = m["fds_first_last"]
+            rss_first, rss_last = m["rss_kib_first_last"]
+            add(
+                f"| {mode} | {m['calls']:,} | {m['seconds']:.0f} | {first} / {last} "
+                f"({m['fds_spread']}) | {m['pooled_max']} of {m['max_idle']} | "
+                f"{m['threads_max']} | {blocks_text} | {rss_first:,} / {rss_last:,} | "
+                f"{rss_text} | {traced_text} |"
+            )
+        add("")
+    start = results.get("startup", {})
+    if "import_ms" in start:
+        add(
+            f"Startup (median of {start['repeats']}): `import guardrail` {start['import_ms']:.0f} "
+            f"ms (the import alone, in a new process); `guardrail show RUN` "
+            f"{start['show_ms']:.0f} ms and `guardrail runs` {start['runs_ms']:.0f} ms as new "
+            "processes (interpreter start and imports included) on a store of two runs."
         )
         add("")
     for name, error in results.get("errors", {}).items():
@@ -1198,9 +1353,14 @@ def main() -> int:
         help="judge the targets on wall or CPU time (auto: CPU when the 1-min load is >= 1)",
     )
     parser.add_argument(
-        "--only", default="", help="comma list of dbos,comp,queries,memory (per call: always)"
+        "--only",
+        default="",
+        help="comma list of dbos,saga,comp,queries,memory,resources,startup (per call: always)",
     )
-    parser.add_argument("--child", choices=("dbos", "memory"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--child", choices=("dbos", "memory", "saga", "resources"), help=argparse.SUPPRESS
+    )
+    parser.add_argument("--mode", choices=agents.MODES, help=argparse.SUPPRESS)
     parser.add_argument("--calls", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--batches", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--per-run", type=int, default=0, help=argparse.SUPPRESS)
@@ -1213,13 +1373,27 @@ def main() -> int:
     if opts.child == "memory":
         print(json.dumps(memory_child(opts.calls, opts.per_run, opts.traced)))
         return 0
+    if opts.child == "saga":
+        print(json.dumps(agents.saga_child(opts.calls, opts.batches)))
+        return 0
+    if opts.child == "resources":
+        print(json.dumps(agents.resources_child(opts.calls, opts.mode)))
+        return 0
 
     if opts.render:
         return finish(json.loads(opts.render.read_text()), opts)
     quick = opts.quick
     opts.calls = opts.calls or (150 if quick else 400)
     opts.batches = opts.batches or (7 if quick else 15)
-    only = set(filter(None, opts.only.split(","))) or {"dbos", "comp", "queries", "memory"}
+    only = set(filter(None, opts.only.split(","))) or {
+        "dbos",
+        "saga",
+        "comp",
+        "queries",
+        "memory",
+        "resources",
+        "startup",
+    }
     only.add("calls")  # the targets are stated against the per-call rows
     results: dict[str, Any] = {
         "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
@@ -1248,6 +1422,23 @@ def main() -> int:
         args = ["--child", "dbos", "--calls", calls, "--batches", str(opts.batches)]
         results["dbos"] = run_child(args, timeout=900)
 
+    def saga() -> None:
+        calls = str(max(5, opts.calls // 20))
+        args = ["--child", "saga", "--calls", calls, "--batches", str(opts.batches)]
+        results["saga"] = run_child(args, timeout=900)
+        if "skipped" in results["saga"]:
+            print(f"agent-saga skipped: {results['saga']['skipped']}", flush=True)
+
+    def resources() -> None:
+        soak_calls = 2_000 if quick else 10_000
+        results["resources"] = {
+            mode: run_child(
+                ["--child", "resources", "--calls", str(soak_calls), "--mode", mode],
+                timeout=1800,
+            )
+            for mode in agents.MODES
+        }
+
     def memory() -> None:
         mem: dict[str, Any] = {}
         for key, per_run, traced in (
@@ -1263,6 +1454,9 @@ def main() -> int:
     phases: list[tuple[str, Callable[[], Any]]] = [
         ("calls", lambda: per_call(opts, tmp, results)),
         ("dbos", dbos),
+        ("saga", saga),
+        ("startup", lambda: results.__setitem__("startup", startup(tmp, 5))),
+        ("resources", resources),
         ("comp", lambda: results.__setitem__("compensation", compensation(tmp, (100, 1000), 3))),
         (
             "queries",
