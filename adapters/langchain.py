@@ -46,8 +46,8 @@ from langgraph.prebuilt.tool_node import ToolCallRequest
 from langgraph.types import Command, interrupt
 from pydantic import BaseModel, PrivateAttr, ValidationError
 
-from guardrail.call import SIBLING_WAIT
 from guardrail.errors import GuardrailError, RunHalted, RunStateError
+from guardrail.failure import SIBLING_WAIT
 from guardrail.guard import Guard
 from guardrail.run import Run
 
@@ -279,8 +279,11 @@ class ToolReportedError(Exception):
 class GuardrailMiddleware(AgentMiddleware):
     """Guards every tool call of a ``create_agent`` agent; halts become LangGraph interrupts.
 
-    The guardrail run id is the thread id (``config["configurable"]["thread_id"]``), so the run
-    and the checkpointed thread are the same thing. When a call fails the guard compensates and
+    A thread's turn is a guardrail run: the first turn's run id is the thread id
+    (``config["configurable"]["thread_id"]``), a later turn's ``<thread id>~<n>`` (turn ``n``,
+    started once the previous turn's run completed), each with ``{"thread_id": ...}`` in its
+    metadata. So a conversation keeps calling tools turn after turn, and each turn's calls are
+    logged, halted and decided on their own. When a call fails the guard compensates and
     the middleware calls ``interrupt(...)`` with a summary (run id, status, review items): the
     agent pauses on its thread. After a person resumes the run (``guard.resume`` or
     ``guardrail resume RUN``) the caller continues the thread with ``Command(resume=...)``; calls
@@ -300,6 +303,7 @@ class GuardrailMiddleware(AgentMiddleware):
         self.agent = agent
         self.on_failure = on_failure
         self._runs: dict[str, Run] = {}
+        self._turns: dict[str, str] = {}  # thread id -> the run id of its current turn
         self._lock = threading.Lock()
 
     # the run of a thread
@@ -314,17 +318,44 @@ class GuardrailMiddleware(AgentMiddleware):
             )
         return str(thread)
 
-    def _open(self, run_id: str) -> Run:
-        """The entered run of this thread; waits (interrupts) while it waits for a person."""
+    def _turn(self, thread: str) -> str:
+        """The run id of the thread's current turn: the first whose run has not completed."""
         with self._lock:
-            run = self._runs.get(run_id)
+            known = self._turns.get(thread)
+        run_id, n = known or thread, 1
+        if known is not None and "~" in known[len(thread) :]:
+            n = int(known.rsplit("~", 1)[1])
+        while True:
+            record = self.guard.store.run(run_id)
+            if record is None or record.status != "completed":
+                break
+            n += 1
+            run_id = f"{thread}~{n}"
+        with self._lock:
+            self._turns[thread] = run_id
+        return run_id
+
+    def _open(self, thread: str) -> Run:
+        """The entered run of the thread's turn; waits (interrupts) while it waits for a
+        person. A turn that found its run completed (the agent ended) starts the next."""
+        with self._lock:
+            run_id = self._turns.get(thread)
+            run = self._runs.get(run_id) if run_id is not None else None
             if run is not None and run.entered and not run.halted:
                 return run
         while True:
+            run_id = self._turn(thread)
             try:
-                run = self.guard.run(self.agent, run_id=run_id, on_failure=self.on_failure).start()
+                run = self.guard.run(
+                    self.agent,
+                    run_id=run_id,
+                    metadata={"thread_id": thread},
+                    on_failure=self.on_failure,
+                ).start()
             except RunStateError as exc:
-                if exc.status in ("aborted", "completed", "aborting"):
+                if exc.status == "completed":
+                    continue  # (completed meanwhile: the next turn)
+                if exc.status in ("aborted", "aborting"):
                     raise RunHalted(
                         f"run {run_id} is {exc.status}; this thread cannot continue",
                         run_id=run_id,
@@ -444,7 +475,7 @@ class GuardrailMiddleware(AgentMiddleware):
     ) -> ToolMessage | Command[Any]:
         if self._invalid(request):
             return handler(request)
-        run_id = self._thread(request.runtime.config)
+        thread = self._thread(request.runtime.config)
         call = request.tool_call
         answered: list[ToolMessage] = []  # the tool's own message, when it ran now
 
@@ -455,7 +486,7 @@ class GuardrailMiddleware(AgentMiddleware):
             return recorded
 
         while True:
-            run = self._open(run_id)
+            run = self._open(thread)
             answered.clear()
             try:
                 recorded = run.call(
@@ -467,7 +498,7 @@ class GuardrailMiddleware(AgentMiddleware):
                 )
             except RunHalted as halt:
                 self._halt_landed(run)
-                self._halted(run_id, halt)
+                self._halted(run.id, halt)
                 continue
             return answered[-1] if answered else self._message(request, recorded)
 
@@ -478,7 +509,7 @@ class GuardrailMiddleware(AgentMiddleware):
     ) -> ToolMessage | Command[Any]:
         if self._invalid(request):
             return await handler(request)
-        run_id = self._thread(request.runtime.config)
+        thread = self._thread(request.runtime.config)
         call = request.tool_call
         answered: list[ToolMessage] = []  # the tool's own message, when it ran now
 
@@ -489,7 +520,7 @@ class GuardrailMiddleware(AgentMiddleware):
             return recorded
 
         while True:
-            run = self._open(run_id)
+            run = self._open(thread)
             answered.clear()
             try:
                 recorded = await run.acall(
@@ -501,7 +532,7 @@ class GuardrailMiddleware(AgentMiddleware):
                 )
             except RunHalted as halt:
                 await self._ahalt_landed(run)
-                self._halted(run_id, halt)
+                self._halted(run.id, halt)
                 continue
             return answered[-1] if answered else self._message(request, recorded)
 
@@ -521,8 +552,9 @@ class GuardrailMiddleware(AgentMiddleware):
             from langgraph.config import get_config
 
             config = get_config()
-        run_id = self._thread(config)
+        thread = self._thread(config)
         with self._lock:
-            run = self._runs.pop(run_id, None)
+            run_id = self._turns.get(thread)
+            run = self._runs.pop(run_id, None) if run_id is not None else None
         if run is not None and run.entered and not run.halted:
             run.complete()

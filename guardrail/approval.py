@@ -3,6 +3,7 @@ these arguments (or rejects them); the request is recorded and the run pauses me
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from guardrail import transitions as T
@@ -18,6 +19,22 @@ from guardrail.store import ReviewItem, Write
 A = T.ActionState
 
 
+@dataclass(frozen=True, slots=True)
+class Approved:
+    """A person approved the call: run action ``seq``, with the arguments in ``edit`` changed
+    to the values the person approved instead (None: exactly as asked)."""
+
+    seq: int
+    edit: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Replied:
+    """A person answered the call with a reply instead: the call returns ``value``."""
+
+    value: Any
+
+
 def gate(
     core: Core,
     run: LiveRun,
@@ -26,13 +43,14 @@ def gate(
     args_hash: str,
     key: str,
     call_id: str | None,
-) -> int | None:
+) -> Approved | Replied | None:
     """The approval gate (step 2 of a guarded call).
 
-    Returns None when no approval is needed, or the seq of the approved action to run. Else
-    records an approval request for exactly these arguments (an ``awaiting_approval`` action and
-    its review item), sets the run ``awaiting_approval`` and raises RunHalted; raises
-    CallRejected when a person rejected these arguments.
+    Returns None when no approval is needed, `Approved` (the action to run, and the person's
+    edit of its arguments) or `Replied` (what to return instead of running it). Else records an
+    approval request for exactly these arguments (an ``awaiting_approval`` action and its
+    review item), sets the run ``awaiting_approval`` and raises RunHalted; raises CallRejected
+    when a person rejected these arguments.
     """
     if policy.approval is None:
         return None
@@ -67,10 +85,13 @@ def gate(
     if latest is not None and latest.state == T.ActionState.APPROVED and item is not None:
         ttl = policy.approval.ttl
         if ttl is None or (item.resolved_at or 0) + ttl >= core.clock():
-            return latest.seq
+            edit = (item.answer or {}).get("args")
+            return Approved(latest.seq, dict(edit) if isinstance(edit, dict) else None)
         commit(core, T.expire_approval(run.lease, latest.seq, ttl))
         latest = None
     if latest is not None and latest.state == T.ActionState.REJECTED:
+        if item is not None and item.resolution == "replied":
+            return Replied((item.answer or {}).get("reply"))
         who = f" by {item.resolved_by}" if item is not None and item.resolved_by else ""
         why = f": {item.note}" if item is not None and item.note else ""
         raise CallRejected(

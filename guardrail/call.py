@@ -11,11 +11,12 @@ for the agent and a state a person sees, never in a retryable error that would r
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from guardrail import codec, inject, telemetry
 from guardrail import transitions as T
-from guardrail.approval import gate
+from guardrail.approval import Replied, gate
 from guardrail.clock import NOW
 from guardrail.core import Core, LiveRun, commit
 from guardrail.drive import Invoke, Steps, attempts
@@ -69,7 +70,14 @@ def _guarded_call(
     recorded = lookup(core, run, call)
     if recorded is not None:
         return replay(run, call, recorded)
-    approved = gate(core, run, policy, call.plain, call.args_hash, call.key, call_id)
+    answer = gate(core, run, policy, call.plain, call.args_hash, call.key, call_id)
+    if isinstance(answer, Replied):
+        return answer.value  # a person answered instead of letting the call run
+    approved = answer.seq if answer is not None else None
+    if answer is not None and answer.edit:
+        # the call runs once, with the values the person approved (recorded on the action)
+        edit = answer.edit
+        call = replace(call, args={**call.args, **edit}, plain={**call.plain, **edit})
     snapshot = None
     if policy.snapshot is not None:
         taken, problem = yield from take_snapshot(run, policy, call.args, call.injected)

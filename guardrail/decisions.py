@@ -12,9 +12,9 @@ whether it runs under the policies the run started with (`policy_mismatch`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from guardrail import telemetry
 from guardrail import transitions as T
@@ -24,7 +24,8 @@ from guardrail.errors import Conflict, PolicyError, RunNotFound, RunStateError, 
 from guardrail.fingerprint import EMPTY
 from guardrail.lifecycle import PlannedStep, compensate, open_approvals, plan, review_write
 from guardrail.policy import UndoTool
-from guardrail.store import Action, RunRecord, Write
+from guardrail.redact import NotJSON, redact, to_jsonable
+from guardrail.store import Action, ReviewItem, RunRecord, Write
 from guardrail.testing import crash_point
 
 RESOLUTIONS = (
@@ -325,12 +326,58 @@ def policy_mismatch(policies: Fingerprinted, run: RunRecord) -> str | None:
     )
 
 
-def decide(core: Core, item_id: str, approve: bool, by: str, note: str | None) -> Decision:
-    """Approve or reject an approval request; exactly one decision lands."""
-    store = core.store
-    item = store.review_item(item_id)
+def decide(
+    core: Core,
+    item_id: str,
+    approve: bool,
+    by: str,
+    note: str | None,
+    *,
+    edit: Mapping[str, Any] | None = None,
+) -> Decision:
+    """Approve or reject an approval request; exactly one decision lands.
+
+    ``edit``: approve other values of some arguments than the agent asked for (a mapping of
+    argument name to JSON value); the call then runs once with them, and they are recorded
+    (see `edited_args` for what may be edited).
+    """
+    item = _approval_request(core, item_id)
+    resolution = "approved" if approve else "rejected"
+    changes: dict[str, Any] | None = None
+    recorded: dict[str, Any] | None = None
+    if edit is not None:
+        if not approve:
+            raise PolicyError("only an approval edits arguments", field="args")
+        changes, recorded = edited_args(core, item, edit)
+    t = T.decide_approval(
+        item.run_id, item_id, item.seq, approve, by, note, edit=changes, args=recorded
+    )
+    answer = {"args": changes} if changes is not None else None
+    return _decided(core, item, t, resolution, by, answer)
+
+
+def reply(core: Core, item_id: str, answer: Any, by: str, note: str | None) -> Decision:
+    """Answer an approval request with ``answer`` for the agent instead of running the call:
+    after resume, the call returns it (recorded as its result); the tool never runs."""
+    item = _approval_request(core, item_id)
+    try:
+        value = to_jsonable(answer)
+    except NotJSON as exc:
+        raise PolicyError(f"the reply to {item_id} is not JSON: {exc}", field="reply") from exc
+    if redact(value, (), "reply") != value:
+        raise PolicyError(
+            f"the reply to {item_id} looks like it holds a secret, which the log would not keep; "
+            "reply without it",
+            field="reply",
+        )
+    t = T.reply_approval(item.run_id, item_id, item.seq, value, by, note)
+    return _decided(core, item, t, "replied", by, {"reply": value})
+
+
+def _approval_request(core: Core, item_id: str) -> ReviewItem:
+    item = core.store.review_item(item_id)
     if item is None:
-        raise RunNotFound(f"no review item {item_id!r} in {store.url}")
+        raise RunNotFound(f"no review item {item_id!r} in {core.store.url}")
     if item.reason != "approval":
         raise RunStateError(
             f"review item {item_id} ({item.reason}) is not an approval request; use "
@@ -338,16 +385,69 @@ def decide(core: Core, item_id: str, approve: bool, by: str, note: str | None) -
             run_id=item.run_id,
             status=item.status,
         )
-    resolution = "approved" if approve else "rejected"
-    landed = commit(core, T.decide_approval(item.run_id, item_id, item.seq, approve, by, note))
+    return item
+
+
+def _decided(
+    core: Core,
+    item: ReviewItem,
+    t: T.Transition,
+    resolution: str,
+    by: str,
+    answer: dict[str, Any] | None,
+) -> Decision:
+    landed = commit(core, t)
     if not landed:
-        item = store.review_item(item_id)
-        assert item is not None
-        if item.resolution != resolution:
+        now = core.store.review_item(item.id)
+        assert now is not None
+        if now.resolution != resolution or (now.answer or None) != answer:
+            what = f"{now.resolution}" + (
+                " with another answer" if now.resolution == resolution else ""
+            )
             raise Conflict(
-                f"approval request {item_id} was already {item.resolution} by {item.resolved_by}",
+                f"approval request {item.id} was already {what} by {now.resolved_by}",
                 run_id=item.run_id,
-                status=item.status,
+                status=now.status,
             )
     telemetry.decision(resolution, item.run_id, by, "landed" if landed else "repeat")
     return Decision(item.run_id, resolution, landed, by)
+
+
+def edited_args(
+    core: Core, item: ReviewItem, edit: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The edit as JSON, and the whole (redacted) arguments the action records with it.
+
+    Only arguments the call has may be edited, to JSON values; not one the policy redacts or
+    one whose new value looks secret: the log keeps edits in the clear, and the replay needs the
+    value itself.
+    """
+    action = next((a for a in core.store.actions(item.run_id) if a.seq == item.seq), None)
+    if action is None or item.seq is None:
+        raise RunStateError(
+            f"approval request {item.id} has no recorded call to edit", run_id=item.run_id
+        )
+    try:
+        changes = to_jsonable(dict(edit))
+    except NotJSON as exc:
+        raise PolicyError(f"the edited arguments are not JSON: {exc}", field="args") from exc
+    unknown = sorted(set(changes) - set(action.args))
+    if unknown:
+        raise PolicyError(
+            f"{action.tool} has no argument {', '.join(unknown)} to edit; it was called with "
+            f"{', '.join(sorted(action.args)) or 'none'}",
+            tool=action.tool,
+            field="args",
+        )
+    policy = core.policies.find_policy(action.tool)
+    paths = policy.redact if policy is not None else ()
+    hidden = sorted(k for k in changes if redact({k: changes[k]}, paths, "args") != {k: changes[k]})
+    if hidden:
+        raise PolicyError(
+            f"argument(s) {', '.join(hidden)} of {action.tool} are redacted (by the policy or "
+            "because the value looks secret): an edit of them cannot be recorded; reject the "
+            "call instead and let the agent ask again",
+            tool=action.tool,
+            field="args",
+        )
+    return changes, {**action.args, **changes}

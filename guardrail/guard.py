@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
-from guardrail import audit, decisions, inject, lifecycle, outbox, policy_file, recovery
+from guardrail import audit, decisions, inject, lifecycle, policy_file, recovery
 from guardrail.audit import ActionLog, Verification, Witness, read_log, verify
 from guardrail.clock import SYSTEM, Clock, check_clock
 from guardrail.core import Core
@@ -414,36 +414,32 @@ class Guard(Inbox):
         """Record a person's decision on a review item (``done_manually``, ``retried``, ...)."""
         return self._decided(decisions.resolve(self._core, item_id, resolution, by, note))
 
-    def approve(self, item_id: str, *, by: str, note: str | None = None) -> Decision:
-        """Approve an approval request; then resume the run and the call runs once."""
-        return self._decided(decisions.decide(self._core, item_id, True, by, note))
+    def approve(
+        self,
+        item_id: str,
+        *,
+        by: str,
+        note: str | None = None,
+        args: Mapping[str, Any] | None = None,
+    ) -> Decision:
+        """Approve an approval request; then resume the run and the call runs once. ``args``:
+        approve other values of some arguments instead (``{"amount": 500}``); the call runs
+        with them and the action records them."""
+        return self._decided(decisions.decide(self._core, item_id, True, by, note, edit=args))
 
     def reject(self, item_id: str, *, by: str, reason: str | None = None) -> Decision:
         """Reject an approval request; after resume the agent gets CallRejected for that call."""
         return self._decided(decisions.decide(self._core, item_id, False, by, reason))
 
+    def reply(self, item_id: str, answer: Any, *, by: str, note: str | None = None) -> Decision:
+        """Answer an approval request instead of letting the call run: after resume the call
+        returns ``answer`` (JSON) to the agent, and the tool never runs."""
+        return self._decided(decisions.reply(self._core, item_id, answer, by, note))
+
     def _decided(self, decision: Decision) -> Decision:
         if decision.landed:
             self._notifier.decided(decision.run_id)
         return decision
-
-    def use_webhook(
-        self,
-        url: str,
-        *,
-        secret: str | None = None,
-        body: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-    ) -> None:
-        """Send events to ``url`` from now on (as ``Guard(webhook_url=...)``); ``secret``
-        defaults to the ``GUARDRAIL_WEBHOOK_SECRET`` variable."""
-        self._notifier.use_webhook(url, secret or os.environ.get("GUARDRAIL_WEBHOOK_SECRET"), body)
-
-    def deliver(self) -> outbox.Delivery:
-        """Post the webhook events that are due (new, or failed before and due again)."""
-        hook = self._notifier.hook
-        if hook is None:
-            raise GuardrailError("this guard has no webhook_url to deliver to", field="webhook_url")
-        return outbox.deliver(self.store, hook, self.clock())
 
     def plan_undo(self, run_id: str, *, log: ActionLog | None = None) -> list[PlannedStep]:
         """What compensation would do now (undo, review, nothing), newest first; changes nothing."""

@@ -22,6 +22,7 @@ _ITEM_DECISIONS = (
     "review.not_happened",
     "approval.approved",
     "approval.rejected",
+    "approval.replied",
 )
 
 
@@ -41,8 +42,10 @@ class JournalEntry(Protocol):
 @dataclass(frozen=True, slots=True)
 class DecisionEvent:
     """One decision on a run: ``what`` is ``resume``, ``abort``, or a review item's resolution
-    (``done_manually``, ``retried``, ``skipped``, ``approved``, ``rejected``, ``happened``,
-    ``not_happened``); ``item_id`` names the item it resolved. ``n`` is its journal entry."""
+    (``done_manually``, ``retried``, ``skipped``, ``approved``, ``rejected``, ``replied``,
+    ``happened``, ``not_happened``); ``item_id`` names the item it resolved. ``n`` is its
+    journal entry; ``answer`` an approval's edited arguments (``{"args": ...}``) or reply
+    (``{"reply": ...}``)."""
 
     run_id: str
     n: int
@@ -51,6 +54,7 @@ class DecisionEvent:
     by: str | None
     note: str | None
     item_id: str | None = None
+    answer: Any = None
 
 
 def decisions(run_id: str, entries: Iterable[JournalEntry]) -> list[DecisionEvent]:

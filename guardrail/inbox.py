@@ -1,5 +1,6 @@
 """The people-facing API at volume, as a part of `Guard`: search, groups of like halts, bulk
-decisions with a preview, the decision history, and waiting for a decision.
+decisions with a preview, the decision history, waiting for a decision, and the webhook's
+delivery.
 
 A mixin of the facade: each method works through what `guardrail.bulk.Deciding` says the guard
 has (its store, clock, reads and one-run decisions), so none of this reaches into the core.
@@ -7,18 +8,24 @@ has (its store, clock, reads and one-run decisions), so none of this reaches int
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Protocol
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
+from typing import Any, Protocol
 
-from guardrail import bulk, history, waiting
+from guardrail import bulk, history, outbox, waiting
 from guardrail.clock import Clock
 from guardrail.drive import adrive, drive
+from guardrail.errors import GuardrailError
 from guardrail.history import DecisionEvent
+from guardrail.notify import Notifier
 from guardrail.search import Found, Group, RunQuery, found, groups
 from guardrail.store import RunRecord
 
 
 class _Guard(bulk.Deciding, Protocol):
+    _notifier: Notifier
+
     @property
     def clock(self) -> Clock: ...
 
@@ -66,7 +73,11 @@ class Inbox:
         """Who decided what on the run and when (resume, abort, each item's resolution, each
         approval), oldest first: read from the run's hash-chained journal."""
         self.require_run(run_id)
-        return history.decisions(run_id, self.store.entries(run_id))
+        events = history.decisions(run_id, self.store.entries(run_id))
+        answers = {i.id: i.answer for i in self.store.review_items(run_id=run_id) if i.answer}
+        return [
+            replace(e, answer=answers[e.item_id]) if e.item_id in answers else e for e in events
+        ]
 
     def preview(
         self: _Guard,
@@ -119,3 +130,22 @@ class Inbox:
         self: _Guard, run_id: str, *, timeout: float | None = None, poll: float = 1.0
     ) -> RunRecord:
         return await adrive(waiting.wait_decision(self.store, run_id, timeout, poll, self.clock))
+
+    def use_webhook(
+        self: _Guard,
+        url: str,
+        *,
+        secret: str | None = None,
+        body: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> None:
+        """Send events to ``url`` from now on (as ``Guard(webhook_url=...)``); ``secret``
+        defaults to the ``GUARDRAIL_WEBHOOK_SECRET`` variable."""
+        self._notifier.use_webhook(url, secret or os.environ.get("GUARDRAIL_WEBHOOK_SECRET"), body)
+
+    def deliver(self: _Guard) -> outbox.Delivery:
+        """Post the webhook events that are due (new, or failed before and due again): from
+        cron, ``guardrail deliver``, or ``guardrail serve`` (which does every few seconds)."""
+        hook = self._notifier.hook
+        if hook is None:
+            raise GuardrailError("this guard has no webhook_url to deliver to", field="webhook_url")
+        return outbox.deliver(self.store, hook, self.clock())

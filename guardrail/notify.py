@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from guardrail import history, outbox, telemetry, webhook
@@ -78,6 +79,9 @@ class Notifier:
             return
         try:
             event = history.decisions(run_id, self.store.entries(run_id))[-1]
+            item = self.store.review_item(event.item_id) if event.item_id else None
+            if item is not None and item.answer:
+                event = replace(event, answer=item.answer)
             run = self.store.run(run_id)
         except Exception:
             log.warning("guardrail could not read the decision on run %s", run_id, exc_info=True)

@@ -478,10 +478,40 @@ def resolve_doubt(
 
 
 def decide_approval(
-    run_id: str, item_id: str, seq: int | None, approve: bool, by: str, note: str | None
+    run_id: str,
+    item_id: str,
+    seq: int | None,
+    approve: bool,
+    by: str,
+    note: str | None,
+    *,
+    edit: dict[str, Any] | None = None,
+    args: dict[str, Any] | None = None,
 ) -> Transition:
+    """Approve or reject an approval request. An approval may ``edit`` arguments: the item
+    keeps the edit, and the action records ``args``, the whole (redacted) arguments it will
+    run with."""
     resolution = A.APPROVED if approve else A.REJECTED
     t = resolve_item(run_id, item_id, resolution.value, by, note, f"approval.{resolution}")
+    if edit is not None:
+        t.writes[0].values["answer"] = {"args": edit}
     if seq is not None:
-        t.writes.append(_action(run_id, seq, (A.AWAITING_APPROVAL,), state=resolution.value))
+        values: dict[str, Any] = {"state": resolution.value}
+        if args is not None:
+            values["args"] = args
+        t.writes.append(_action(run_id, seq, (A.AWAITING_APPROVAL,), **values))
+    return t
+
+
+def reply_approval(
+    run_id: str, item_id: str, seq: int | None, reply: Any, by: str, note: str | None
+) -> Transition:
+    """Answer an approval request with a reply for the agent instead of running the call: the
+    action is rejected (it never runs) and records the reply as its result."""
+    t = resolve_item(run_id, item_id, "replied", by, note, "approval.replied")
+    t.writes[0].values["answer"] = {"reply": reply}
+    if seq is not None:
+        t.writes.append(
+            _action(run_id, seq, (A.AWAITING_APPROVAL,), state=A.REJECTED.value, result=reply)
+        )
     return t

@@ -111,6 +111,7 @@ def decision_event(
             "by": event.by,
             "note": event.note,
             "item_id": event.item_id,
+            "answer": event.answer,
             "at": iso(event.at),
         },
     }

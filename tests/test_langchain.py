@@ -144,3 +144,47 @@ def test_async_agent(sqlite_url: str, tmp_path: Path) -> None:
     state = world.load()
     assert (state["orders"], state["emails"], state["shipped"]) == (["o-book"], 1, 1)
     guard.close()
+
+
+def test_a_thread_keeps_calling_tools_turn_after_turn(sqlite_url: str, tmp_path: Path) -> None:
+    """A second turn on the same thread (a new user message) that calls a tool starts the
+    thread's next run once the first turn's run completed."""
+    from langchain.agents import create_agent
+    from langchain_core.messages import AIMessage
+    from langchain_core.tools import tool
+    from langchain_shop import ScriptedModel
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    from guardrail.adapters.langchain import GuardrailMiddleware
+
+    guard = Guard(store=sqlite_url)
+    guard.policy("note", effect="reversible", undo=lambda: None)
+    made: list[str] = []
+
+    @tool
+    def note(text: str) -> str:
+        """Write a note."""
+        made.append(text)
+        return f"noted {text}"
+
+    turns = [
+        AIMessage(content="", tool_calls=[{"name": "note", "args": {"text": "a"}, "id": "c1"}]),
+        AIMessage(content="first done"),
+        AIMessage(content="", tool_calls=[{"name": "note", "args": {"text": "b"}, "id": "c2"}]),
+        AIMessage(content="second done"),
+    ]
+    agent = create_agent(
+        ScriptedModel(messages=iter(turns)),
+        [note],
+        middleware=[GuardrailMiddleware(guard, agent="notes")],
+        checkpointer=InMemorySaver(),
+    )
+    config = {"configurable": {"thread_id": "chat-7"}}
+    agent.invoke({"messages": [{"role": "user", "content": "note a"}]}, config)
+    agent.invoke({"messages": [{"role": "user", "content": "note b"}]}, config)
+    assert made == ["a", "b"]
+    first, second = guard.require_run("chat-7"), guard.require_run("chat-7~2")
+    assert (first.status, second.status) == ("completed", "completed")
+    assert second.meta == {"thread_id": "chat-7"}
+    assert [a.tool for a in guard.log("chat-7~2").actions] == ["note"]
+    guard.close()

@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from guardrail.errors import StoreError
 
-HEAD = "0008"  # the newest revision in migrations/versions (a test keeps the two in step)
+HEAD = "0009"  # the newest revision in migrations/versions (a test keeps the two in step)
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 

@@ -109,6 +109,8 @@ class ReviewItem(SQLModel, table=True):
     resolution: str | None = None
     resolved_by: str | None = None
     note: str | None = None
+    # an approval's answer besides yes or no: {"args": edited arguments} or {"reply": value}
+    answer: Any = Field(default=None, sa_column=Column(JSON))
     created_at: float
     resolved_at: float | None = None
 
@@ -161,5 +163,5 @@ KEYS: dict[str, tuple[str, ...]] = {
 }
 # Columns that change without a transition (liveness, chain bookkeeping): not journaled.
 UNJOURNALED = {"heartbeat_at", "prev_hash", "hash"}
-JSON_COLUMNS = {"meta", "args", "result", "external_ids", "snapshot"}
+JSON_COLUMNS = {"meta", "args", "result", "external_ids", "snapshot", "answer"}
 COLUMN_NAMES = {"meta": "metadata"}
