@@ -14,8 +14,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from guardrail.store import Action, Compensation, ReviewItem, RunRecord, Store
-from guardrail.store.schema import KEYS, TABLES, UNJOURNALED
-from guardrail.store.sql import entry_hash, journal_value
+from guardrail.store.journal import KEYS, UNJOURNALED, entry_hash, journal_value
+from guardrail.store.records import RECORDS
 
 
 class ActionLog(BaseModel):
@@ -94,7 +94,7 @@ _DEFAULTS: dict[str, dict[str, Any]] = {}
 def _defaults(table: str) -> dict[str, Any]:
     found = _DEFAULTS.get(table)
     if found is None:
-        fields = TABLES[table].model_fields
+        fields = RECORDS[table].model_fields
         found = _DEFAULTS[table] = {
             c: f.get_default(call_default_factory=True) for c, f in fields.items()
         }

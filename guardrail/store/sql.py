@@ -1,35 +1,40 @@
-"""The SQL store: SQLModel for the schema and reads, the raw DBAPI connection for writes.
+"""The SQL store: the action log in SQLite or PostgreSQL, through the DB-API directly.
 
-Writes are on the hot path of every guarded call, so they skip the ORM: one transaction holds
-the row changes, the journal entry that chains them, and a compare-and-set of the run's chain
-head. SQLite runs in WAL mode with ``synchronous=NORMAL`` (durability "process": survives a
-process crash) or ``FULL`` (durability "power": survives power loss, about 4x slower).
+Writes are on the hot path of every guarded call: one transaction holds the row changes and
+the journal entry that chains them; the journal's primary key (run, n) is the compare-and-set
+of the run's chain head. What differs between the databases is a `Dialect`
+(`guardrail.store.sqlite`, `guardrail.store.postgres`); the journal's rules are
+`guardrail.store.journal`. Reads return the records of `guardrail.store.records`.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
-from sqlalchemy import create_engine, event
-from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import Session, col, select
+from pydantic import BaseModel
 
 from guardrail import keys
 from guardrail.errors import StoreError
-from guardrail.keys import Keys, KeySource
-from guardrail.redact import canonical, digest
+from guardrail.keys import KeySource
 from guardrail.store import Fence, Fenced, JournalRow, Recorded, Write, migrate
-from guardrail.store.schema import (
-    COLUMN_NAMES,
-    JSON_COLUMNS,
+from guardrail.store import url as urls
+from guardrail.store.dialect import (
+    EXPECT,
+    FENCE,
+    Broken,
+    Dialect,
+    FenceLost,
+    Rejected,
+    Statement,
+)
+from guardrail.store.journal import COLUMN_NAMES, DONE_STATES, JSON_COLUMNS, body, entry_hash
+from guardrail.store.journal import row_values as bound_values
+from guardrail.store.records import (
     Action,
     Compensation,
     Entry,
@@ -38,13 +43,8 @@ from guardrail.store.schema import (
     RunRecord,
 )
 
-T = TypeVar("T")
-_DURABILITY = {"process": "NORMAL", "power": "FULL"}
-
-
-def entry_hash(keys: Keys, kid: str | None, prev_hash: str, kind: str, body: str) -> str:
-    """A journal entry's hash: HMAC under the run's key of the previous hash, kind and body."""
-    return keys.mac(f"{prev_hash}\n{kind}\n{body}", kid)
+M = TypeVar("M", bound=BaseModel)
+_DONE = ", ".join(f"'{s}'" for s in DONE_STATES)
 
 
 class SQLStore:
@@ -58,36 +58,25 @@ class SQLStore:
         busy_timeout: float = 10.0,
         hash_key: KeySource | None = None,
     ):
-        if durability not in _DURABILITY:
+        from guardrail.store.sqlite import SYNCHRONOUS
+
+        if durability not in SYNCHRONOUS:
             raise StoreError(
                 f"durability={durability!r} is not one of 'process' or 'power'", field="durability"
             )
-        try:
-            parsed: URL = make_url(url)
-        except Exception as exc:
-            raise StoreError(
-                f"store URL {url!r} is not a database URL; expected sqlite:///path.db or "
-                "postgresql+psycopg://user@host/db",
-                field="store",
-            ) from exc
-        self.url = parsed.render_as_string(hide_password=True)
-        if parsed.get_backend_name() not in ("sqlite", "postgresql"):
-            raise StoreError(
-                f"store URL {self.url!r} names a database guardrail does not support; expected "
-                "sqlite:///path.db or postgresql+psycopg://user@host/db",
-                field="store",
-            )
-        self._sqlite = parsed.get_backend_name() == "sqlite"
-        self._busy_timeout = busy_timeout
-        self._sync = _DURABILITY[durability]
+        parsed = urls.parse(url)
+        self.url = parsed.shown()
         self._heads: dict[str, tuple[int, str, str | None]] = {}  # run -> (n, hash, key id)
-        self._sql_cache: dict[tuple[Any, ...], str] = {}
+        self._sql_cache: dict[Any, str] = {}
         self._closed = False
         self._idle: list[Any] = []  # connections not in use (see _checkout)
         self.max_idle = 8
         self._conns_lock = threading.Lock()
-        if self._sqlite:
-            path = parsed.database or ""
+        self.dialect: Dialect
+        if parsed.backend == "sqlite":
+            from guardrail.store.sqlite import SQLite
+
+            path = parsed.database
             if path in ("", ":memory:"):
                 raise StoreError(
                     "an in-memory SQLite store cannot be shared by the guard's connections; "
@@ -101,61 +90,22 @@ class SQLStore:
                     "(or is not a directory); create it or point store= elsewhere",
                     field="store",
                 )
-            self._path = path
             self.keys = keys.load(hash_key, store_path=os.path.abspath(path))
-            self._connect: Callable[[], Any] = self._connect_sqlite
-            self._ph = "?"
-            self.engine: Engine = create_engine(
-                url, connect_args={"timeout": busy_timeout, "check_same_thread": False}
-            )
+            self.dialect = SQLite(path, durability=durability, busy_timeout=busy_timeout)
         else:
+            from guardrail.store.postgres import Postgres
+
             self.keys = keys.load(hash_key)
-            self._connect = self._connect_postgres
-            self._ph = "%s"
-            self.engine = create_engine(parsed, pool_pre_ping=True)
-            # the same connection parameters as the engine's (a DSN string rendered from the
-            # URL would turn a space in `options=-c a=1 -c b=2` into a literal "+" for libpq)
-            _, params = self.engine.dialect.create_connect_args(parsed)
-            self._params = {k: v for k, v in params.items() if k != "context"}
-        self._attach_pragmas()
+            self.dialect = Postgres(parsed.connect_args())
         try:
-            migrate.ensure(self.engine, self.url)
-        except SQLAlchemyError as exc:
-            raise StoreError(
-                f"cannot open the store at {self.url}: {getattr(exc, 'orig', None) or exc}"
-            ) from exc
+            with self._checkout() as conn:
+                migrate.ensure(conn, self.dialect, parsed)
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(f"cannot open the store at {self.url}: {exc}") from exc
 
     # -- connections -------------------------------------------------------------------------
-
-    def _attach_pragmas(self) -> None:
-        if not self._sqlite:
-            return
-        sync = self._sync
-
-        @event.listens_for(self.engine, "connect")
-        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-            dbapi_conn.execute("PRAGMA journal_mode=WAL")
-            dbapi_conn.execute(f"PRAGMA synchronous={sync}")
-
-    def _connect_sqlite(self) -> Any:
-        conn = sqlite3.connect(
-            self._path, isolation_level=None, check_same_thread=False, timeout=self._busy_timeout
-        )
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={self._sync}")
-        conn.execute("PRAGMA wal_autocheckpoint=10000")
-        return conn
-
-    def _connect_postgres(self) -> Any:
-        import psycopg
-
-        conn = psycopg.connect(autocommit=True, **self._params)
-        # Our transactions never wait on user code, so they last microseconds. A process paused
-        # inside one (SIGSTOP, a VM pause) would hold its run's row lock for as long as it
-        # sleeps and stall recovery: the server ends such a session instead, and nobody waits
-        # on a lock for long (a recovery pass skips that run and comes back to it).
-        conn.execute("SET idle_in_transaction_session_timeout = '5s'; SET lock_timeout = '5s'")
-        return conn
 
     @contextmanager
     def _checkout(self) -> Iterator[Any]:
@@ -171,13 +121,13 @@ class SQLStore:
             conn = self._idle.pop() if self._idle else None
         if conn is None:
             try:
-                conn = self._connect()
+                conn = self.dialect.connect()
             except Exception as exc:
                 raise StoreError(f"cannot connect to the store at {self.url}: {exc}") from exc
         try:
             yield conn
         except BaseException as exc:
-            if not _reusable_after(exc):
+            if not self._reusable_after(exc):
                 with suppress(Exception):
                     conn.close()
                 raise
@@ -193,21 +143,14 @@ class SQLStore:
         with suppress(Exception):
             conn.close()
 
-    @contextmanager
-    def _transaction(self) -> Iterator[Any]:
-        with self._checkout() as conn:
-            cur = conn.cursor()
-            cur.execute("BEGIN IMMEDIATE" if self._sqlite else "BEGIN")
-            try:
-                yield cur
-            except BaseException:
-                try:
-                    cur.execute("ROLLBACK")
-                except Exception as exc:
-                    raise _Broken(str(exc)) from exc  # (closed by the checkout)
-                raise
-            else:
-                cur.execute("COMMIT")
+    def _reusable_after(self, exc: BaseException) -> bool:
+        """Whether a connection stays usable after ``exc`` (its transaction rolled back): our
+        own refusals and a lost race on a key leave it healthy; anything else may mean it died."""
+        if isinstance(exc, Broken):
+            return False
+        if isinstance(exc, Rejected | FenceLost | StoreError | GeneratorExit):
+            return True
+        return self.dialect.unique_table(exc) is not None
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -221,57 +164,23 @@ class SQLStore:
         The run row is locked first (the fence, then updates of the run), so two writers of one
         run always take their locks in the same order.
         """
-        prepared = [_prepare(w) for w in writes]
-        first = [p for p in prepared if p[0].table == "runs" and not p[0].insert]
-        rest = [p for p in prepared if not (p[0].table == "runs" and not p[0].insert)]
-        body = canonical(
-            [[w.table, w.key, journaled, int(w.insert)] for w, _, journaled in prepared]
-        )
+        rows = [bound_values(w.values) for w in writes]
+        text = body(writes, rows)
         created = next((w for w in writes if w.insert and w.table == "runs"), None)
-        creates_run = created is not None
-        # The fence rides with the journal entry: one statement fewer (on PostgreSQL, one
-        # round trip fewer)
-        fused = fence is not None
         for _ in range(20):
-            head = (0, "", created.values.get("key_id")) if created else self._heads.get(run_id)
             try:
-                with self._transaction() as cur:
-                    if not fused:
-                        self._apply_all(cur, first, "", "")
-                    if head is None:
-                        head = self._read_head(cur, run_id)
-                    n, prev, kid = head[0] + 1, head[1], head[2]
-                    h = entry_hash(self.keys, kid, prev, kind, body)
-                    # The journal's primary key (run_id, n) is the compare-and-set: a writer
-                    # with a stale head collides here, rolls back and retries from the real head.
-                    entry = (run_id, n, time.time(), kind, body, prev, h)
-                    if fused:
-                        assert fence is not None
-                        # one statement checks the run (on PostgreSQL locked FOR SHARE: a
-                        # takeover waits for this commit) and appends the entry
-                        check = (run_id, fence.epoch, *fence.statuses)
-                        cur.execute(
-                            self._fused_sql(len(fence.statuses), exclusive=bool(first)),
-                            (*entry, *check) if self._sqlite else (*check, *entry),
-                        )
-                        if cur.rowcount != 1:
-                            raise Fenced(run_id, kind)
-                        self._apply_all(cur, first, "", "")
-                    else:
-                        cur.execute(
-                            self._sql(
-                                "INSERT INTO journal (run_id, n, at, kind, body, prev_hash, hash) "
-                                "VALUES (?, ?, ?, ?, ?, ?, ?)"
-                            ),
-                            entry,
-                        )
-                    for w, values, _ in rest:
-                        if not self._apply(cur, w, values, prev, h):
-                            raise _Rejected
-            except _Rejected:
+                head = (0, "", created.values.get("key_id")) if created else self._head(run_id)
+                n, prev, kid = head[0] + 1, head[1], head[2]
+                h = entry_hash(self.keys, kid, prev, kind, text)
+                # a writer with a stale head collides on the journal's key, and retries
+                entry = (run_id, n, time.time(), kind, text, prev, h)
+                statements = self._statements(writes, rows, entry, fence, prev, h)
+                with self._checkout() as conn:
+                    self.dialect.write(conn, statements)
+            except Rejected:
                 return False
-            except Fenced:
-                raise
+            except FenceLost:
+                raise Fenced(run_id, kind) from None
             except StoreError as exc:
                 if exc.run_id is None:  # no connection: say what could not be recorded
                     raise StoreError(
@@ -280,9 +189,10 @@ class SQLStore:
                 raise
             except Exception as exc:
                 self._heads.pop(run_id, None)
-                if _is_journal_race(exc) and not creates_run:
+                table = self.dialect.unique_table(exc)
+                if table == "journal" and created is None:
                     continue  # (a run created twice is a duplicate: its head is always 0)
-                if _is_integrity_error(exc):
+                if table is not None:
                     raise _Duplicate(str(exc)) from exc
                 raise StoreError(
                     f"could not record {kind!r} for run {run_id} in {self.url}: {exc}",
@@ -294,93 +204,86 @@ class SQLStore:
             return True
         raise StoreError(f"run {run_id}: too much contention on its journal", run_id=run_id)
 
-    def _read_head(self, cur: Any, run_id: str) -> tuple[int, str, str | None]:
-        """The newest journal entry of the run and the run's key: (n, hash, key id)."""
-        cur.execute(
-            self._sql(
-                "SELECT n, hash, (SELECT key_id FROM runs WHERE id = ?) FROM journal "
-                "WHERE run_id = ? ORDER BY n DESC LIMIT 1"
-            ),
-            (run_id, run_id),
-        )
-        row = cur.fetchall()
-        if not row:
-            raise StoreError(f"run {run_id} does not exist in {self.url}", run_id=run_id)
-        return int(row[0][0]), str(row[0][1]), row[0][2]
+    def _statements(
+        self,
+        writes: Sequence[Write],
+        rows: list[dict[str, Any]],
+        entry: tuple[Any, ...],
+        fence: Fence | None,
+        prev: str,
+        h: str,
+    ) -> list[Statement]:
+        """The transaction: the run row locked first (by the fence, else by its updates), then
+        the journal entry, then the other rows."""
+        first: list[Statement] = []
+        rest: list[Statement] = []
+        for w, values in zip(writes, rows, strict=True):
+            if w.table == "actions":
+                values = {**values, "prev_hash": prev, "hash": h}
+            (first if w.table == "runs" and not w.insert else rest).append(self._write(w, values))
+        if fence is None:
+            journal = self._cached(("journal",), _insert_journal)
+            return [*first, Statement(journal, entry), *rest]
+        # the fence rides with the journal entry: one statement checks the run and appends
+        statuses, exclusive = len(fence.statuses), bool(first)
+        sql = self._sql_cache.get(("fenced", statuses, exclusive))
+        if sql is None:
+            sql = self.dialect.fenced_journal(statuses, exclusive=exclusive)
+            self._sql_cache[("fenced", statuses, exclusive)] = sql
+        check = (entry[0], fence.epoch, *fence.statuses)
+        return [Statement(sql, (*entry, *check), FENCE), *first, *rest]
 
-    def _apply(self, cur: Any, w: Write, values: dict[str, Any], prev: str, h: str) -> bool:
-        if w.table == "actions":
-            values["prev_hash"], values["hash"] = prev, h
+    def _write(self, w: Write, values: dict[str, Any]) -> Statement:
         cols = tuple(values)
-        params = list(values.values())
-        names = [COLUMN_NAMES.get(c, c) for c in cols]
         if w.insert:
-            sql = self._sql_cache.get((w.table, "i", cols))
+            sql = self._sql_cache.get((w.table, cols))
             if sql is None:
-                allnames = [*w.key, *names]
-                sql = self._sql(
-                    f"INSERT INTO {w.table} ({', '.join(allnames)}) "
-                    f"VALUES ({', '.join('?' for _ in allnames)})"
+                names = [*w.key, *(COLUMN_NAMES.get(c, c) for c in cols)]
+                sql = self.dialect.sql(
+                    f"INSERT INTO {w.table} ({', '.join(names)}) "
+                    f"VALUES ({', '.join('?' for _ in names)})"
                 )
-                self._sql_cache[(w.table, "i", cols)] = sql
-            cur.execute(sql, [*w.key.values(), *params])
-            return True
+                self._sql_cache[(w.table, cols)] = sql
+            return Statement(sql, (*w.key.values(), *values.values()))
         expect = {c: [v for v in vs if v is not None] for c, vs in w.expect.items()}
         nullable = tuple(c for c, vs in w.expect.items() if None in vs)
-        exp = tuple((c, len(v)) for c, v in expect.items())
-        key = (w.table, "u", cols, tuple(w.key), exp, nullable)
-        sql = self._sql_cache.get(key)
+        shape = (w.table, cols, tuple(w.key), tuple((c, len(v)) for c, v in expect.items()))
+        sql = self._sql_cache.get((*shape, nullable))
         if sql is None:
             where = [f"{k} = ?" for k in w.key]
             for c, vs in expect.items():
                 test = [f"{c} IN ({', '.join('?' for _ in vs)})"] if vs else []
                 test += [f"{c} IS NULL"] if c in nullable else []
                 where.append("(" + " OR ".join(test) + ")")
-            sql = self._sql(
+            names = [COLUMN_NAMES.get(c, c) for c in cols]
+            update = self.dialect.sql(
                 f"UPDATE {w.table} SET {', '.join(f'{n} = ?' for n in names)} "
                 f"WHERE {' AND '.join(where)}"
             )
-            self._sql_cache[key] = sql
+            sql = self._sql_cache[(*shape, nullable)] = self.dialect.checked(update, EXPECT)
         expected = [v for vs in expect.values() for v in vs]
-        cur.execute(sql, [*params, *w.key.values(), *expected])
-        return bool(cur.rowcount == 1)
+        return Statement(sql, (*values.values(), *w.key.values(), *expected), EXPECT)
 
-    def _sql(self, sql: str) -> str:
-        return sql if self._sqlite else sql.replace("?", "%s")
+    def _cached(self, key: Any, sql: str) -> str:
+        found = self._sql_cache.get(key)
+        if found is None:
+            found = self._sql_cache[key] = self.dialect.sql(sql)
+        return found
 
-    def _apply_all(
-        self, cur: Any, prepared: list[tuple[Write, dict[str, Any], dict[str, Any]]], p: str, h: str
-    ) -> None:
-        for w, values, _ in prepared:
-            if not self._apply(cur, w, values, p, h):
-                raise _Rejected
-
-    def _fused_sql(self, statuses: int, *, exclusive: bool) -> str:
-        # FOR SHARE: calls of one run may record side by side, while a takeover's UPDATE waits
-        # for them. FOR UPDATE when this transaction updates the run row itself, so that two
-        # of them never both hold a share and wait for each other to upgrade it.
-        sql = self._sql_cache.get(("fused", statuses, exclusive))
-        if sql is None:
-            marks = ", ".join("?" for _ in range(statuses))
-            if self._sqlite:
-                # the transaction holds the database's write lock (BEGIN IMMEDIATE): nobody
-                # changes the run before it commits, no row lock is needed. (The statement
-                # starts with INSERT: sqlite3 reports no rowcount for one starting with WITH.)
-                sql = (
-                    "INSERT INTO journal (run_id, n, at, kind, body, prev_hash, hash) "
-                    "SELECT ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM runs WHERE id = ? "
-                    f"AND epoch = ? AND status IN ({marks}))"
-                )
-            else:
-                lock = "FOR UPDATE" if exclusive else "FOR SHARE"
-                sql = self._sql(
-                    "WITH fence AS (SELECT 1 FROM runs WHERE id = ? AND epoch = ? "
-                    f"AND status IN ({marks}) {lock}) "
-                    "INSERT INTO journal (run_id, n, at, kind, body, prev_hash, hash) "
-                    "SELECT ?, ?, ?, ?, ?, ?, ? FROM fence"
-                )
-            self._sql_cache[("fused", statuses, exclusive)] = sql
-        return sql
+    def _head(self, run_id: str) -> tuple[int, str, str | None]:
+        """The newest journal entry of the run and the run's key: (n, hash, key id)."""
+        cached = self._heads.get(run_id)
+        if cached is not None:
+            return cached
+        rows = self._fetch(
+            run_id,
+            "SELECT n, hash, (SELECT key_id FROM runs WHERE id = ?) FROM journal "
+            "WHERE run_id = ? ORDER BY n DESC LIMIT 1",
+            (run_id, run_id),
+        )
+        if not rows:
+            raise StoreError(f"run {run_id} does not exist in {self.url}", run_id=run_id)
+        return int(rows[0][0]), str(rows[0][1]), rows[0][2]
 
     def heartbeat(self, owner: str, run_ids: Collection[str], now: float) -> None:
         """Renew the leases of the runs this owner is executing now (and no others: a run its
@@ -388,18 +291,20 @@ class SQLStore:
         ids = list(run_ids)
         if not ids:
             return
+        statements = [
+            Statement(
+                self.dialect.sql(
+                    "UPDATE runs SET heartbeat_at = ? WHERE owner = ? "
+                    "AND status IN ('running', 'compensating', 'aborting') "
+                    f"AND id IN ({', '.join('?' for _ in chunk)})"
+                ),
+                (now, owner, *chunk),
+            )
+            for chunk in (ids[i : i + 500] for i in range(0, len(ids), 500))
+        ]
         try:
-            with self._transaction() as cur:
-                for i in range(0, len(ids), 500):
-                    chunk = ids[i : i + 500]
-                    cur.execute(
-                        self._sql(
-                            "UPDATE runs SET heartbeat_at = ? WHERE owner = ? "
-                            "AND status IN ('running', 'compensating', 'aborting') "
-                            f"AND id IN ({', '.join('?' for _ in chunk)})"
-                        ),
-                        (now, owner, *chunk),
-                    )
+            with self._checkout() as conn:
+                self.dialect.write(conn, statements)
         except StoreError:
             raise
         except Exception as exc:
@@ -425,19 +330,33 @@ class SQLStore:
 
     # -- reads -------------------------------------------------------------------------------
 
-    def _read(self, fn: Callable[[Session], T]) -> T:
-        if self._closed:
-            raise StoreError(f"the store at {self.url} is closed; open a new Guard")
+    def _fetch(self, run_id: str | None, sql: str, params: Sequence[Any]) -> list[Any]:
         try:
-            with Session(self.engine) as session:
-                return fn(session)
-        except SQLAlchemyError as exc:
-            raise StoreError(
-                f"cannot read the store at {self.url}: {getattr(exc, 'orig', None) or exc}"
-            ) from exc
+            with self._checkout() as conn:
+                return list(conn.execute(self._cached(sql, sql), params).fetchall())
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(f"cannot read the store at {self.url}: {exc}", run_id=run_id) from exc
+
+    def _records(
+        self, model: type[M], where: str, params: Sequence[Any], run_id: str | None = None
+    ) -> list[M]:
+        """The rows of ``model``'s table matching ``where`` (and its ORDER BY), as records."""
+        names, select, json_at = _columns(model)
+        rows = self._fetch(run_id, f"{select} {where}", params)
+        decode = self.dialect.decode_json
+        out = []
+        for row in rows:
+            values = list(row)
+            for i in json_at:
+                values[i] = decode(values[i])
+            out.append(model.model_construct(**dict(zip(names, values, strict=True))))
+        return out
 
     def run(self, run_id: str) -> RunRecord | None:
-        return self._read(lambda s: s.get(RunRecord, run_id))
+        found = self._records(RunRecord, "WHERE id = ?", (run_id,), run_id)
+        return found[0] if found else None
 
     def runs(
         self,
@@ -447,36 +366,21 @@ class SQLStore:
         since: float | None = None,
         limit: int | None = None,
     ) -> list[RunRecord]:
-        q = select(RunRecord)
-        if status is not None:
-            q = q.where(RunRecord.status == status)
-        if agent is not None:
-            q = q.where(RunRecord.agent == agent)
+        where, params = _where(status=status, agent=agent)
         if since is not None:
-            q = q.where(RunRecord.updated_at >= since)
-        q = q.order_by(col(RunRecord.created_at).desc())
+            where.append("updated_at >= ?")
+            params.append(since)
+        sql = (f"WHERE {' AND '.join(where)} " if where else "") + "ORDER BY created_at DESC"
         if limit is not None:
-            q = q.limit(limit)
-        return self._read(lambda s: list(s.exec(q).all()))
+            sql += f" LIMIT {int(limit)}"
+        return self._records(RunRecord, sql, params)
 
     def actions(self, run_id: str) -> list[Action]:
-        q = select(Action).where(Action.run_id == run_id).order_by(col(Action.seq))
-        return self._read(lambda s: list(s.exec(q).all()))
+        return self._records(Action, "WHERE run_id = ? ORDER BY seq", (run_id,), run_id)
 
     def next_seq(self, run_id: str) -> int:
         row = self._fetch(run_id, "SELECT MAX(seq) FROM actions WHERE run_id = ?", (run_id,))[0]
         return 1 if row[0] is None else int(row[0]) + 1
-
-    def _fetch(self, run_id: str, sql: str, params: tuple[Any, ...]) -> list[Any]:
-        try:
-            with self._checkout() as conn:
-                cur = conn.cursor()
-                cur.execute(self._sql(sql), params)
-                return list(cur.fetchall())
-        except StoreError:
-            raise
-        except Exception as exc:
-            raise StoreError(f"cannot read the store at {self.url}: {exc}", run_id=run_id) from exc
 
     def seqs_in_state(self, run_id: str, states: Sequence[str]) -> list[int]:
         rows = self._fetch(
@@ -494,7 +398,7 @@ class SQLStore:
         rows = self._fetch(
             run_id,
             "SELECT idempotency_key, seq FROM actions WHERE run_id = ? "
-            f"AND state IN ({DONE_STATES}) ORDER BY seq",
+            f"AND state IN ({_DONE}) ORDER BY seq",
             (run_id,),
         )
         return {str(key): int(seq) for key, seq in rows}
@@ -505,55 +409,41 @@ class SQLStore:
         rows = self._fetch(
             run_id,
             "SELECT tool, args_hash, result, result_note FROM actions WHERE run_id = ? "
-            f"AND seq = ? AND idempotency_key = ? AND state IN ({DONE_STATES})",
+            f"AND seq = ? AND idempotency_key = ? AND state IN ({_DONE})",
             (run_id, seq, key),
         )
         if not rows:
             return None
         tool, args_hash, result, note = rows[0]
-        # psycopg decodes json columns itself; sqlite3 hands back the text, except for a bare
-        # number, which the column's numeric affinity already turned into one
-        if self._sqlite and isinstance(result, str):
-            result = json.loads(result)
-        return Recorded(seq, tool, args_hash, result, note)
+        return Recorded(seq, tool, args_hash, self.dialect.decode_json(result), note)
 
     def keyed_actions(self, run_id: str, key: str) -> list[Action]:
-        q = (
-            select(Action)
-            .where(Action.run_id == run_id, Action.idempotency_key == key)
-            .order_by(col(Action.seq))
+        return self._records(
+            Action, "WHERE run_id = ? AND idempotency_key = ? ORDER BY seq", (run_id, key), run_id
         )
-        return self._read(lambda s: list(s.exec(q).all()))
 
     def compensations(self, run_id: str) -> list[Compensation]:
-        q = (  # in the order they ran (older rows, without a position: by their start)
-            select(Compensation)
-            .where(Compensation.run_id == run_id)
-            .order_by(
-                col(Compensation.position).asc().nulls_last(),
-                col(Compensation.started_at),
-                col(Compensation.seq),
-            )
+        # in the order they ran (older rows, without a position: by their start)
+        return self._records(
+            Compensation,
+            "WHERE run_id = ? ORDER BY position IS NULL, position, started_at, seq",
+            (run_id,),
+            run_id,
         )
-        return self._read(lambda s: list(s.exec(q).all()))
 
     def review_items(
         self, *, run_id: str | None = None, status: str | None = None
     ) -> list[ReviewItem]:
-        q = select(ReviewItem)
-        if run_id is not None:
-            q = q.where(ReviewItem.run_id == run_id)
-        if status is not None:
-            q = q.where(ReviewItem.status == status)
-        q = q.order_by(col(ReviewItem.created_at))
-        return self._read(lambda s: list(s.exec(q).all()))
+        where, params = _where(run_id=run_id, status=status)
+        sql = (f"WHERE {' AND '.join(where)} " if where else "") + "ORDER BY created_at"
+        return self._records(ReviewItem, sql, params, run_id)
 
     def review_item(self, item_id: str) -> ReviewItem | None:
-        return self._read(lambda s: s.get(ReviewItem, item_id))
+        found = self._records(ReviewItem, "WHERE id = ?", (item_id,))
+        return found[0] if found else None
 
     def entries(self, run_id: str) -> list[Entry]:
-        q = select(Entry).where(Entry.run_id == run_id).order_by(col(Entry.n))
-        return self._read(lambda s: list(s.exec(q).all()))
+        return self._records(Entry, "WHERE run_id = ? ORDER BY n", (run_id,), run_id)
 
     def journal(self, run_id: str) -> list[JournalRow]:
         rows = self._fetch(
@@ -572,15 +462,9 @@ class SQLStore:
             for seq, name, value in rows
         ]
 
-    def external_ids(self, run_id: str) -> list[ExternalId]:
-        q = select(ExternalId).where(ExternalId.run_id == run_id)
-        return self._read(lambda s: list(s.exec(q).all()))
-
     def find(self, *, value: str, name: str | None = None) -> list[ExternalId]:
-        q = select(ExternalId).where(ExternalId.value == value)
-        if name is not None:
-            q = q.where(ExternalId.name == name)
-        return self._read(lambda s: list(s.exec(q).all()))
+        where, params = _where(value=value, name=name)
+        return self._records(ExternalId, f"WHERE {' AND '.join(where)}", params)
 
     def close(self) -> None:
         self._closed = True
@@ -589,72 +473,38 @@ class SQLStore:
         for conn in conns:
             with suppress(Exception):
                 conn.close()
-        self.engine.dispose()
 
 
-def journal_value(column: str, value: Any) -> Any:
-    """How a column's value appears in a journal entry: JSON columns by their canonical text,
-    or that text's digest when it is long (the row holds the value; the journal proves it)."""
-    if column not in JSON_COLUMNS:
-        return value
-    return _journal_text(canonical(value))
+_insert_journal = (
+    "INSERT INTO journal (run_id, n, at, kind, body, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_TABLES = {
+    RunRecord: "runs",
+    Action: "actions",
+    ExternalId: "external_ids",
+    Compensation: "compensations",
+    ReviewItem: "review_items",
+    Entry: "journal",
+}
+_COLUMNS: dict[type[BaseModel], tuple[list[str], str, list[int]]] = {}
 
 
-def _journal_text(text: str) -> str:
-    return text if len(text) <= 64 else "sha256:" + digest(text)
+def _columns(model: type[BaseModel]) -> tuple[list[str], str, list[int]]:
+    """A record's attributes, the SELECT of its columns, and where its JSON columns are."""
+    found = _COLUMNS.get(model)
+    if found is None:
+        names = list(model.model_fields)
+        cols = ", ".join(COLUMN_NAMES.get(n, n) for n in names)
+        json_at = [i for i, n in enumerate(names) if n in JSON_COLUMNS]
+        found = _COLUMNS[model] = (names, f"SELECT {cols} FROM {_TABLES[model]}", json_at)
+    return found
 
 
-def _prepare(w: Write) -> tuple[Write, dict[str, Any], dict[str, Any]]:
-    """The row values to bind (JSON columns as text) and the values to journal."""
-    # PostgreSQL text cannot hold NUL; escape it everywhere so both stores record the same
-    values = {
-        c: canonical(v)
-        if c in JSON_COLUMNS
-        else v.replace("\x00", "\\x00")
-        if isinstance(v, str)
-        else v
-        for c, v in w.values.items()
-    }
-    journaled = {c: _journal_text(v) if c in JSON_COLUMNS else v for c, v in values.items()}
-    return w, values, journaled
-
-
-# the states whose call a replay must not run again (see done_keys)
-DONE_STATES = "'succeeded', 'compensation_failed', 'in_doubt'"
-
-
-class _Rejected(Exception):
-    pass
-
-
-class _StaleHead(Exception):
-    pass
-
-
-class _Broken(Exception):
-    """A transaction could not even be rolled back: its connection is not reused."""
-
-
-def _reusable_after(exc: BaseException) -> bool:
-    """Whether a connection stays usable after ``exc`` (rolled back by the transaction): our
-    own refusals and a lost race on a key leave it healthy; anything else may mean it died."""
-    if isinstance(exc, _Broken):
-        return False
-    if isinstance(exc, _Rejected | Fenced | StoreError | GeneratorExit):
-        return True
-    return isinstance(exc, Exception) and _is_integrity_error(exc)
+def _where(**given: Any) -> tuple[list[str], list[Any]]:
+    """``column = ?`` conditions for the given values that are not None."""
+    where = [f"{column} = ?" for column, value in given.items() if value is not None]
+    return where, [value for value in given.values() if value is not None]
 
 
 class _Duplicate(StoreError):
     """A row with that key exists already (a concurrent writer recorded it first)."""
-
-
-def _is_journal_race(exc: Exception) -> bool:
-    """Another writer appended to the run's journal first (our cached head was stale)."""
-    return _is_integrity_error(exc) and ("journal.run_id" in str(exc) or "journal_pkey" in str(exc))
-
-
-def _is_integrity_error(exc: Exception) -> bool:
-    if isinstance(exc, sqlite3.IntegrityError):
-        return "UNIQUE" in str(exc)
-    return type(exc).__name__ == "UniqueViolation"
