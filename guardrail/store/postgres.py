@@ -64,20 +64,26 @@ class Postgres(Dialect):
         )
 
     def write(self, conn: Any, statements: Sequence[Statement]) -> None:
+        failed: psycopg.Error | None = None
         try:
             with conn.pipeline():
                 cur = conn.cursor()
-                cur.execute("BEGIN")
-                for sql, params, _ in statements:
-                    cur.execute(sql, params)
-                cur.execute("COMMIT")
+                try:
+                    cur.execute("BEGIN")
+                    for sql, params, _ in statements:
+                        cur.execute(sql, params)
+                    cur.execute("COMMIT")
+                except psycopg.Error as exc:  # an early result already says it failed
+                    failed = exc  # (the pipeline still ends normally: no aborted-pipeline noise)
         except psycopg.Error as exc:
+            failed = failed or exc
+        if failed is not None:
             _roll_back(conn)
-            if exc.sqlstate == FENCE_LOST:
+            if failed.sqlstate == FENCE_LOST:
                 raise FenceLost from None
-            if exc.sqlstate == REJECTED:
+            if failed.sqlstate == REJECTED:
                 raise Rejected from None
-            raise
+            raise failed
         if conn.info.transaction_status != TransactionStatus.IDLE:  # (never: COMMIT ran)
             _roll_back(conn)
             raise Broken("the transaction did not end")

@@ -123,7 +123,7 @@ def shown(url: str) -> str:
     try:
         return parse(url).shown()
     except StoreError:
-        return "the given URL"
+        return _without_password(url) if "://" in url else "the given URL"
 
 
 def _query(url: str, query: str) -> tuple[tuple[str, str], ...]:
