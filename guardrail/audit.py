@@ -21,7 +21,7 @@ from guardrail.store.records import RECORDS
 class ActionLog(BaseModel):
     """Everything recorded about one run, in order."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, defer_build=True)
 
     run: RunRecord
     actions: list[Action]
@@ -34,6 +34,8 @@ class ActionLog(BaseModel):
 
 class Verification(BaseModel):
     """The verdict of `Guard.verify`: ``ok`` when the chain and every row check out."""
+
+    model_config = ConfigDict(defer_build=True)
 
     run_id: str
     ok: bool
@@ -48,6 +50,8 @@ class Witness(BaseModel):
     detect what the store alone cannot prove: entries cut off the end, a deleted run, or (for a
     writer holding the key) a rewritten chain.
     """
+
+    model_config = ConfigDict(defer_build=True)
 
     run_id: str
     entries: int

@@ -9,11 +9,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+# validation and serialization are built on first use, not at import (reads construct records
+# from rows without validating them)
+_LAZY = ConfigDict(defer_build=True)
 
 
 class RunRecord(BaseModel):
     """One agent run: its status, who owns it, and the head of its hash chain."""
+
+    model_config = _LAZY
 
     id: str
     agent: str
@@ -35,6 +41,8 @@ class RunRecord(BaseModel):
 
 class Action(BaseModel):
     """One tool call in a run's action log."""
+
+    model_config = _LAZY
 
     run_id: str
     seq: int
@@ -63,6 +71,8 @@ class Action(BaseModel):
 class ExternalId(BaseModel):
     """An external id an action produced, as its own indexed row so it can be searched."""
 
+    model_config = _LAZY
+
     run_id: str
     seq: int
     name: str
@@ -71,6 +81,8 @@ class ExternalId(BaseModel):
 
 class Compensation(BaseModel):
     """The one attempt to undo an action (with its retries). At most one per action."""
+
+    model_config = _LAZY
 
     run_id: str
     seq: int
@@ -85,6 +97,8 @@ class Compensation(BaseModel):
 
 class ReviewItem(BaseModel):
     """Something a person must decide."""
+
+    model_config = _LAZY
 
     id: str
     run_id: str
@@ -103,6 +117,8 @@ class ReviewItem(BaseModel):
 
 class Entry(BaseModel):
     """One committed transition of a run, hash-chained to the one before it."""
+
+    model_config = _LAZY
 
     run_id: str
     n: int
