@@ -210,3 +210,15 @@ def test_store_urls_are_parsed_without_a_toolkit() -> None:
         with pytest.raises(StoreError) as err:
             parse(bad)
         assert err.value.field == "store"
+
+
+def test_a_write_survives_its_prepared_statements_being_dropped(store: Store) -> None:
+    if not store.url.startswith("postgresql"):
+        pytest.skip("PostgreSQL prepares each statement shape once per connection")
+    run_id = start(store)
+    fence = Fence(1, ("running",))
+    assert store.transact(run_id, "action.start", [action(run_id, 1)], fence)
+    for conn in store._idle:  # type: ignore[attr-defined]
+        conn.execute("DEALLOCATE ALL")  # (as a pooler or an operator might)
+    assert store.transact(run_id, "action.start", [action(run_id, 2)], fence)
+    assert [a.seq for a in store.actions(run_id)] == [1, 2]

@@ -72,11 +72,12 @@ def body(writes: Sequence[Write], rows: Sequence[dict[str, Any]]) -> str:
     """The body of the journal entry for ``writes`` (``rows``: their `row_values`)."""
     return canonical(
         [
-            [w.table, w.key, {c: _journaled(c, v) for c, v in r.items()}, int(w.insert)]
+            [
+                w.table,
+                w.key,
+                {c: journal_text(v) if c in JSON_COLUMNS else v for c, v in r.items()},
+                int(w.insert),
+            ]
             for w, r in zip(writes, rows, strict=True)
         ]
     )
-
-
-def _journaled(column: str, bound: Any) -> Any:
-    return journal_text(bound) if column in JSON_COLUMNS else bound

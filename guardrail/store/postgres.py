@@ -1,15 +1,24 @@
 """The PostgreSQL dialect: psycopg 3, and one network round trip per transaction.
 
-A transaction is sent as one pipeline: ``BEGIN``, its statements and ``COMMIT``, then one
-sync. What must hold is checked by the statements themselves: each checked statement calls
+A transaction is sent as one Query message holding all its statements, their parameters bound
+by psycopg on the client (`psycopg.ClientCursor`): PostgreSQL runs such a message as one
+transaction, commits it at its end or rolls it back whole at its first error, and answers once.
+What must hold is checked by the statements themselves: each checked statement calls
 ``guardrail_require(ok, code)`` (a function the 0007 migration adds), which raises with SQLSTATE
-``code`` when ``ok`` is false. The server then skips everything up to the sync, ``COMMIT``
-included, and the store rolls the aborted transaction back: nothing of it is committed. The
-SQLSTATE tells which check failed (GR001: the fence; GR002: a write's ``expect``).
+``code`` when ``ok`` is false, so a failed check aborts the transaction and nothing of it is
+committed. The SQLSTATE tells which check failed (GR001: the fence; GR002: a write's
+``expect``); a unique violation names its table (the journal's key: a stale chain head).
+
+Each statement shape is prepared once per connection (PREPARE), and the message EXECUTEs them:
+the server does not plan them again on every call. (psycopg's pipeline mode would also batch
+the statements, but measured no faster here; reads stay server-side bound, psycopg preparing
+the frequent ones itself.)
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,6 +43,9 @@ class Postgres(Dialect):
 
     def __init__(self, connect_args: dict[str, Any]) -> None:
         self.connect_args = connect_args
+        self._names: dict[str, str] = {}  # statement -> the name it is prepared under
+        self._prepared: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
 
     def connect(self) -> psycopg.Connection[Any]:
         conn = psycopg.connect(autocommit=True, **self.connect_args)
@@ -64,29 +76,65 @@ class Postgres(Dialect):
         )
 
     def write(self, conn: Any, statements: Sequence[Statement]) -> None:
-        failed: psycopg.Error | None = None
-        try:
-            with conn.pipeline():
-                cur = conn.cursor()
-                try:
-                    cur.execute("BEGIN")
-                    for sql, params, _ in statements:
-                        cur.execute(sql, params)
-                    cur.execute("COMMIT")
-                except psycopg.Error as exc:  # an early result already says it failed
-                    failed = exc  # (the pipeline still ends normally: no aborted-pipeline noise)
-        except psycopg.Error as exc:
-            failed = failed or exc
-        if failed is not None:
-            _roll_back(conn)
-            if failed.sqlstate == FENCE_LOST:
-                raise FenceLost from None
-            if failed.sqlstate == REJECTED:
-                raise Rejected from None
-            raise failed
-        if conn.info.transaction_status != TransactionStatus.IDLE:  # (never: COMMIT ran)
-            _roll_back(conn)
+        # one Query message of several statements: the server runs them as one transaction
+        # (committed at its end, rolled back whole at the first error) and answers once
+        cur = psycopg.ClientCursor(conn)
+        params = [p for statement in statements for p in statement.params]
+        for attempt in range(2):
+            try:
+                cur.execute(self._executes(conn, cur, statements), params)
+                break
+            except errors.InvalidSqlStatementName:
+                # our prepared statements were dropped (a DEALLOCATE ALL): nothing of this
+                # transaction ran; prepare them again, once
+                self._prepared.pop(conn, None)
+                if attempt:
+                    raise
+            except psycopg.Error as exc:
+                self._roll_back(conn)  # (nothing to do unless the connection is in a strange state)
+                if exc.sqlstate == FENCE_LOST:
+                    raise FenceLost from None
+                if exc.sqlstate == REJECTED:
+                    raise Rejected from None
+                raise
+        if conn.info.transaction_status != TransactionStatus.IDLE:  # (never: it committed)
+            self._roll_back(conn)
             raise Broken("the transaction did not end")
+
+    def _executes(self, conn: Any, cur: Any, statements: Sequence[Statement]) -> str:
+        """The statements as EXECUTEs of prepared statements (the server plans each shape once
+        per connection, not on every call); PREPAREs the ones new on this connection."""
+        done = self._prepared.get(conn)
+        if done is None:
+            done = self._prepared[conn] = set()
+        parts = []
+        for sql, params, _ in statements:
+            name = self._names.get(sql)
+            if name is None:
+                with self._lock:
+                    name = self._names.setdefault(sql, f"guardrail_{len(self._names) + 1}")
+            if name not in done:
+                cur.execute(f"PREPARE {name} AS {_numbered(sql)}")
+                done.add(name)
+            parts.append(
+                f"EXECUTE {name}({', '.join('%s' for _ in params)})"
+                if params
+                else f"EXECUTE {name}"
+            )
+        return "; ".join(parts)
+
+    def _roll_back(self, conn: Any) -> None:
+        """End a transaction a failed write left open, if any. (psycopg's own rollback, not a
+        ROLLBACK statement: it also forgets the statements it prepared itself, deallocating
+        them all, ours included.)"""
+        if conn.closed:
+            return
+        if conn.info.transaction_status != TransactionStatus.IDLE:
+            self._prepared.pop(conn, None)
+        try:
+            conn.rollback()
+        except Exception as exc:
+            raise Broken(str(exc)) from exc  # (closed by the store, not reused)
 
     def unique_table(self, exc: BaseException) -> str | None:
         if isinstance(exc, errors.UniqueViolation):
@@ -102,13 +150,7 @@ class Postgres(Dialect):
         return {str(r[0]) for r in rows}
 
 
-def _roll_back(conn: Any) -> None:
-    """End the aborted transaction the failed pipeline left open. (psycopg's own rollback, not
-    a ROLLBACK statement: it also forgets the statements it meant to prepare in the skipped
-    part of the pipeline, which the server never prepared.)"""
-    if conn.closed:
-        return
-    try:
-        conn.rollback()
-    except Exception as exc:
-        raise Broken(str(exc)) from exc  # (closed by the store, not reused)
+def _numbered(sql: str) -> str:
+    """``sql`` with its ``%s`` placeholders as ``$1``, ``$2``... (for PREPARE)."""
+    parts = sql.split("%s")
+    return "".join(f"{part}${i}" for i, part in enumerate(parts[:-1], start=1)) + parts[-1]

@@ -135,6 +135,29 @@ class SQLStore:
             raise
         self._give_back(conn)
 
+    def _write_all(self, statements: Sequence[Statement]) -> None:
+        """`Dialect.write` on a pooled connection (`_checkout` without the context manager's
+        cost: this runs twice per guarded call)."""
+        if self._closed:
+            raise StoreError(f"the store at {self.url} is closed; open a new Guard")
+        with self._conns_lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            try:
+                conn = self.dialect.connect()
+            except Exception as exc:
+                raise StoreError(f"cannot connect to the store at {self.url}: {exc}") from exc
+        try:
+            self.dialect.write(conn, statements)
+        except BaseException as exc:
+            if self._reusable_after(exc):
+                self._give_back(conn)
+            else:
+                with suppress(Exception):
+                    conn.close()
+            raise
+        self._give_back(conn)
+
     def _give_back(self, conn: Any) -> None:
         with self._conns_lock:
             if not self._closed and len(self._idle) < self.max_idle:
@@ -174,9 +197,7 @@ class SQLStore:
                 h = entry_hash(self.keys, kid, prev, kind, text)
                 # a writer with a stale head collides on the journal's key, and retries
                 entry = (run_id, n, time.time(), kind, text, prev, h)
-                statements = self._statements(writes, rows, entry, fence, prev, h)
-                with self._checkout() as conn:
-                    self.dialect.write(conn, statements)
+                self._write_all(self._statements(writes, rows, entry, fence, prev, h))
             except Rejected:
                 return False
             except FenceLost:
@@ -303,8 +324,7 @@ class SQLStore:
             for chunk in (ids[i : i + 500] for i in range(0, len(ids), 500))
         ]
         try:
-            with self._checkout() as conn:
-                self.dialect.write(conn, statements)
+            self._write_all(statements)
         except StoreError:
             raise
         except Exception as exc:
