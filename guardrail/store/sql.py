@@ -34,6 +34,7 @@ from guardrail.store.journal import COLUMN_NAMES, body, entry_hash
 from guardrail.store.journal import row_values as bound_values
 from guardrail.store.reads import Reads
 
+
 class SQLStore(Reads):
     """The action log in SQLite or PostgreSQL."""
 
