@@ -56,28 +56,20 @@ def journal_value(column: str, value: Any) -> Any:
 
 def row_values(values: dict[str, Any]) -> dict[str, Any]:
     """The values of a write as bound to its row: JSON columns as canonical text, and NUL
-    escaped in text (PostgreSQL text cannot hold it; both stores record the same)."""
-    out: dict[str, Any] = {}
-    for c, v in values.items():
-        if c in JSON_COLUMNS:
-            out[c] = canonical(v)
-        elif isinstance(v, str):  # (a plain str: a StrEnum would bind as its name)
-            out[c] = v.replace("\x00", "\\x00")
-        else:
-            out[c] = v
+    escaped in text (PostgreSQL text cannot hold it; both stores record the same). Text is
+    bound as a plain str (a StrEnum could bind as its name)."""
+    out = {c: v.replace("\x00", "\\x00") if isinstance(v, str) else v for c, v in values.items()}
+    for c in JSON_COLUMNS.intersection(values):
+        out[c] = canonical(values[c])
     return out
 
 
 def body(writes: Sequence[Write], rows: Sequence[dict[str, Any]]) -> str:
     """The body of the journal entry for ``writes`` (``rows``: their `row_values`)."""
-    return canonical(
-        [
-            [
-                w.table,
-                w.key,
-                {c: journal_text(v) if c in JSON_COLUMNS else v for c, v in r.items()},
-                int(w.insert),
-            ]
-            for w, r in zip(writes, rows, strict=True)
-        ]
-    )
+    entries = []
+    for w, r in zip(writes, rows, strict=True):
+        journaled = dict(r)
+        for c in JSON_COLUMNS.intersection(r):
+            journaled[c] = journal_text(r[c])
+        entries.append([w.table, w.key, journaled, int(w.insert)])
+    return canonical(entries)

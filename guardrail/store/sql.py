@@ -254,24 +254,34 @@ class SQLStore(Reads):
                 )
                 self._sql_cache[(w.table, cols)] = sql
             return Statement(sql, (*w.key.values(), *values.values()))
-        expect = {c: [v for v in vs if v is not None] for c, vs in w.expect.items()}
-        nullable = tuple(c for c, vs in w.expect.items() if None in vs)
-        shape = (w.table, cols, tuple(w.key), tuple((c, len(v)) for c, v in expect.items()))
-        sql = self._sql_cache.get((*shape, nullable))
+        # the statement's shape: columns set, key, and per expected column how many values and
+        # whether NULL is one of them (the values themselves are parameters)
+        spec = tuple((c, len(vs), None in vs) for c, vs in w.expect.items())
+        shape = (w.table, cols, tuple(w.key), spec)
+        sql = self._sql_cache.get(shape)
         if sql is None:
-            where = [f"{k} = ?" for k in w.key]
-            for c, vs in expect.items():
-                test = [f"{c} IN ({', '.join('?' for _ in vs)})"] if vs else []
-                test += [f"{c} IS NULL"] if c in nullable else []
-                where.append("(" + " OR ".join(test) + ")")
-            names = [COLUMN_NAMES.get(c, c) for c in cols]
-            update = self.dialect.sql(
-                f"UPDATE {w.table} SET {', '.join(f'{n} = ?' for n in names)} "
-                f"WHERE {' AND '.join(where)}"
-            )
-            sql = self._sql_cache[(*shape, nullable)] = self.dialect.checked(update, EXPECT)
-        expected = [v for vs in expect.values() for v in vs]
+            sql = self._sql_cache[shape] = self._update(w.table, cols, tuple(w.key), spec)
+        expected = [v for vs in w.expect.values() for v in vs if v is not None]
         return Statement(sql, (*values.values(), *w.key.values(), *expected), EXPECT)
+
+    def _update(
+        self,
+        table: str,
+        cols: tuple[str, ...],
+        key: tuple[str, ...],
+        spec: tuple[tuple[str, int, bool], ...],
+    ) -> str:
+        where = [f"{k} = ?" for k in key]
+        for c, count, nullable in spec:
+            values = count - nullable
+            test = [f"{c} IN ({', '.join('?' for _ in range(values))})"] if values else []
+            test += [f"{c} IS NULL"] if nullable else []
+            where.append("(" + " OR ".join(test) + ")")
+        names = [COLUMN_NAMES.get(c, c) for c in cols]
+        update = self.dialect.sql(
+            f"UPDATE {table} SET {', '.join(f'{n} = ?' for n in names)} WHERE {' AND '.join(where)}"
+        )
+        return self.dialect.checked(update, EXPECT)
 
     def _cached(self, key: Any, sql: str) -> str:
         found = self._sql_cache.get(key)
