@@ -135,7 +135,7 @@ def test_upgrade_to_0005_adds_the_policy_fingerprint_and_keeps_old_runs(store_ur
 def test_the_records_reads_return_have_the_tables_columns() -> None:
     from guardrail.store.records import RECORDS
 
-    tables = {**TABLES, "journal": Entry}
+    tables: dict[str, type[SQLModel]] = {**TABLES, "journal": Entry}
     assert set(RECORDS) == set(tables)
     for name, record in RECORDS.items():
         table = tables[name]
