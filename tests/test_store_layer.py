@@ -222,3 +222,14 @@ def test_a_write_survives_its_prepared_statements_being_dropped(store: Store) ->
         conn.execute("DEALLOCATE ALL")  # (as a pooler or an operator might)
     assert store.transact(run_id, "action.start", [action(run_id, 2)], fence)
     assert [a.seq for a in store.actions(run_id)] == [1, 2]
+
+
+def test_the_audit_uses_the_journal_rules_not_the_sql_store() -> None:
+    script = (
+        "import sys, guardrail.audit\n"
+        "assert 'guardrail.store.journal' in sys.modules\n"
+        "assert not {'guardrail.store.sql', 'guardrail.store.schema', 'sqlalchemy'} & set("
+        "sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
