@@ -15,11 +15,14 @@ NO_CHECK, FENCE, EXPECT = 0, 1, 2
 
 class Statement(NamedTuple):
     """One statement of a transaction; ``check``: FENCE or EXPECT when it must change exactly
-    one row (else the transaction is rolled back), NO_CHECK otherwise."""
+    one row (else the transaction is rolled back), NO_CHECK otherwise. ``prepare``: worth
+    preparing where the database plans statements (False for one of many shapes, such as an
+    IN list of any length)."""
 
     sql: str
     params: Sequence[Any]
     check: int = NO_CHECK
+    prepare: bool = True
 
 
 class FenceLost(Exception):

@@ -87,7 +87,8 @@ class Postgres(Dialect):
             except errors.InvalidSqlStatementName:
                 # our prepared statements were dropped (a DEALLOCATE ALL): nothing of this
                 # transaction ran; prepare them again, once
-                self._prepared.pop(conn, None)
+                with self._lock:
+                    self._prepared.pop(conn, None)
                 if attempt:
                     raise
             except psycopg.Error as exc:
@@ -104,11 +105,13 @@ class Postgres(Dialect):
     def _executes(self, conn: Any, cur: Any, statements: Sequence[Statement]) -> str:
         """The statements as EXECUTEs of prepared statements (the server plans each shape once
         per connection, not on every call); PREPAREs the ones new on this connection."""
-        done = self._prepared.get(conn)
-        if done is None:
-            done = self._prepared[conn] = set()
+        with self._lock:
+            done = self._prepared.setdefault(conn, set())
         parts = []
-        for sql, params, _ in statements:
+        for sql, params, _, prepare in statements:
+            if not prepare:
+                parts.append(sql)  # (its values bound in place)
+                continue
             name = self._names.get(sql)
             if name is None:
                 with self._lock:
@@ -116,11 +119,8 @@ class Postgres(Dialect):
             if name not in done:
                 cur.execute(f"PREPARE {name} AS {_numbered(sql)}")
                 done.add(name)
-            parts.append(
-                f"EXECUTE {name}({', '.join('%s' for _ in params)})"
-                if params
-                else f"EXECUTE {name}"
-            )
+            marks = ", ".join("%s" for _ in params)
+            parts.append(f"EXECUTE {name}({marks})" if params else f"EXECUTE {name}")
         return "; ".join(parts)
 
     def _roll_back(self, conn: Any) -> None:
@@ -130,7 +130,8 @@ class Postgres(Dialect):
         if conn.closed:
             return
         if conn.info.transaction_status != TransactionStatus.IDLE:
-            self._prepared.pop(conn, None)
+            with self._lock:
+                self._prepared.pop(conn, None)
         try:
             conn.rollback()
         except Exception as exc:

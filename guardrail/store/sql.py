@@ -318,6 +318,7 @@ class SQLStore(Reads):
                     f"AND id IN ({', '.join('?' for _ in chunk)})"
                 ),
                 (now, owner, *chunk),
+                prepare=False,  # (a shape per number of runs)
             )
             for chunk in (ids[i : i + 500] for i in range(0, len(ids), 500))
         ]

@@ -48,7 +48,7 @@ class SQLite(Dialect):
         execute = conn.execute
         execute("BEGIN IMMEDIATE")
         try:
-            for sql, params, check in statements:
+            for sql, params, check, _ in statements:
                 if execute(sql, params).rowcount != 1 and check:
                     raise FenceLost if check == FENCE else Rejected
         except BaseException:
