@@ -11,6 +11,7 @@ import textwrap
 import uuid
 from collections.abc import Iterator
 from itertools import pairwise
+from typing import Any
 
 import pytest
 
@@ -233,3 +234,33 @@ def test_the_audit_uses_the_journal_rules_not_the_sql_store() -> None:
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_postgres_record_is_one_message(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not store.url.startswith("postgresql"):
+        pytest.skip("SQLite runs in process: no round trips")
+    import psycopg
+
+    sent: list[str] = []
+
+    class Counting(psycopg.ClientCursor):
+        def execute(self, query: Any, params: Any = None, **kw: Any) -> Any:
+            sent.append(str(query))
+            return super().execute(query, params, **kw)
+
+    run_id = start(store)
+    fence = Fence(1, ("running",))
+    assert store.transact(run_id, "action.start", [action(run_id, 1)], fence)  # prepares
+    monkeypatch.setattr(psycopg, "ClientCursor", Counting)
+    done = Write("actions", {"run_id": run_id, "seq": 1}, {"state": "succeeded"}, expect={})
+    external = Write(
+        "external_ids", {"run_id": run_id, "seq": 1, "name": "id"}, {"value": "o"}, True
+    )
+    assert store.transact(run_id, "action.succeed", [done, external], fence)  # new shapes
+    sent.clear()
+    for seq in (2, 3):
+        assert store.transact(run_id, "action.start", [action(run_id, seq)], fence)
+    assert len(sent) == 2 and all(q.startswith("EXECUTE ") for q in sent), sent
+    with pytest.raises(Fenced):
+        store.transact(run_id, "action.start", [action(run_id, 4)], Fence(2, ("running",)))
+    assert len(sent) == 3
