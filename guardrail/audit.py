@@ -14,14 +14,14 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from guardrail.store import Action, Compensation, ReviewItem, RunRecord, Store
-from guardrail.store.schema import KEYS, TABLES, UNJOURNALED
-from guardrail.store.sql import entry_hash, journal_value
+from guardrail.store.journal import KEYS, UNJOURNALED, entry_hash, journal_value
+from guardrail.store.records import RECORDS
 
 
 class ActionLog(BaseModel):
     """Everything recorded about one run, in order."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, defer_build=True)
 
     run: RunRecord
     actions: list[Action]
@@ -34,6 +34,8 @@ class ActionLog(BaseModel):
 
 class Verification(BaseModel):
     """The verdict of `Guard.verify`: ``ok`` when the chain and every row check out."""
+
+    model_config = ConfigDict(defer_build=True)
 
     run_id: str
     ok: bool
@@ -48,6 +50,8 @@ class Witness(BaseModel):
     detect what the store alone cannot prove: entries cut off the end, a deleted run, or (for a
     writer holding the key) a rewritten chain.
     """
+
+    model_config = ConfigDict(defer_build=True)
 
     run_id: str
     entries: int
@@ -94,7 +98,7 @@ _DEFAULTS: dict[str, dict[str, Any]] = {}
 def _defaults(table: str) -> dict[str, Any]:
     found = _DEFAULTS.get(table)
     if found is None:
-        fields = TABLES[table].model_fields
+        fields = RECORDS[table].model_fields
         found = _DEFAULTS[table] = {
             c: f.get_default(call_default_factory=True) for c, f in fields.items()
         }

@@ -132,3 +132,31 @@ def test_upgrade_to_0005_adds_the_policy_fingerprint_and_keeps_old_runs(store_ur
         command.downgrade(migrate._config(conn), "0004")
         assert migrate.current(conn) == "0004"
         assert conn.execute(text("SELECT COUNT(*) FROM runs")).scalar() == 2
+
+
+def test_the_records_reads_return_have_the_tables_columns() -> None:
+    from guardrail.store.records import RECORDS
+
+    tables: dict[str, type[SQLModel]] = {**TABLES, "journal": Entry}
+    assert set(RECORDS) == set(tables)
+    for name, record in RECORDS.items():
+        table = tables[name]
+        assert list(record.model_fields) == list(table.model_fields), name
+        for column, field in record.model_fields.items():
+            other = table.model_fields[column]
+            assert field.annotation == other.annotation, (name, column)
+            assert field.get_default(call_default_factory=True) == other.get_default(
+                call_default_factory=True
+            ), (name, column)
+            assert field.is_required() == other.is_required(), (name, column)
+
+
+def test_a_store_made_by_a_newer_guardrail_is_refused(store_url: str) -> None:
+    Guard(store=store_url).close()
+    engine = create_engine(store_url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    engine.dispose()
+    with pytest.raises(StoreError, match="schema version 9999") as err:
+        Guard(store=store_url)
+    assert err.value.field == "schema" and "guardrail db upgrade" in str(err.value)

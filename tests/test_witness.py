@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from guardrail import Guard, RunHalted
 from guardrail.cli import app
 from guardrail.keys import Keys, key_id
-from guardrail.store.sql import entry_hash
+from guardrail.store.journal import entry_hash
 
 
 def shop_run(guard: Guard) -> str:

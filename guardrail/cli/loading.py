@@ -187,16 +187,17 @@ def load_app(spec: str) -> tuple[Guard, bool]:
 def same_store(given: str, url: str) -> bool:
     """Whether the URL ``given`` names the store at ``url`` (passwords and drivers aside;
     SQLite files by their real path)."""
-    from sqlalchemy.engine import make_url
+    from guardrail.errors import StoreError
+    from guardrail.store.url import parse
 
     try:
-        a, b = make_url(given), make_url(url)
-    except Exception:
+        a, b = parse(given), parse(url)
+    except StoreError:
         return given == url
-    if a.get_backend_name() != b.get_backend_name():
+    if a.backend != b.backend:
         return False
-    if a.get_backend_name() == "sqlite":
-        return os.path.realpath(a.database or "") == os.path.realpath(b.database or "")
+    if a.backend == "sqlite":
+        return os.path.realpath(a.database) == os.path.realpath(b.database)
     return (a.host, a.port, a.database, a.username, dict(a.query)) == (
         b.host,
         b.port,
@@ -208,12 +209,9 @@ def same_store(given: str, url: str) -> bool:
 
 def _shown(url: str) -> str:
     """A store URL as it may be printed: without its password."""
-    from sqlalchemy.engine import make_url
+    from guardrail.store.url import shown
 
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "the given URL"
+    return shown(url)
 
 
 def open_guard(

@@ -1,7 +1,7 @@
 """Where the action log lives: one `Store` protocol, one SQL implementation (SQLite, PostgreSQL).
 
 Every change of state is a `transact` call: a list of row writes committed together with one
-hash-chained journal entry. Reads return the SQLModel records from `guardrail.store.schema`.
+hash-chained journal entry. Reads return the records of `guardrail.store.records`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any, NamedTuple, Protocol
 
 from guardrail.keys import Keys, KeySource
 from guardrail.search import Page, RunQuery
-from guardrail.store.schema import (
+from guardrail.store.records import (
     Action,
     Compensation,
     Entry,
@@ -126,7 +126,6 @@ class Store(Protocol):
     def entries(self, run_id: str) -> list[Entry]: ...
     def journal(self, run_id: str) -> list[JournalRow]: ...
     def external_id_rows(self, run_id: str) -> list[dict[str, Any]]: ...
-    def external_ids(self, run_id: str) -> list[ExternalId]: ...
     def find(self, *, value: str, name: str | None = None) -> list[ExternalId]: ...
 
     def search_runs(self, query: RunQuery) -> Page: ...

@@ -2,25 +2,74 @@
 
 Opening a store creates a fresh database at the newest version. A database made by an older
 guardrail is not changed behind anyone's back (other workers may still run the old version): the
-store refuses it with the command to run. Alembic is imported only when something is migrated.
+store refuses it with the command to run, as it refuses one made by a newer guardrail. Opening a
+store at the newest version reads its version with plain SQL: SQLAlchemy, Alembic and the
+table definitions (`guardrail.store.schema`) are imported only when something is migrated.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-from sqlalchemy import inspect, text
-from sqlalchemy.engine import Connection, Engine
+from typing import TYPE_CHECKING, Any
 
 from guardrail.errors import StoreError
 
-HEAD = "0009"  # the newest revision in migrations/versions (a test keeps the two in step)
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection, Engine
+
+    from guardrail.store.dialect import Dialect
+    from guardrail.store.url import StoreURL
+
+HEAD = "0010"  # the newest revision in migrations/versions (a test keeps the two in step)
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
+def found(conn: Any, dialect: Dialect) -> tuple[str | None, bool]:
+    """On a DB-API connection: the database's revision (None when it has none), and whether
+    it has guardrail's tables at all."""
+    tables = dialect.tables(conn, ("alembic_version", "actions"))
+    version = None
+    if "alembic_version" in tables:
+        rows = conn.execute("SELECT version_num FROM alembic_version").fetchall()
+        version = str(rows[0][0]) if rows else None
+    return version, "actions" in tables
+
+
+def ensure(conn: Any, dialect: Dialect, url: StoreURL) -> None:
+    """Create a fresh database at HEAD; refuse one at another version with what to do."""
+    version, has_tables = found(conn, dialect)
+    if version == HEAD:
+        return
+    if version is None and not has_tables:
+        try:
+            _create(url)
+        except Exception:
+            if found(conn, dialect)[0] == HEAD:  # another process created it meanwhile
+                return
+            raise
+        return
+    shown = url.shown()
+    raise StoreError(
+        f"the store at {shown} has schema version {version or 'unversioned'}, this guardrail "
+        f"needs {HEAD}: run `guardrail db upgrade --store {shown}` (stop old workers first)",
+        field="schema",
+    )
+
+
+def _create(url: StoreURL) -> None:
+    from sqlalchemy import create_engine
+
+    engine = create_engine(url.sqlalchemy())
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
+
+
 def current(conn: Connection) -> str | None:
-    """The database's revision, or None when it has none."""
+    """The database's revision, or None when it has none (on a SQLAlchemy connection)."""
+    from sqlalchemy import inspect, text
+
     if not inspect(conn).has_table("alembic_version"):
         return None
     row = conn.execute(text("SELECT version_num FROM alembic_version")).first()
@@ -39,6 +88,7 @@ def _config(conn: Connection) -> Any:
 def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str | None]:
     """Bring the database to ``revision``; returns (before, after)."""
     from alembic import command
+    from sqlalchemy import inspect, text
 
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
@@ -51,26 +101,3 @@ def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str | N
         command.upgrade(_config(conn), revision)
         after = current(conn)
     return before, after
-
-
-def ensure(engine: Engine, url: str) -> None:
-    """Create a fresh database at HEAD; refuse one at an older version with what to do."""
-    with engine.connect() as conn:
-        found = current(conn)
-        fresh = found is None and not inspect(conn).has_table("actions")
-    if found == HEAD:
-        return
-    if fresh:
-        try:
-            upgrade(engine)
-        except Exception:
-            with engine.connect() as conn:  # another process may have created it meanwhile
-                if current(conn) == HEAD:
-                    return
-            raise
-        return
-    raise StoreError(
-        f"the store at {url} has schema version {found or 'unversioned'}, this guardrail needs "
-        f"{HEAD}: run `guardrail db upgrade --store {url}` (stop old workers first)",
-        field="schema",
-    )

@@ -1,6 +1,7 @@
-"""The stored records. These SQLModel classes are both the schema and what the API returns.
+"""The tables, as SQLModel classes: the schema the migrations build (a test compares the two).
 
-Times are seconds since the epoch (floats): cheap to write on the hot path, easy to compare.
+Imported only to migrate or to test the migrations: reads return the plain records of
+`guardrail.store.records`, whose attributes are these columns.
 """
 
 from __future__ import annotations
@@ -154,14 +155,3 @@ TABLES: dict[str, type[SQLModel]] = {
     "compensations": Compensation,
     "review_items": ReviewItem,
 }
-KEYS: dict[str, tuple[str, ...]] = {
-    "runs": ("id",),
-    "actions": ("run_id", "seq"),
-    "external_ids": ("run_id", "seq", "name"),
-    "compensations": ("run_id", "seq"),
-    "review_items": ("id",),
-}
-# Columns that change without a transition (liveness, chain bookkeeping): not journaled.
-UNJOURNALED = {"heartbeat_at", "prev_hash", "hash"}
-JSON_COLUMNS = {"meta", "args", "result", "external_ids", "snapshot", "answer"}
-COLUMN_NAMES = {"meta": "metadata"}
