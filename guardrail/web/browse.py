@@ -35,28 +35,35 @@ class InboxPage:
     exact: list[RunRow] = field(default_factory=list)  # the runs the text names exactly
 
 
-def counts(guard: Guard, open_items: Counter[str]) -> dict[str, int]:
-    return {
+def counts(guard: Guard, open_items: Counter[str] | None = None) -> dict[str, int]:
+    """The counts at the top of the inbox; the open review items' only when they were read
+    (the default view reads them all; a search reads those of the runs it shows)."""
+    found = {
         "pending_review": len(guard.runs(status="pending_review")),
         "awaiting_approval": len(guard.runs(status="awaiting_approval")),
-        "open_items": sum(open_items.values()),
-        "runs_with_open_items": len(open_items),
     }
+    if open_items is not None:
+        found["open_items"] = sum(open_items.values())
+        found["runs_with_open_items"] = len(open_items)
+    return found
 
 
 def load_counts(guard: Guard) -> dict[str, int]:
-    return counts(guard, Counter(i.run_id for i in guard.store.review_items(status="open")))
+    return counts(guard)
 
 
 def load_inbox(guard: Guard, query: InboxQuery, size: int = PAGE_SIZE) -> InboxPage:
     """A page of the inbox for ``query``."""
-    open_items = Counter(i.run_id for i in guard.store.review_items(status="open"))
     if query.status == NEEDS:
+        open_items = Counter(i.run_id for i in guard.store.review_items(status="open"))
         runs, cursor = needs_page(guard, open_items, query.cursor, size)
         rows = [RunRow(r, open_items.get(r.id, 0)) for r in runs]
         return InboxPage(rows, counts(guard, open_items), cursor)
     found = guard.search(**query.filters(), limit=size, cursor=query.cursor or None)
     needle = query.text.lower()
+    open_items = Counter(
+        {r.id: len(guard.store.review_items(run_id=r.id, status="open")) for r in found.runs}
+    )
     rows = []
     for run in found.runs:
         matched = found.matches.get(run.id, ())
@@ -64,7 +71,7 @@ def load_inbox(guard: Guard, query: InboxQuery, size: int = PAGE_SIZE) -> InboxP
             m.value.lower() == needle for m in matched if m.field not in ("reason", "agent", "tool")
         )
         rows.append(RunRow(run, open_items.get(run.id, 0), matched, exact))
-    return InboxPage(rows, counts(guard, open_items), found.next, [r for r in rows if r.exact])
+    return InboxPage(rows, counts(guard), found.next, [r for r in rows if r.exact])
 
 
 def needs_page(
