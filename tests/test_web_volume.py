@@ -436,7 +436,12 @@ def test_delivery_runs_in_a_thread_that_stops_with_the_server(
         assert none is None  # no webhook: nothing to deliver to
     shop.guard.use_webhook("http://127.0.0.1:9/hook")
     passed = threading.Event()
-    monkeypatch.setattr(shop.guard, "deliver", lambda: passed.set() or Delivery())
+
+    def deliver() -> Delivery:
+        passed.set()
+        return Delivery()
+
+    monkeypatch.setattr(shop.guard, "deliver", deliver)
     with delivering(shop.guard, every=3600) as loop:
         assert loop is not None and loop.thread is not None
         assert passed.wait(30)  # the first pass runs at once
