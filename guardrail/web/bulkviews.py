@@ -26,6 +26,12 @@ from guardrail.web.query import QueryError, read_query
 
 MAX_BULK = 1000  # runs one bulk decision may take (a form field each)
 SCOPES = ("selected", "search", "group")
+EMPTY = {
+    "selected": "No run was selected: tick the runs to decide (or use a search or a group).",
+    "search": "The search finds no run now: nothing to decide.",
+    "group": "No run of this group is in pending_review now (decided meanwhile?): nothing to "
+    "decide.",
+}
 VERBS = {"resume": "Resume", "abort": "Abort", "resolve": "Resolve the open items of"}
 
 
@@ -74,7 +80,7 @@ class BulkViews:
                 previews=[],
                 refused=0,
                 note="",
-                error="No run was selected: tick the runs to decide (or use a search or a group).",
+                error=EMPTY[bulk.scope],
                 verb=VERBS[bulk.decision],
                 force=self.console.force,
             )
