@@ -88,6 +88,14 @@ def serve(
     force: Force = False,
     ssl_certfile: Annotated[str | None, typer.Option(help="Serve HTTPS with this cert.")] = None,
     ssl_keyfile: Annotated[str | None, typer.Option(help="The certificate's key.")] = None,
+    deliver_every: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Seconds between passes that post the webhook events that are due, when the "
+            "app's guard has a webhook_url (0: never; leave it to guardrail deliver).",
+        ),
+    ] = 5.0,
 ) -> None:
     """Serve the web review console: the runs waiting for a person, their timelines, and the
     decisions (resume, abort, resolve, approve, reject), each recording who logged in.
@@ -95,7 +103,8 @@ def serve(
     Aborts run the undos in this process: load the application's guard (--app
     MODULE:ATTRIBUTE or GUARDRAIL_APP) or the policies that name them (--policy, --pack). A run
     whose abort needs an undo the console lacks shows why and cannot be aborted here, unless
-    --force (its undos then become review items).
+    --force (its undos then become review items). A guard with a webhook_url has its events
+    delivered (and retried) every --deliver-every seconds while the console runs.
     """
     from guardrail.web.reviewers import ReviewerFile, ReviewerFileError, default_path
     from guardrail.web.security import check_header_name, check_token
@@ -142,6 +151,7 @@ def serve(
     import uvicorn
 
     from guardrail.web import create_app
+    from guardrail.web.delivery import delivering
 
     with opened(store, loads) as guard:
         console = create_app(
@@ -172,12 +182,18 @@ def serve(
                 f"proxy can send {trust_header} and decide as anybody",
                 err=True,
             )
-        uvicorn.run(
-            console,
-            host=host,
-            port=port,
-            log_level="info",
-            server_header=False,
-            ssl_certfile=ssl_certfile,
-            ssl_keyfile=ssl_keyfile,
-        )
+        with delivering(guard, deliver_every) as loop:
+            if loop is not None:
+                typer.echo(
+                    f"delivering webhook events to {guard.webhook_url} every {deliver_every:g} s",
+                    err=True,
+                )
+            uvicorn.run(
+                console,
+                host=host,
+                port=port,
+                log_level="info",
+                server_header=False,
+                ssl_certfile=ssl_certfile,
+                ssl_keyfile=ssl_keyfile,
+            )

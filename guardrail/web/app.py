@@ -15,6 +15,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from guardrail.guard import Guard
+from guardrail.web.bulkviews import BulkViews
 from guardrail.web.console import Console
 from guardrail.web.middleware import BodyLimit, RequireLogin, SecurityHeaders
 from guardrail.web.reviewers import ReviewerFile, ReviewerFileError
@@ -78,6 +79,7 @@ def create_app(
     owned = not isinstance(guard, Guard)
     the_guard = Guard(store=guard, strict=False) if isinstance(guard, str) else guard
     console = Console(the_guard, authority, title, force=force)
+    bulk = BulkViews(console)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -92,6 +94,9 @@ def create_app(
             Route("/", console.inbox, methods=["GET"]),
             Route("/runs/{run_id:path}", console.run, methods=["GET"]),
             Route("/decide", console.decide, methods=["POST"]),
+            Route("/groups", bulk.groups, methods=["GET"]),
+            Route("/bulk/preview", bulk.preview, methods=["POST"]),
+            Route("/bulk/decide", bulk.decide, methods=["POST"]),
             Route("/login", console.login_form, methods=["GET"]),
             Route("/login", console.login, methods=["POST"]),
             Route("/logout", console.logout, methods=["POST"]),

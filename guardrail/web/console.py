@@ -17,9 +17,10 @@ from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from guardrail.errors import RunNotFound
+from guardrail.errors import GuardrailError, RunNotFound
 from guardrail.guard import Guard
 from guardrail.transitions import RunStatus
+from guardrail.web.browse import InboxPage, load_counts, load_inbox
 from guardrail.web.flash import FLASH_COOKIE, Flash, clear_flash, read_flash, set_flash
 from guardrail.web.forms import (
     ITEM_DECISIONS,
@@ -33,21 +34,14 @@ from guardrail.web.forms import (
     parse,
 )
 from guardrail.web.middleware import same_site
-from guardrail.web.pages import (
-    MAX_SHOWN_RUNS,
-    WAITING,
-    RunPage,
-    ago,
-    load_inbox,
-    load_run,
-    run_url,
-    when,
-)
+from guardrail.web.pages import WAITING, RunPage, ago, load_run, run_url, when
+from guardrail.web.query import STATUSES, QueryError, read_query
 from guardrail.web.reviewers import SHARED_IDENTITY
 from guardrail.web.security import SESSION_COOKIE, SESSION_SECONDS, Authority, Principal, client_key
 from guardrail.web.throttle import Throttled
 
 RUN_STATUSES = tuple(s.value for s in RunStatus)
+INBOX_FIELDS = ("q", "status", "agent", "tool", "owner", "since", "until")
 UNREAD = Flash("", "")  # page(): read the flash cookie
 
 
@@ -72,6 +66,7 @@ class Console:
         self.templates.filters.update(when=when, ago=ago, run_url=run_url)
         self.templates.globals.update(
             statuses=RUN_STATUSES,
+            inbox_statuses=STATUSES,
             resolutions=RESOLUTIONS,
             remedy=REMEDY,
             shared_identity=SHARED_IDENTITY,
@@ -160,17 +155,39 @@ class Console:
     # -- pages ---------------------------------------------------------------------------------
 
     async def inbox(self, request: Request) -> Response:
-        status = request.query_params.get("status", "needs")
-        if status not in ("needs", "all", *RUN_STATUSES):
-            raise HTTPException(400, f"unknown status {status!r}")
-        rows, counts = await run_in_threadpool(load_inbox, self.guard, status)
+        """The runs that wait for a person, or what a search with filters finds, a page at a
+        time. A search naming one run exactly (its id, an order id) opens that run."""
+        typed = {k: v for k, v in request.query_params.items() if k in INBOX_FIELDS}
+        try:
+            query = read_query(request.query_params)
+            data = await run_in_threadpool(load_inbox, self.guard, query)
+        except (QueryError, GuardrailError) as exc:
+            message = exc.message if isinstance(exc, QueryError) else str(exc)
+            tiles = await run_in_threadpool(load_counts, self.guard)
+            return self.page(
+                request,
+                "inbox.html",
+                status_code=400,
+                query=None,
+                typed=typed,
+                data=InboxPage([], tiles, None),
+                error=message,
+            )
+        if (
+            query.text
+            and not query.cursor
+            and data.next is None
+            and len(data.rows) == 1
+            and data.rows[0].exact
+        ):
+            return RedirectResponse(run_url(data.rows[0].run.id), status_code=303)
         return self.page(
             request,
             "inbox.html",
-            rows=rows,
-            counts=counts,
-            status=status,
-            limit=MAX_SHOWN_RUNS,
+            query=query,
+            typed=typed,
+            data=data,
+            error=None,
         )
 
     async def run(self, request: Request) -> Response:
@@ -215,12 +232,12 @@ class Console:
 
     # -- decisions -----------------------------------------------------------------------------
 
-    async def checked_form(self, request: Request) -> FormData:
+    async def checked_form(self, request: Request, max_fields: int = 20) -> FormData:
         """The POSTed form, once it is known to come from one of the console's own pages."""
         principal: Principal | None = request.state.principal
         if not same_site(request):
             raise HTTPException(403, "this form was posted from another site; refused")
-        form = await request.form(max_files=0, max_fields=20, max_part_size=64_000)
+        form = await request.form(max_files=0, max_fields=max_fields, max_part_size=64_000)
         csrf = form.get("csrf")
         if (
             principal is None

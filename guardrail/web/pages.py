@@ -1,6 +1,6 @@
-"""What the console's pages show, read from the guard: the inbox's runs and counts, and a run's
-page: what needs a person at the top (failed undos, calls in doubt, approvals, other review
-items, the failing call), then the timeline.
+"""What a run's page shows, read from the guard: what needs a person at the top (failed undos,
+calls in doubt, approvals, other review items, the failing call), then the timeline, and who
+decided what (the decision history).
 
 A long run's timeline opens on its focus: the actions around each problem and the newest ones,
 with the gaps between them marked; the whole log is a click away, in parts of
@@ -21,13 +21,11 @@ from guardrail import decisions
 from guardrail.audit import ActionLog, Verification
 from guardrail.decisions import policy_mismatch
 from guardrail.guard import Guard
+from guardrail.history import DecisionEvent
 from guardrail.lifecycle import PlannedStep
-from guardrail.recovery import owner_alive
-from guardrail.store import Action, Compensation, ReviewItem, RunRecord
-from guardrail.transitions import LIVE
+from guardrail.store import Action, Compensation, ReviewItem
 
 WAITING = ("pending_review", "awaiting_approval")
-MAX_SHOWN_RUNS = 500
 MAX_SHOWN_JSON = 20_000
 ACTIONS_PER_PART = 500  # the whole log, a part at a time
 FOCUS_ABOVE = 200  # a run with more actions opens on its focus, not on everything
@@ -44,12 +42,6 @@ REASONS = {
     "not_undone": ("action to undo by hand", "actions to undo by hand"),
     "held": ("held run", "held runs"),
 }
-
-
-@dataclass(slots=True)
-class RunRow:
-    run: RunRecord
-    open_items: int
 
 
 @dataclass(slots=True)
@@ -111,6 +103,7 @@ class RunPage:
     focus: bool = False  # the timeline shows the focus, not a part
     part: int = 1
     parts: list[tuple[int, int, int]] = field(default_factory=list)  # (part, first, last seq)
+    history: list[DecisionEvent] = field(default_factory=list)  # who decided what, oldest first
 
 
 # -- formatting -----------------------------------------------------------------------------------
@@ -159,41 +152,6 @@ def flag(action: Action, compensation: Compensation | None) -> str:
     ):
         return "problem"
     return "waiting" if action.state == "awaiting_approval" else ""
-
-
-# -- the inbox ----------------------------------------------------------------------------------
-
-
-def load_inbox(guard: Guard, status: str) -> tuple[list[RunRow], dict[str, int]]:
-    """The runs to show and the counts for the header."""
-    open_items = Counter(i.run_id for i in guard.store.review_items(status="open"))
-    waiting = {s: guard.runs(status=s) for s in WAITING}
-    if status == "needs":
-        found = {r.id: r for s in WAITING for r in waiting[s]}
-        # runs nobody is finishing (a dead owner, a lease not renewed after a store fault)
-        # need a person too, until recovery takes them over
-        for s in LIVE:
-            for r in guard.runs(status=s):
-                if not owner_alive(r.owner, r.heartbeat_at, guard.stale_after):
-                    found[r.id] = r
-        for run_id in open_items:
-            if run_id not in found:
-                record = guard.store.run(run_id)
-                if record is not None:
-                    found[run_id] = record
-        runs = sorted(found.values(), key=lambda r: (r.status not in WAITING, -r.updated_at, r.id))
-    elif status == "all":
-        runs = guard.runs()
-    else:
-        runs = guard.runs(status=status)
-    counts = {
-        "pending_review": len(waiting["pending_review"]),
-        "awaiting_approval": len(waiting["awaiting_approval"]),
-        "open_items": sum(open_items.values()),
-        "runs_with_open_items": len(open_items),
-        "shown": len(runs),
-    }
-    return [RunRow(r, open_items.get(r.id, 0)) for r in runs[:MAX_SHOWN_RUNS]], counts
 
 
 # -- a run --------------------------------------------------------------------------------------
@@ -353,6 +311,7 @@ def load_run(
         ]
         if len(bounds) > 1
         else [],
+        history=guard.history(run_id),
     )
 
 
