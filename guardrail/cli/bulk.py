@@ -26,8 +26,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import typer
+
 from guardrail.cli.common import STATUS_COLOURS, confirm, dump_json
-from guardrail.cli.loading import CONFLICT, NOT_FOUND, USAGE, fail, warn
+from guardrail.cli.loading import CONFLICT, LOAD_HINT, NOT_FOUND, USAGE, fail, warn
 
 if TYPE_CHECKING:
     from rich.text import Text
@@ -143,6 +145,10 @@ def run(
             f"decide" + (" (dry run: nothing changes)" if dry_run else "")
         )
         _print(heading, ("run", "status", "plan", "what it would do, or why not"), preview, as_json)
+        if what == "abort" and any(
+            r.result == "refused" and "undos missing" in r.text for r in preview
+        ):
+            typer.echo(f"to abort those: {LOAD_HINT}; or --force", err=as_json)
     if to_decide and not dry_run:
         _mismatches(guard, to_decide)
         if not yes:
@@ -168,9 +174,10 @@ def run(
         return code
     counts = {k: sum(1 for r in results if r.result == k) for k in RESULT_COLOURS}
     summary = ", ".join(f"{n} {k}" for k, n in counts.items() if n and k != "decide")
-    if not to_decide:
-        summary = "nothing to decide; " + summary
-    _print(f"{label}: {summary}", ("run", "status", "result", "error"), results, False)
+    if not to_decide:  # the preview said it all: one line, not the same table again
+        typer.echo(f"{label}: nothing to decide ({summary}); nothing changed")
+    else:
+        _print(f"{label}: {summary}", ("run", "status", "result", "error"), results, False)
     return code
 
 
@@ -253,7 +260,9 @@ def _lines(columns: tuple[str, ...], rows: Sequence[Row], width: int) -> list[Te
     title = GAP.join(
         [f"{columns[0]:<{id_w}}", f"{columns[1]:<{status_w}}", f"{columns[2]:<{result_w}}"]
     )
-    lines = [fit(Text(f"{title}{GAP}{columns[3]}" if beside else title, "bold"), room)]
+    header = Text(f"{title}{GAP}{columns[3]}" if beside else title, "bold")
+    header.rstrip()
+    lines = [fit(header, room)]
     for r in rows:
         head = Text.assemble(
             (f"{r.run_id:<{id_w}}", "cyan"),
