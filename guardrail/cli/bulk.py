@@ -26,8 +26,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import typer
-
 from guardrail.cli.common import STATUS_COLOURS, confirm, dump_json
 from guardrail.cli.loading import CONFLICT, LOAD_HINT, NOT_FOUND, USAGE, fail, warn
 
@@ -148,7 +146,7 @@ def run(
         if what == "abort" and any(
             r.result == "refused" and "undos missing" in r.text for r in preview
         ):
-            typer.echo(f"to abort those: {LOAD_HINT}; or --force", err=as_json)
+            _say(f"to abort those: {LOAD_HINT}; or --force", as_json)
     if to_decide and not dry_run:
         _mismatches(guard, to_decide)
         if not yes:
@@ -175,7 +173,7 @@ def run(
     counts = {k: sum(1 for r in results if r.result == k) for k in RESULT_COLOURS}
     summary = ", ".join(f"{n} {k}" for k, n in counts.items() if n and k != "decide")
     if not to_decide:  # the preview said it all: one line, not the same table again
-        typer.echo(f"{label}: nothing to decide ({summary}); nothing changed")
+        _say(f"{label}: nothing to decide ({summary}); nothing changed", False)
     else:
         _print(f"{label}: {summary}", ("run", "status", "result", "error"), results, False)
     return code
@@ -243,6 +241,14 @@ def _print(heading: str, columns: tuple[str, ...], rows: Sequence[Row], err: boo
     console.print(Text(heading, "bold"), soft_wrap=True)
     for line in _lines(columns, rows, max(console.width, 20)):
         console.print(line, soft_wrap=True)
+
+
+def _say(text: str, err: bool) -> None:
+    """A sentence wrapped on words to the terminal's width."""
+    from rich.console import Console
+    from rich.text import Text
+
+    Console(stderr=err).print(Text(text))
 
 
 def _lines(columns: tuple[str, ...], rows: Sequence[Row], width: int) -> list[Text]:
