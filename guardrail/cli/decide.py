@@ -8,6 +8,10 @@ to compensate without the undos it needs unless ``--force``. What is decided is 
 the question: an unknown run or item exits 1, a resolution that does not fit the item exits 2,
 so that a yes is never followed by a usage error.
 Exit codes: 0 ok, 1 not found, 2 usage (or not confirmed), 3 conflict.
+
+``resume``, ``abort`` and ``resolve`` take ``--filter TEXT`` instead of their argument (exactly
+one of the two): every run the filter selects is previewed, then decided after one confirmation
+(``--dry-run``: the preview only), see :mod:`guardrail.cli.bulk`.
 """
 
 from __future__ import annotations
