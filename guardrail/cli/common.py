@@ -16,7 +16,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
@@ -185,6 +185,15 @@ def record(obj: Any) -> dict[str, Any]:
         else value
         for key, value in fields.items()
     }
+
+
+def history_json(events: Sequence[Any]) -> list[dict[str, Any]]:
+    """A run's decisions (`guardrail.history.DecisionEvent`) as ``show --json``, ``export`` and
+    ``history --json`` print them: oldest first, times as ISO 8601."""
+    return [
+        {"at": iso(e.at), "by": e.by, "item_id": e.item_id, "note": e.note, "what": e.what}
+        for e in events
+    ]
 
 
 def to_json(value: Any, *, indent: int | None = 2) -> str:

@@ -8,15 +8,20 @@ to compensate without the undos it needs unless ``--force``. What is decided is 
 the question: an unknown run or item exits 1, a resolution that does not fit the item exits 2,
 so that a yes is never followed by a usage error.
 Exit codes: 0 ok, 1 not found, 2 usage (or not confirmed), 3 conflict.
+
+``resume``, ``abort`` and ``resolve`` take ``--filter TEXT`` instead of their argument (exactly
+one of the two): every run the filter selects is previewed, then decided after one confirmation
+(``--dry-run``: the preview only), see :mod:`guardrail.cli.bulk`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
+from guardrail.cli import bulk
 from guardrail.cli.common import (
     DOUBT_WORDS,
     AsJson,
@@ -45,6 +50,20 @@ from guardrail.cli.loading import (
     refusal,
     warn_mismatch,
 )
+
+Filter = Annotated[
+    str | None,
+    typer.Option(
+        "--filter",
+        help="Decide every run this selects instead of one: words to search for and KEY=VALUE "
+        "terms (status, agent, tool, owner, since, until, group), e.g. group=ID from "
+        "guardrail groups. Shows a preview, asks, then decides each run in turn.",
+    ),
+]
+DryRun = Annotated[
+    bool,
+    typer.Option("--dry-run", help="With --filter: print the preview only; change nothing."),
+]
 
 if TYPE_CHECKING:
     from guardrail.decisions import Decision
@@ -89,7 +108,9 @@ def _item(guard: Guard, item_id: str) -> ReviewItem:
 
 
 def resume(
-    run_id: Annotated[str, typer.Argument()],
+    run_id: Annotated[str | None, typer.Argument(help="The run (or --filter).")] = None,
+    filter_: Filter = None,
+    dry_run: DryRun = False,
     store: AppStore = None,
     app: App = None,
     policy: Policies = None,
@@ -103,7 +124,23 @@ def resume(
     """Let a halted run continue (restart the agent on the same run afterwards).
 
     With --app, --policy or --pack, warns when the run started under other policies.
+    With --filter, every run it selects that waits for a decision (see guardrail groups).
     """
+    bulk.one_of(run_id, filter_, "RUN")
+    bulk.check("resume", None, dry_run, filter_ is not None)
+    if filter_ is not None:
+        _many(
+            "resume",
+            filter_,
+            store,
+            Loads.of(app, policy, pack, pack_option),
+            by,
+            note,
+            yes=yes,
+            dry_run=dry_run,
+            as_json=as_json,
+        )
+    assert run_id is not None
     with opened(store, Loads.of(app, policy, pack, pack_option)) as guard:
         warn_mismatch(guard, guard.require_run(run_id))
         who = reviewer(by)
@@ -115,7 +152,9 @@ def resume(
 
 
 def abort(
-    run_id: Annotated[str, typer.Argument()],
+    run_id: Annotated[str | None, typer.Argument(help="The run (or --filter).")] = None,
+    filter_: Filter = None,
+    dry_run: DryRun = False,
     store: AppStore = None,
     app: App = None,
     policy: Policies = None,
@@ -133,7 +172,25 @@ def abort(
     GUARDRAIL_APP) or the policies that name the undos (--policy, --pack). Without an undo it
     needs, it refuses and changes nothing (exit 2); --force aborts anyway and lists those
     actions for a person. Warns when the run started under other policies than the ones loaded.
+    With --filter, every run it selects that waits for a decision; a run whose undos are missing
+    here is refused (and the others aborted) unless --force.
     """
+    bulk.one_of(run_id, filter_, "RUN")
+    bulk.check("abort", None, dry_run, filter_ is not None)
+    if filter_ is not None:
+        _many(
+            "abort",
+            filter_,
+            store,
+            Loads.of(app, policy, pack, pack_option),
+            by,
+            note,
+            force=force,
+            yes=yes,
+            dry_run=dry_run,
+            as_json=as_json,
+        )
+    assert run_id is not None
     from guardrail import decisions
     from guardrail.drive import drive
     from guardrail.transitions import DECIDABLE
@@ -160,7 +217,9 @@ def abort(
 
 
 def resolve(
-    item_id: Annotated[str, typer.Argument()],
+    item_id: Annotated[str | None, typer.Argument(help="The review item (or --filter).")] = None,
+    filter_: Filter = None,
+    dry_run: DryRun = False,
     as_: Annotated[
         Resolution,
         typer.Option(
@@ -179,7 +238,24 @@ def resolve(
     yes: Yes = False,
     as_json: AsJson = False,
 ) -> None:
-    """Record a person's decision on a review item."""
+    """Record a person's decision on a review item. With --filter, resolve the open review
+    items of every run it selects (of any status), each as --as (not approved or rejected)."""
+    bulk.one_of(item_id, filter_, "ITEM")
+    bulk.check("resolve", as_, dry_run, filter_ is not None)
+    if filter_ is not None:
+        _many(
+            "resolve",
+            filter_,
+            store,
+            Loads.of(app, policy, pack, pack_option),
+            by,
+            note,
+            resolution=as_,
+            yes=yes,
+            dry_run=dry_run,
+            as_json=as_json,
+        )
+    assert item_id is not None
     with opened(store, Loads.of(app, policy, pack, pack_option)) as guard:
         item = _item(guard, item_id)
         if item.reason == "approval" and as_ not in ("approved", "rejected"):
@@ -204,6 +280,24 @@ def resolve(
         )
     if as_json:
         dump_json(done)
+
+
+def _many(
+    what: str,
+    filter_text: str,
+    store: str | None,
+    loads: Loads,
+    by: str | None,
+    note: str | None,
+    **options: Any,
+) -> NoReturn:
+    """A decision on every run ``filter_text`` selects (see :mod:`guardrail.cli.bulk`)."""
+    from guardrail.cli.volume import parse_filter
+
+    filters = parse_filter(filter_text)
+    with opened(store, loads) as guard:
+        code = bulk.run(guard, what, filter_text, filters, by=reviewer(by), note=note, **options)
+    raise typer.Exit(code)
 
 
 def _request(guard: Guard, item_id: str, what: str) -> dict[str, Any]:

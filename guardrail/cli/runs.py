@@ -25,6 +25,7 @@ from guardrail.cli.common import (
     RunStatusName,
     Store,
     dump_json,
+    history_json,
     opened,
     record,
     since,
@@ -128,6 +129,7 @@ def export(
     """The run's whole log, for archives and other tools."""
     with opened(store) as guard:
         log = guard.log(run_id)
+        history = history_json(guard.history(run_id))
         seen = record(guard.witness(run_id))
     if format == "json":
         dump_json(
@@ -135,6 +137,7 @@ def export(
                 "run": record(log.run),
                 "actions": [record(a) for a in log.actions],
                 "compensations": [record(c) for c in log.compensations],
+                "history": history,
                 "review_items": [record(i) for i in log.review_items],
                 "witness": seen,
             }
@@ -149,6 +152,8 @@ def export(
     ):
         for row in rows:
             out.write(to_json({"type": kind, **record(row)}, indent=None) + "\n")
+    for event in history:
+        out.write(to_json({"type": "decision", **event}, indent=None) + "\n")
     out.write(to_json({"type": "witness", **seen}, indent=None) + "\n")  # for verify --against
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from guardrail.cli.common import AsJson, dump_json, opened, record
+from guardrail.cli.common import AsJson, dump_json, history_json, opened, record
 from guardrail.cli.loading import (
     App,
     AppStore,
@@ -35,10 +35,11 @@ def show(
     ] = 100,
     as_json: AsJson = False,
 ) -> None:
-    """The run's timeline: actions, compensations, review items, what would still be undone,
-    and the hash-chain verdict. Long runs show their newest actions (--limit, 0 for all);
-    --json always has everything. What an abort would do depends on the undos loaded: pass the
-    application's guard (--app) or its policies (--policy, --pack) to see it as they would."""
+    """The run's timeline: actions, compensations, review items, the decisions made (when, who,
+    what, item, note), what would still be undone, and the hash-chain verdict. Long runs show
+    their newest actions (--limit, 0 for all); --json always has everything. What an abort
+    would do depends on the undos loaded: pass the application's guard (--app) or its policies
+    (--policy, --pack) to see it as they would."""
     from guardrail.decisions import missing_undos
     from guardrail.transitions import DECIDABLE
 
@@ -46,6 +47,7 @@ def show(
         log = guard.log(run_id)
         verdict = guard.verify(run_id, log=log)
         plan = guard.plan_undo(run_id, log=log)
+        history = guard.history(run_id)
         # what an abort from here would lack, for a run that waits for a person's decision
         missing = missing_undos(guard, log.actions) if log.run.status in DECIDABLE else []
         if not as_json:
@@ -56,6 +58,7 @@ def show(
                 "run": record(log.run),
                 "actions": [record(a) for a in log.actions],
                 "compensations": [record(c) for c in log.compensations],
+                "history": history_json(history),
                 "review_items": [record(i) for i in log.review_items],
                 "plan_undo": [record(s) for s in plan],
                 "missing_undos": [record(s) for s in missing],
@@ -67,4 +70,4 @@ def show(
 
     from guardrail.cli.timeline import render
 
-    render(Console(), log, verdict, plan, missing, limit)
+    render(Console(), log, verdict, plan, missing, limit, history)

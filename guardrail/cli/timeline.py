@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.text import Text
 
-from guardrail.cli.common import STATE_COLOURS, STATUS_COLOURS
+from guardrail.cli.common import STATE_COLOURS, STATUS_COLOURS, when
 from guardrail.cli.loading import LOAD_HINT
 
 if TYPE_CHECKING:
     from guardrail.audit import ActionLog, Verification
+    from guardrail.history import DecisionEvent
     from guardrail.lifecycle import PlannedStep
     from guardrail.store import Action
 
@@ -28,6 +29,7 @@ GAP = "  "
 TOOL_WIDTH = 32  # a longer tool name is cut in the aligned column
 ERROR_LINES = 4  # an error is wrapped to at most this many lines
 INSTRUCTION_LINES = 8
+NOTE_LINES = 3  # a decision's note
 
 
 def render(
@@ -37,12 +39,14 @@ def render(
     plan: Sequence[PlannedStep],
     missing: Sequence[PlannedStep],
     limit: int,
+    history: Sequence[DecisionEvent] = (),
 ) -> None:
     width = max(console.width, 20)
     lines = [
         *_header(log, width),
         *_actions(log, limit, width),
         *_items(log, limit, width),
+        *_decisions(history, limit, width),
         *_abort(log, plan, missing, limit, width),
     ]
     for line in lines:
@@ -198,6 +202,39 @@ def _items(log: ActionLog, limit: int, width: int) -> list[Text]:
         )
         if i.instructions:
             lines += prose(i.instructions, width, INDENT, INSTRUCTION_LINES)
+    return lines
+
+
+def _decisions(history: Sequence[DecisionEvent], limit: int, width: int) -> list[Text]:
+    """Who decided what, oldest first (the newest ``limit``): when, who, what, the item it
+    resolved, and the note, beside them when it fits and wrapped under them when not."""
+    events = history[-limit:] if limit > 0 else history
+    if not events:
+        return []
+    title = f"decisions ({len(history):,})"
+    if len(events) < len(history):
+        title += f", the newest {len(events):,}; --limit 0 for all"
+    lines = [Text(""), *prose(title, width, 0, 2)]
+    lines[-1].stylize("bold")
+    by_w = min(max(len(e.by or "?") for e in events), 16)
+    what_w = max(len(e.what) for e in events)
+    for e in events:
+        by = e.by or "?"
+        by = by if len(by) <= by_w else by[: by_w - 1] + "…"
+        head = Text.assemble(
+            f"  {when(e.at)}{GAP}",
+            (f"{by:<{by_w}}", "bold"),
+            f"{GAP}{e.what:<{what_w}}",
+            f"{GAP}item {e.item_id}" if e.item_id else "",
+        )
+        head.rstrip()
+        note = " ".join((e.note or "").split())
+        if note and head.cell_len + len(GAP) + len(note) <= width:
+            head.append(GAP + note)
+            note = ""
+        lines.append(fit(head, width))
+        if note:
+            lines += prose(note, width, INDENT, NOTE_LINES)
     return lines
 
 

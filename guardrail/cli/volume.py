@@ -20,6 +20,7 @@ from guardrail.cli.common import (
     AsJson,
     Store,
     dump_json,
+    history_json,
     iso,
     opened,
     since,
@@ -175,18 +176,7 @@ def history(
     with opened(store) as guard:
         events = guard.history(run_id)
         if as_json:
-            dump_json(
-                [
-                    {
-                        "at": iso(e.at),
-                        "by": e.by,
-                        "what": e.what,
-                        "note": e.note,
-                        "item_id": e.item_id,
-                    }
-                    for e in events
-                ]
-            )
+            dump_json(history_json(events))
             return
         if not events:
             typer.echo(f"run {run_id}: no decision yet")
