@@ -15,7 +15,6 @@ from typing import Any, Protocol
 
 from guardrail import bulk, history, outbox, waiting
 from guardrail.clock import Clock
-from guardrail.drive import adrive, drive
 from guardrail.errors import GuardrailError
 from guardrail.history import DecisionEvent
 from guardrail.notify import Notifier
@@ -124,12 +123,12 @@ class Inbox:
                 if guard.wait_decision(halted.run_id).status == "running":
                     agent(run_id=halted.run_id)  # carries on: nothing done runs twice
         """
-        return drive(waiting.wait_decision(self.store, run_id, timeout, poll, self.clock))
+        return waiting.wait_decision(self.store, run_id, timeout, poll, self.clock)
 
     async def await_decision(
         self: _Guard, run_id: str, *, timeout: float | None = None, poll: float = 1.0
     ) -> RunRecord:
-        return await adrive(waiting.wait_decision(self.store, run_id, timeout, poll, self.clock))
+        return await waiting.await_decision(self.store, run_id, timeout, poll, self.clock)
 
     def use_webhook(
         self: _Guard,

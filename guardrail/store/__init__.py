@@ -31,6 +31,7 @@ __all__ = [
     "Fence",
     "Recorded",
     "Fenced",
+    "Listener",
     "ReviewItem",
     "RunRecord",
     "Store",
@@ -93,6 +94,16 @@ class Fenced(Exception):
         self.kind = kind
 
 
+class Listener(Protocol):
+    """Notices that a run's status changed (PostgreSQL's LISTEN/NOTIFY)."""
+
+    def wait(self, seconds: float) -> bool:
+        """Block until a notice comes (True) or ``seconds`` pass (False)."""
+        ...
+
+    def close(self) -> None: ...
+
+
 class Store(Protocol):
     url: str
     keys: Keys
@@ -137,6 +148,10 @@ class Store(Protocol):
         self, event_id: str, delivered_at: float | None, error: str | None
     ) -> None: ...
     def events(self, *, run_id: str | None = None) -> list[OutboxEvent]: ...
+    def listener(self) -> Listener | None:
+        """Notices of status changes, where the database sends them (None: poll instead)."""
+        ...
+
     def close(self) -> None: ...
 
 
