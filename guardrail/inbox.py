@@ -16,9 +16,10 @@ from typing import Any, Protocol
 from guardrail import bulk, history, outbox, waiting
 from guardrail.clock import Clock
 from guardrail.errors import GuardrailError
+from guardrail.finding import Found, Group, found, groups
 from guardrail.history import DecisionEvent
 from guardrail.notify import Notifier
-from guardrail.search import Found, Group, RunQuery, found, groups
+from guardrail.search import RunQuery
 from guardrail.store import RunRecord
 
 
