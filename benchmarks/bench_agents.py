@@ -195,7 +195,7 @@ def middleware_split(guard: Any, steps: int) -> dict[str, float]:
 
 def saga_child(calls: int, batches: int) -> dict[str, Any]:
     """agent-saga's COMPENSABLE steps on its file WAL, against a guarded reversible call."""
-    from run import Measure, interleave, shop_tools
+    from harness import Measure, interleave, shop_tools
 
     try:
         from agent_saga import saga_scope, tool

@@ -20,8 +20,9 @@ import time
 from collections.abc import Callable
 from typing import Annotated, Any
 
+from harness import bare, shop_tools  # benchmarks/harness.py, beside this file
 from pydantic import BaseModel
-from run import bare, raw_sqlite_floor, shop_tools  # benchmarks/run.py, beside this file
+from run import raw_sqlite_floor  # benchmarks/run.py, beside this file
 
 from guardrail import Guard, Injected
 

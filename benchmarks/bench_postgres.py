@@ -26,7 +26,7 @@ from collections.abc import Callable
 from urllib.parse import quote
 
 import psycopg
-from run import bare, shop_tools  # benchmarks/run.py, beside this file
+from harness import bare, shop_tools  # benchmarks/harness.py, beside this file
 
 from guardrail import Guard
 

@@ -18,8 +18,9 @@ from guardrail.audit import ActionLog
 from guardrail.core import PolicyLookup
 from guardrail.decisions import Decision
 from guardrail.errors import GuardrailError
+from guardrail.finding import found, group_id
 from guardrail.lifecycle import PlannedStep
-from guardrail.search import MAX_PAGE, RunQuery, found, group_id, reason_group
+from guardrail.search import MAX_PAGE, RunQuery, reason_group
 from guardrail.store import ReviewItem, RunRecord, Store
 
 

@@ -15,11 +15,11 @@ from typing import Any, Protocol
 
 from guardrail import bulk, history, outbox, waiting
 from guardrail.clock import Clock
-from guardrail.drive import adrive, drive
 from guardrail.errors import GuardrailError
+from guardrail.finding import Found, Group, found, groups
 from guardrail.history import DecisionEvent
 from guardrail.notify import Notifier
-from guardrail.search import Found, Group, RunQuery, found, groups
+from guardrail.search import RunQuery
 from guardrail.store import RunRecord
 
 
@@ -124,12 +124,12 @@ class Inbox:
                 if guard.wait_decision(halted.run_id).status == "running":
                     agent(run_id=halted.run_id)  # carries on: nothing done runs twice
         """
-        return drive(waiting.wait_decision(self.store, run_id, timeout, poll, self.clock))
+        return waiting.wait_decision(self.store, run_id, timeout, poll, self.clock)
 
     async def await_decision(
         self: _Guard, run_id: str, *, timeout: float | None = None, poll: float = 1.0
     ) -> RunRecord:
-        return await adrive(waiting.wait_decision(self.store, run_id, timeout, poll, self.clock))
+        return await waiting.await_decision(self.store, run_id, timeout, poll, self.clock)
 
     def use_webhook(
         self: _Guard,

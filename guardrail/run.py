@@ -57,6 +57,8 @@ class Run:
         self.on_failure = on_failure  # "hold" holds every failure of this run for a person
         self.agent = agent
         self.id = run_id or new_id() + new_id()[:8]
+        self._fresh = run_id is None  # a new random id: no stored run can have it yet
+        self._entered_once = False
         self.metadata = dict(metadata or {})
         self.halted = False
         self.awaiting = False  # halted by an approval request of this process
@@ -81,7 +83,9 @@ class Run:
     def _open(self) -> None:
         core = self.core
         store = core.store
-        existing = store.run(self.id)
+        # (a run entered again, or given an id, may exist; one with a fresh random id cannot)
+        existing = None if self._fresh and not self._entered_once else store.run(self.id)
+        self._entered_once = True
         if existing is None:
             t = T.start_run(
                 self.id,
@@ -106,7 +110,7 @@ class Run:
         # One agent per run (the owner), so the run's succeeded keys can live in memory: a
         # replay looks them up without a query, a fresh run starts with none.
         self._done = {} if existing is None else None
-        self._seq = itertools.count(store.next_seq(self.id))
+        self._seq = itertools.count(1 if existing is None else store.next_seq(self.id))
         self._occurrences.clear()
         self._released.clear()
         self.halted = self.awaiting = False

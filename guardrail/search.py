@@ -12,16 +12,11 @@ between the databases is how a prefix is matched through an index (`prefix_match
 from __future__ import annotations
 
 import base64
-import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from guardrail.errors import GuardrailError
-
-if TYPE_CHECKING:
-    from guardrail.store import RunRecord, Store
 
 RUN_STATUSES = (
     "running",
@@ -87,23 +82,6 @@ class Page:
     run_ids: list[str]
     next: str | None = None
     matches: dict[str, tuple[Match, ...]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Found:
-    """What `Guard.search` returns: the runs of one page, newest first, each with what matched
-    the search text; ``next`` is the cursor of the next page (None on the last)."""
-
-    runs: list[RunRecord]
-    matches: dict[str, tuple[Match, ...]]
-    next: str | None
-
-
-def found(store: Store, query: RunQuery) -> Found:
-    """One page of the runs ``query`` finds, with what matched (see `Guard.search`)."""
-    page = store.search_runs(query)
-    runs = [r for r in (store.run(i) for i in page.run_ids) if r is not None]
-    return Found(runs, {r.id: page.matches.get(r.id, ()) for r in runs}, page.next)
 
 
 def encode_cursor(created_at: float, run_id: str) -> str:
@@ -268,32 +246,3 @@ def reason_group(reason: str | None) -> str:
     if not reason:
         return "(no reason)"
     return " ".join(_VARYING.sub("…", reason).split())
-
-
-@dataclass(frozen=True, slots=True)
-class Group:
-    """Runs halted for the same cause: ``key`` is their reason with what varies blanked, ``id``
-    a short stable name of the key (``guardrail abort --filter group=ID``)."""
-
-    key: str
-    run_ids: list[str]
-    example: str | None  # the newest run's reason as it is
-
-    @property
-    def id(self) -> str:
-        return group_id(self.key)
-
-
-def group_id(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()[:8]
-
-
-def groups(runs: Iterable[RunRecord]) -> list[Group]:
-    """The runs grouped by `reason_group`, the largest group first (then the newest)."""
-    found: dict[str, Group] = {}
-    for run in sorted(runs, key=lambda r: (r.updated_at, r.id), reverse=True):
-        key = reason_group(run.reason)
-        if key not in found:
-            found[key] = Group(key, [], run.reason)
-        found[key].run_ids.append(run.id)
-    return sorted(found.values(), key=lambda g: -len(g.run_ids))

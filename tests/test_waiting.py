@@ -90,3 +90,31 @@ def test_a_failing_decision_hook_does_not_undo_the_decision(shop: Guard) -> None
         _agent(shop, [], ScriptedTool([RuntimeError("carrier is down")]))
     assert shop.resume(halted.value.run_id, by="ana").landed
     assert shop.require_run(halted.value.run_id).status == "running"
+
+
+def test_on_postgresql_a_decision_wakes_the_waiter_without_polling(
+    shop: Guard, store_url: str
+) -> None:
+    """The wait listens for the store's notice of a status change: with a poll of an hour it
+    still returns as soon as the run is resumed (on SQLite it reads the run instead)."""
+    if not store_url.startswith("postgresql"):
+        assert shop.store.listener() is None
+        return
+    with pytest.raises(RunHalted) as halted:
+        _agent(shop, [], ScriptedTool([RuntimeError("carrier is down")]))
+    run_id = halted.value.run_id
+    listening = shop.store.listener()
+    assert listening is not None
+    try:
+        assert not listening.wait(0)  # nothing yet
+        got: list[Any] = []
+        waiter = threading.Thread(
+            target=lambda: got.append(shop.wait_decision(run_id, poll=3600, timeout=WAIT))
+        )
+        waiter.start()
+        shop.resume(run_id, by="ana")
+        waiter.join(WAIT)
+        assert [r.status for r in got] == ["running"]
+        assert listening.wait(WAIT)  # the notice reached every listener
+    finally:
+        listening.close()

@@ -31,6 +31,7 @@ __all__ = [
     "Fence",
     "Recorded",
     "Fenced",
+    "Listener",
     "ReviewItem",
     "RunRecord",
     "Store",
@@ -93,6 +94,16 @@ class Fenced(Exception):
         self.kind = kind
 
 
+class Listener(Protocol):
+    """Notices that a run's status changed (PostgreSQL's LISTEN/NOTIFY)."""
+
+    def wait(self, seconds: float) -> bool:
+        """Block until a notice comes (True) or ``seconds`` pass (False)."""
+        ...
+
+    def close(self) -> None: ...
+
+
 class Store(Protocol):
     url: str
     keys: Keys
@@ -123,6 +134,7 @@ class Store(Protocol):
         self, *, run_id: str | None = None, status: str | None = None
     ) -> list[ReviewItem]: ...
     def review_item(self, item_id: str) -> ReviewItem | None: ...
+    def open_item_counts(self) -> dict[str, int]: ...
     def entries(self, run_id: str) -> list[Entry]: ...
     def journal(self, run_id: str) -> list[JournalRow]: ...
     def external_id_rows(self, run_id: str) -> list[dict[str, Any]]: ...
@@ -137,6 +149,10 @@ class Store(Protocol):
         self, event_id: str, delivered_at: float | None, error: str | None
     ) -> None: ...
     def events(self, *, run_id: str | None = None) -> list[OutboxEvent]: ...
+    def listener(self) -> Listener | None:
+        """Notices of status changes, where the database sends them (None: poll instead)."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -74,6 +74,15 @@ class Dialect:
         """A JSON column's value as read, decoded."""
         return value
 
+    def status_notice(self, run_id: str) -> Statement | None:
+        """A statement that tells listeners the run's status changed (when its transaction
+        commits), or None where the database has no notices."""
+        return None
+
+    def listener(self) -> Any:
+        """A listener for those notices (see `guardrail.store.Listener`), or None."""
+        return None
+
     def tables(self, conn: Any, names: Sequence[str]) -> set[str]:
         """Which of the tables ``names`` exist (in the schema the store uses)."""
         raise NotImplementedError

@@ -29,6 +29,7 @@ from psycopg.pq import TransactionStatus
 from guardrail.store.dialect import FENCE, Broken, Dialect, FenceLost, Rejected, Statement
 
 FENCE_LOST, REJECTED = "GR001", "GR002"
+CHANNEL = "guardrail_runs"  # notices: a run's status changed (the payload is its id)
 _CODES = {FENCE: FENCE_LOST}
 
 # Our transactions never wait on user code, so they last microseconds. A process paused inside
@@ -142,6 +143,12 @@ class Postgres(Dialect):
             return exc.diag.table_name or ""
         return None
 
+    def status_notice(self, run_id: str) -> Statement:
+        return Statement(f"SELECT pg_notify('{CHANNEL}', %s)", (run_id,))
+
+    def listener(self) -> _Listener:
+        return _Listener(self.connect())
+
     def tables(self, conn: Any, names: Sequence[str]) -> set[str]:
         rows = conn.execute(
             "SELECT relname FROM pg_class WHERE relnamespace = current_schema()::regnamespace "
@@ -149,6 +156,20 @@ class Postgres(Dialect):
             (list(names),),
         ).fetchall()
         return {str(r[0]) for r in rows}
+
+
+class _Listener:
+    """A connection of its own that LISTENs for the store's status notices."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+        conn.execute(f"LISTEN {CHANNEL}")
+
+    def wait(self, seconds: float) -> bool:
+        return any(True for _ in self.conn.notifies(timeout=max(seconds, 0.0), stop_after=1))
+
+    def close(self) -> None:
+        self.conn.close()
 
 
 def _numbered(sql: str) -> str:

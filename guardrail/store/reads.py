@@ -150,6 +150,15 @@ class Reads:
         sql = (f"WHERE {' AND '.join(where)} " if where else "") + "ORDER BY created_at"
         return self._records(ReviewItem, sql, params, run_id)
 
+    def open_item_counts(self) -> dict[str, int]:
+        """Run id -> how many open review items it has (only runs that have some)."""
+        rows = self._fetch(
+            None,
+            "SELECT run_id, COUNT(*) FROM review_items WHERE status = 'open' GROUP BY run_id",
+            (),
+        )
+        return {str(run_id): int(n) for run_id, n in rows}
+
     def review_item(self, item_id: str) -> ReviewItem | None:
         found = self._records(ReviewItem, "WHERE id = ?", (item_id,))
         return found[0] if found else None

@@ -19,7 +19,7 @@ from typing import Any
 from guardrail import keys
 from guardrail.errors import StoreError
 from guardrail.keys import KeySource
-from guardrail.store import Fence, Fenced, Write, migrate
+from guardrail.store import Fence, Fenced, Listener, Write, migrate
 from guardrail.store import url as urls
 from guardrail.store.dialect import (
     EXPECT,
@@ -185,7 +185,12 @@ class SQLStore(Review):
                 h = entry_hash(self.keys, kid, prev, kind, text)
                 # a writer with a stale head collides on the journal's key, and retries
                 entry = (run_id, n, time.time(), kind, text, prev, h)
-                self._write_all(self._statements(writes, rows, entry, fence, prev, h))
+                statements = self._statements(writes, rows, entry, fence, prev, h)
+                if any(w.table == "runs" and "status" in w.values for w in writes):
+                    notice = self.dialect.status_notice(run_id)  # (for waiters on PostgreSQL)
+                    if notice is not None:
+                        statements.append(notice)
+                self._write_all(statements)
             except Rejected:
                 return False
             except FenceLost:
@@ -346,6 +351,14 @@ class SQLStore(Review):
     def forget(self, run_id: str) -> None:
         """Drop the cached chain head (another process may have written)."""
         self._heads.pop(run_id, None)
+
+    def listener(self) -> Listener | None:
+        """Notices of runs' status changes (PostgreSQL), or None (SQLite: poll)."""
+        try:
+            found: Listener | None = self.dialect.listener()
+        except Exception as exc:
+            raise StoreError(f"cannot listen on the store at {self.url}: {exc}") from exc
+        return found
 
     def close(self) -> None:
         self._closed = True

@@ -55,7 +55,7 @@ def load_counts(guard: Guard) -> dict[str, int]:
 def load_inbox(guard: Guard, query: InboxQuery, size: int = PAGE_SIZE) -> InboxPage:
     """A page of the inbox for ``query``."""
     if query.status == NEEDS:
-        open_items = Counter(i.run_id for i in guard.store.review_items(status="open"))
+        open_items = Counter(guard.store.open_item_counts())
         runs, cursor = needs_page(guard, open_items, query.cursor, size)
         rows = [RunRow(r, open_items.get(r.id, 0)) for r in runs]
         return InboxPage(rows, counts(guard, open_items), cursor)

@@ -19,7 +19,7 @@ from starlette.responses import Response
 
 from guardrail.bulk import DECISIONS, ITEM_WORDS, Outcome, Preview, select
 from guardrail.errors import GuardrailError
-from guardrail.search import Group
+from guardrail.finding import Group
 from guardrail.web.console import Console
 from guardrail.web.forms import MAX_NOTE
 from guardrail.web.query import QueryError, read_query
