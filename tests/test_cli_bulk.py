@@ -352,7 +352,7 @@ def test_history_in_show_and_export(sqlite_shop: Shop) -> None:
     assert event["by"] == "ana" and event["what"] == "resume" and event["item_id"] is None
     assert event["note"] == "address fixed by the customer, shipping again"
     assert event["at"].endswith("Z") and "T" in event["at"]
-    assert '"history": [\n    {\n      "at"' in out  # sorted keys
+    assert '"history": [\n    {\n      "answer": null,\n      "at"' in out  # sorted keys
 
     code, out = cli("export", run_id, "--store", sqlite_shop.store)
     assert json.loads(out)["history"] == [event]

@@ -31,6 +31,7 @@ for command in (
     decide.resolve,
     decide.approve,
     decide.reject,
+    decide.reply,
     runs.find,
     runs.export,
     runs.verify,

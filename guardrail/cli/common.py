@@ -191,7 +191,14 @@ def history_json(events: Sequence[Any]) -> list[dict[str, Any]]:
     """A run's decisions (`guardrail.history.DecisionEvent`) as ``show --json``, ``export`` and
     ``history --json`` print them: oldest first, times as ISO 8601."""
     return [
-        {"at": iso(e.at), "by": e.by, "item_id": e.item_id, "note": e.note, "what": e.what}
+        {
+            "answer": e.answer,
+            "at": iso(e.at),
+            "by": e.by,
+            "item_id": e.item_id,
+            "note": e.note,
+            "what": e.what,
+        }
         for e in events
     ]
 

@@ -16,6 +16,7 @@ one of the two): every run the filter selects is previewed, then decided after o
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -320,6 +321,22 @@ def _request(guard: Guard, item_id: str, what: str) -> dict[str, Any]:
     }
 
 
+def _edits(pairs: list[str]) -> dict[str, Any] | None:
+    """``--set NAME=VALUE`` as an edit of the arguments (VALUE read as JSON, else as text)."""
+    if not pairs:
+        return None
+    edit: dict[str, Any] = {}
+    for pair in pairs:
+        name, eq, value = pair.partition("=")
+        if not eq or not name.strip():
+            fail(f"--set {pair!r}: expected NAME=VALUE, e.g. --set amount=900", USAGE)
+        try:
+            edit[name.strip()] = json.loads(value)
+        except ValueError:
+            edit[name.strip()] = value
+    return edit
+
+
 def _show_request(request: dict[str, Any], as_json: bool, yes: bool) -> None:
     """What a person approves or rejects: for people on stdout, with --json on stderr before a
     question (the JSON document at the end has it too)."""
@@ -331,6 +348,8 @@ def _show_request(request: dict[str, Any], as_json: bool, yes: bool) -> None:
         "arguments (as stored, redacted):",
         *("  " + line for line in to_json(request["args"]).splitlines()),
     ]
+    if request.get("edit") is not None:
+        lines += ["approved instead:", *("  " + x for x in to_json(request["edit"]).splitlines())]
     typer.echo("\n".join(lines), err=as_json)
 
 
@@ -344,20 +363,32 @@ def approve(
     by: By = None,
     note: Note = None,
     resume_run: Annotated[bool, typer.Option("--resume", help="Also resume the run.")] = False,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Approve another value of an argument instead: NAME=VALUE (VALUE as JSON, "
+            "else as text); repeatable.",
+        ),
+    ] = None,
     yes: Yes = False,
     as_json: AsJson = False,
 ) -> None:
-    """Approve an approval request (these exact arguments, shown before the question)."""
+    """Approve an approval request (these exact arguments, shown before the question, or with
+    the values given by --set)."""
+    edit = _edits(set_ or [])
     with opened(store, Loads.of(app, policy, pack, pack_option)) as guard:
         request = _request(guard, item_id, "approve")
+        if edit is not None:
+            request["edit"] = edit
         _show_request(request, as_json, yes)
         who = reviewer(by)
         done = _decide(
-            "approve",
+            "approve" if edit is None else "approve with edits",
             item_id,
             yes,
             as_json,
-            lambda: guard.approve(item_id, by=who, note=note),
+            lambda: guard.approve(item_id, by=who, note=note, args=edit),
             request,
         )
         if resume_run:
@@ -393,6 +424,44 @@ def reject(
             yes,
             as_json,
             lambda: guard.reject(item_id, by=who, reason=note),
+            request,
+        )
+    if as_json:
+        dump_json(done)
+
+
+def reply(
+    item_id: Annotated[str, typer.Argument()],
+    answer: Annotated[str, typer.Argument(help="What the agent gets instead (JSON, else text).")],
+    store: AppStore = None,
+    app: App = None,
+    policy: Policies = None,
+    pack: Packs = None,
+    pack_option: PackOptions = None,
+    by: By = None,
+    note: Note = None,
+    yes: Yes = False,
+    as_json: AsJson = False,
+) -> None:
+    """Answer an approval request instead of letting the call run: after resume the call
+    returns ANSWER to the agent; the tool never runs."""
+    if not answer.strip():
+        fail("the reply is empty: give the text the agent should get", USAGE)
+    try:
+        value: Any = json.loads(answer)
+    except ValueError:
+        value = answer
+    with opened(store, Loads.of(app, policy, pack, pack_option)) as guard:
+        request = _request(guard, item_id, "reply to")
+        request["reply"] = value
+        _show_request(request, as_json, yes)
+        who = reviewer(by)
+        done = _decide(
+            "reply to",
+            item_id,
+            yes,
+            as_json,
+            lambda: guard.reply(item_id, value, by=who, note=note),
             request,
         )
     if as_json:
