@@ -31,6 +31,7 @@ import threading
 import time
 import typing
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextlib import suppress
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -295,13 +296,25 @@ class GuardrailMiddleware(AgentMiddleware):
     must still stand when it does. Nothing is undone until a person aborts the run (then every
     reversible call is undone, newest first). Pass ``on_failure="compensate"`` when the agent is
     restarted from scratch after review instead (then undone calls run again on the replay).
+
+    ``wait_for_decision``: seconds to wait in place for a person's decision before pausing the
+    thread (`Guard.wait_decision`): a resume within them lets the step carry on at once, no
+    ``Command(resume=...)`` needed; an abort ends it with `RunHalted`.
     """
 
-    def __init__(self, guard: Guard, *, agent: str = "agent", on_failure: str = "hold") -> None:
+    def __init__(
+        self,
+        guard: Guard,
+        *,
+        agent: str = "agent",
+        on_failure: str = "hold",
+        wait_for_decision: float | None = None,
+    ) -> None:
         super().__init__()
         self.guard = guard
         self.agent = agent
         self.on_failure = on_failure
+        self.wait_for_decision = wait_for_decision
         self._runs: dict[str, Run] = {}
         self._turns: dict[str, str] = {}  # thread id -> the run id of its current turn
         self._lock = threading.Lock()
@@ -403,6 +416,16 @@ class GuardrailMiddleware(AgentMiddleware):
             await asyncio.sleep(0.002)
             waited += 0.002
 
+    def _wait(self, run_id: str) -> None:
+        """Wait in place (up to ``wait_for_decision`` seconds) for a person to decide; then
+        the thread goes on at once, or pauses (interrupts) as usual if nobody decided."""
+        with suppress(TimeoutError):
+            self.guard.wait_decision(run_id, timeout=self.wait_for_decision)
+
+    async def _await(self, run_id: str) -> None:
+        with suppress(TimeoutError):
+            await self.guard.await_decision(run_id, timeout=self.wait_for_decision)
+
     def _halted(self, run_id: str, halt: RunHalted) -> None:
         """Pause the thread until a person has decided; returns once the run may go on."""
         with self._lock:
@@ -498,6 +521,8 @@ class GuardrailMiddleware(AgentMiddleware):
                 )
             except RunHalted as halt:
                 self._halt_landed(run)
+                if self.wait_for_decision:
+                    self._wait(run.id)
                 self._halted(run.id, halt)
                 continue
             return answered[-1] if answered else self._message(request, recorded)
@@ -532,6 +557,8 @@ class GuardrailMiddleware(AgentMiddleware):
                 )
             except RunHalted as halt:
                 await self._ahalt_landed(run)
+                if self.wait_for_decision:
+                    await self._await(run.id)
                 self._halted(run.id, halt)
                 continue
             return answered[-1] if answered else self._message(request, recorded)

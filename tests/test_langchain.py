@@ -188,3 +188,57 @@ def test_a_thread_keeps_calling_tools_turn_after_turn(sqlite_url: str, tmp_path:
     assert second.meta == {"thread_id": "chat-7"}
     assert [a.tool for a in guard.log("chat-7~2").actions] == ["note"]
     guard.close()
+
+
+def test_the_middleware_can_wait_in_place_for_the_decision(sqlite_url: str) -> None:
+    """With wait_for_decision, a resume made while the step waits lets it carry on: the
+    failed call runs again after the person fixed the cause, and no interrupt is seen."""
+    import threading
+
+    from langchain.agents import create_agent
+    from langchain_core.messages import AIMessage
+    from langchain_shop import ScriptedModel
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    from guardrail.adapters.langchain import GuardrailMiddleware
+
+    halted = threading.Event()
+    guard = Guard(store=sqlite_url, on_halt=lambda run: halted.set())
+    guard.policy("ship", effect="read_only", retry={"attempts": 1})
+    carrier_up = [False]
+
+    @tool
+    def ship(order: str) -> str:
+        """Ship an order."""
+        if not carrier_up[0]:
+            raise ConnectionError("the carrier is down")
+        return f"shipped {order}"
+
+    turns = [
+        AIMessage(content="", tool_calls=[{"name": "ship", "args": {"order": "o1"}, "id": "c1"}]),
+        AIMessage(content="done"),
+    ]
+    agent = create_agent(
+        ScriptedModel(messages=iter(turns)),
+        [ship],
+        middleware=[GuardrailMiddleware(guard, agent="shop", wait_for_decision=60)],
+        checkpointer=InMemorySaver(),
+    )
+
+    def reviewer() -> None:
+        assert halted.wait(60)
+        carrier_up[0] = True  # the person fixed the cause, then resumes
+        guard.resume("t-wait", by="ana")
+
+    person = threading.Thread(target=reviewer)
+    person.start()
+    out = agent.invoke(
+        {"messages": [{"role": "user", "content": "ship o1"}]},
+        {"configurable": {"thread_id": "t-wait"}},
+    )
+    person.join(60)
+    assert "__interrupt__" not in out
+    assert out["messages"][-1].content == "done"
+    assert any(getattr(m, "content", "") == "shipped o1" for m in out["messages"])
+    assert guard.require_run("t-wait").status == "completed"
+    guard.close()
