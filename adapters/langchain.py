@@ -339,7 +339,7 @@ class GuardrailMiddleware(AgentMiddleware):
         if known is not None and "~" in known[len(thread) :]:
             n = int(known.rsplit("~", 1)[1])
         while True:
-            record = self.guard.store.run(run_id)
+            record = self.guard.run_record(run_id)
             if record is None or record.status != "completed":
                 break
             n += 1
@@ -382,7 +382,7 @@ class GuardrailMiddleware(AgentMiddleware):
 
     def _summary(self, run_id: str, message: str) -> dict[str, Any]:
         record = self.guard.require_run(run_id)
-        items = self.guard.store.review_items(run_id=run_id, status="open")
+        items = self.guard.review_items(run_id=run_id, status="open")
         return {
             "guardrail": {
                 "run_id": run_id,
