@@ -30,6 +30,7 @@ import functools
 import threading
 import time
 import typing
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import suppress
 from contextvars import ContextVar
@@ -277,6 +278,9 @@ class ToolReportedError(Exception):
     failure (the agent must not build on it)."""
 
 
+TURNS_KEPT = 1024  # threads whose latest turn the middleware remembers
+
+
 class GuardrailMiddleware(AgentMiddleware):
     """Guards every tool call of a ``create_agent`` agent; halts become LangGraph interrupts.
 
@@ -316,7 +320,9 @@ class GuardrailMiddleware(AgentMiddleware):
         self.on_failure = on_failure
         self.wait_for_decision = wait_for_decision
         self._runs: dict[str, Run] = {}
-        self._turns: dict[str, str] = {}  # thread id -> the run id of its current turn
+        # thread id -> the run id of its latest turn: a cache of recent threads (bounded: a
+        # server sees endless threads; a thread it forgot is found again in the store)
+        self._turns: OrderedDict[str, str] = OrderedDict()
         self._lock = threading.Lock()
 
     # the run of a thread
@@ -339,13 +345,16 @@ class GuardrailMiddleware(AgentMiddleware):
         if known is not None and "~" in known[len(thread) :]:
             n = int(known.rsplit("~", 1)[1])
         while True:
-            record = self.guard.store.run(run_id)
+            record = self.guard.run_record(run_id)
             if record is None or record.status != "completed":
                 break
             n += 1
             run_id = f"{thread}~{n}"
         with self._lock:
             self._turns[thread] = run_id
+            self._turns.move_to_end(thread)
+            while len(self._turns) > TURNS_KEPT:
+                self._turns.popitem(last=False)
         return run_id
 
     def _open(self, thread: str) -> Run:
@@ -382,7 +391,7 @@ class GuardrailMiddleware(AgentMiddleware):
 
     def _summary(self, run_id: str, message: str) -> dict[str, Any]:
         record = self.guard.require_run(run_id)
-        items = self.guard.store.review_items(run_id=run_id, status="open")
+        items = self.guard.review_items(run_id=run_id, status="open")
         return {
             "guardrail": {
                 "run_id": run_id,
@@ -582,6 +591,15 @@ class GuardrailMiddleware(AgentMiddleware):
         thread = self._thread(config)
         with self._lock:
             run_id = self._turns.get(thread)
+            if run_id is None:  # (forgotten among many threads: its run is still entered)
+                run_id = next((r for r in self._runs if _turn_of(r, thread)), None)
             run = self._runs.pop(run_id, None) if run_id is not None else None
         if run is not None and run.entered and not run.halted:
             run.complete()
+
+
+def _turn_of(run_id: str, thread: str) -> bool:
+    """Whether ``run_id`` is a turn of ``thread`` (``thread``, ``thread~2``, ...)."""
+    return run_id == thread or (
+        run_id.startswith(thread + "~") and run_id[len(thread) + 1 :].isdigit()
+    )

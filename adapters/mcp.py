@@ -378,14 +378,14 @@ def check_undos(guard: Guard, tools: Sequence[str], run_id: str | None, *, force
                 f"the undo of {name} is the tool {undo.tool!r}, which this MCP server does not "
                 "have (nor the guard)"
             )
-    record = guard.store.run(run_id) if run_id else None
+    record = guard.run_record(run_id) if run_id else None
     if record is not None:
         mismatch = policy_mismatch(guard, record)
         if mismatch:
             log.warning("%s", mismatch)
         problems += [
             f"run {record.id}, action {s.seq} ({s.tool}): {s.detail}"
-            for s in missing_undos(guard, guard.store.actions(record.id))
+            for s in missing_undos(guard, guard.actions(record.id))
         ]
     if not problems:
         return

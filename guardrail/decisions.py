@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from guardrail import people as P
 from guardrail import telemetry
 from guardrail import transitions as T
 from guardrail.core import Core, HasCore, PolicyLookup, commit, core_of
@@ -102,7 +103,7 @@ def resume(core: Core, run_id: str, by: str, note: str | None) -> Decision:
                 run_id=run_id,
                 status=run.status,
             )
-        t = T.resume(run, by, note)
+        t = P.resume(run, by, note)
         # The resume raises the epoch, so a call the previous worker left `started` can never
         # record its outcome now: it may or may not have taken effect, and a person must know.
         for seq in store.seqs_in_state(run_id, (T.ActionState.STARTED,)):
@@ -152,7 +153,7 @@ def abort(
             missing = missing_undos(core.policies, core.store.actions(run_id))
             if missing:
                 raise UndosMissing(explain_missing(run_id, missing), run_id=run_id, steps=missing)
-        t = T.abort(run, core.owner, by, reason)
+        t = P.abort(run, core.owner, by, reason)
         t.writes += close_held(core, run_id, "aborted", by, reason)
         landed = commit(core, t)
         if landed or not _unchanged(core, run):
@@ -173,7 +174,7 @@ def abort(
     try:
         crash_point("after_abort_start")
         for item in open_approvals(core, run_id):
-            commit(core, T.decide_approval(run_id, item.id, item.seq, False, by, "run aborted"))
+            commit(core, P.decide_approval(run_id, item.id, item.seq, False, by, "run aborted"))
         yield from compensate(core, lease, T.RunStatus.ABORTING)
         commit(core, T.aborted(lease))
     except StoreError as exc:
@@ -216,7 +217,7 @@ def resolve(core: Core, item_id: str, resolution: str, by: str, note: str | None
         )
     if resolution in DOUBT_WORDS:
         assert item.seq is not None
-        t = T.resolve_doubt(item.run_id, item_id, item.seq, resolution == "happened", by, note)
+        t = P.resolve_doubt(item.run_id, item_id, item.seq, resolution == "happened", by, note)
         run = core.require_run(item.run_id)
         if resolution == "happened" and run.status in (
             T.RunStatus.ABORTING,
@@ -232,7 +233,7 @@ def resolve(core: Core, item_id: str, resolution: str, by: str, note: str | None
             )
             t.writes.append(review_write(item.run_id, item.seq, "not_undone", policy, detail))
     else:
-        t = T.resolve_item(item.run_id, item_id, resolution, by, note, "review.resolve")
+        t = P.resolve_item(item.run_id, item_id, resolution, by, note, "review.resolve")
     landed = commit(core, t)
     if not landed:
         item = store.review_item(item_id)
@@ -256,7 +257,7 @@ def close_held(core: Core, run_id: str, resolution: str, by: str, note: str | No
         write
         for item in items
         if item.reason == "held"
-        for write in T.resolve_item(run_id, item.id, resolution, by, note, "review.held").writes
+        for write in P.resolve_item(run_id, item.id, resolution, by, note, "review.held").writes
     ]
 
 
@@ -349,7 +350,7 @@ def decide(
         if not approve:
             raise PolicyError("only an approval edits arguments", field="args")
         changes, recorded = edited_args(core, item, edit)
-    t = T.decide_approval(
+    t = P.decide_approval(
         item.run_id, item_id, item.seq, approve, by, note, edit=changes, args=recorded
     )
     answer = {"args": changes} if changes is not None else None
@@ -370,7 +371,7 @@ def reply(core: Core, item_id: str, answer: Any, by: str, note: str | None) -> D
             "reply without it",
             field="reply",
         )
-    t = T.reply_approval(item.run_id, item_id, item.seq, value, by, note)
+    t = P.reply_approval(item.run_id, item_id, item.seq, value, by, note)
     return _decided(core, item, t, "replied", by, {"reply": value})
 
 

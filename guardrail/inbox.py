@@ -20,7 +20,7 @@ from guardrail.finding import Found, Group, found, groups
 from guardrail.history import DecisionEvent
 from guardrail.notify import Notifier
 from guardrail.search import RunQuery
-from guardrail.store import RunRecord
+from guardrail.store import Action, ReviewItem, RunRecord
 
 
 class _Guard(bulk.Deciding, Protocol):
@@ -68,6 +68,27 @@ class Inbox:
         with :meth:`decide`."""
         query = RunQuery(status=(status,) if isinstance(status, str) else tuple(status))
         return groups(r for s in query.status for r in self.store.runs(status=s))
+
+    def run_record(self: _Guard, run_id: str) -> RunRecord | None:
+        """The run's record, or None when the store has none (`require_run` raises instead)."""
+        return self.store.run(run_id)
+
+    def actions(self: _Guard, run_id: str) -> list[Action]:
+        """The run's actions, in order (without its compensations and items: see `log`)."""
+        return self.store.actions(run_id)
+
+    def review_items(
+        self: _Guard, *, run_id: str | None = None, status: str | None = None
+    ) -> list[ReviewItem]:
+        """Review items, oldest first: of one run, of one status (``open``, ``resolved``)."""
+        return self.store.review_items(run_id=run_id, status=status)
+
+    def review_item(self: _Guard, item_id: str) -> ReviewItem | None:
+        return self.store.review_item(item_id)
+
+    def open_item_counts(self: _Guard) -> dict[str, int]:
+        """Run id -> how many open review items it has (runs that have some)."""
+        return self.store.open_item_counts()
 
     def history(self: _Guard, run_id: str) -> list[DecisionEvent]:
         """Who decided what on the run and when (resume, abort, each item's resolution, each

@@ -103,12 +103,12 @@ class Transition:
 # -- helpers --------------------------------------------------------------------------------
 
 
-def _run(run_id: str, expect: tuple[str, ...] | None = None, **values: Any) -> Write:
+def run_write(run_id: str, expect: tuple[str, ...] | None = None, **values: Any) -> Write:
     values.setdefault("updated_at", NOW)
     return Write("runs", {"id": run_id}, values, expect={"status": expect} if expect else {})
 
 
-def _action(run_id: str, seq: int, expect: tuple[str, ...] | None, **values: Any) -> Write:
+def action_write(run_id: str, seq: int, expect: tuple[str, ...] | None, **values: Any) -> Write:
     return Write(
         "actions",
         {"run_id": run_id, "seq": seq},
@@ -194,7 +194,7 @@ def complete(lease: Lease) -> Transition:
     return Transition(
         lease.run_id,
         "run.complete",
-        [_run(lease.run_id, (R.RUNNING,), status=R.COMPLETED.value, owner=None)],
+        [run_write(lease.run_id, (R.RUNNING,), status=R.COMPLETED.value, owner=None)],
         lease.fence(R.RUNNING),
     )
 
@@ -206,7 +206,7 @@ def start_call(lease: Lease, seq: int, values: dict[str, Any], *, approved: bool
     """The write-ahead intent: the gate every tool call passes before it runs."""
     values = {**values, "state": A.STARTED.value}
     write = (
-        _action(lease.run_id, seq, (A.APPROVED,), **values)
+        action_write(lease.run_id, seq, (A.APPROVED,), **values)
         if approved
         else Write("actions", {"run_id": lease.run_id, "seq": seq}, values, insert=True)
     )
@@ -230,7 +230,7 @@ def succeed(
 ) -> Transition:
     """A call's success (``was`` ``started``; or ``in_doubt``, when its probe found it done)."""
     key = {"run_id": lease.run_id, "seq": seq}
-    writes = [_action(lease.run_id, seq, (was,), state=A.SUCCEEDED.value, **values)]
+    writes = [action_write(lease.run_id, seq, (was,), state=A.SUCCEEDED.value, **values)]
     writes += [
         Write("external_ids", {**key, "name": name}, {"value": value}, insert=True)
         for name, value in ids.items()
@@ -239,7 +239,7 @@ def succeed(
 
 
 def fail(lease: Lease, seq: int, attempts: int, error: str) -> Transition:
-    write = _action(
+    write = action_write(
         lease.run_id,
         seq,
         (A.STARTED,),
@@ -261,7 +261,7 @@ def in_doubt(lease: Lease, seq: int, error: str, attempts: int | None = None) ->
     }
     if attempts is not None:
         values["attempts"] = attempts
-    write = _action(lease.run_id, seq, (A.STARTED,), **values)
+    write = action_write(lease.run_id, seq, (A.STARTED,), **values)
     return Transition(lease.run_id, "action.in_doubt", [write], lease.fence(*CALL_ENDS))
 
 
@@ -281,13 +281,13 @@ def request_approval(
     # about every call of a model turn before it runs any); the epoch fences out anyone else
     paused = (R.RUNNING, R.AWAITING_APPROVAL)
     writes.append(
-        _run(lease.run_id, paused, status=R.AWAITING_APPROVAL.value, owner=None, reason=reason)
+        run_write(lease.run_id, paused, status=R.AWAITING_APPROVAL.value, owner=None, reason=reason)
     )
     return Transition(lease.run_id, "approval.request", writes, lease.fence(*paused))
 
 
 def expire_approval(lease: Lease, seq: int, ttl: float) -> Transition:
-    write = _action(
+    write = action_write(
         lease.run_id,
         seq,
         (A.APPROVED,),
@@ -301,23 +301,23 @@ def expire_approval(lease: Lease, seq: int, ttl: float) -> Transition:
 
 
 def halt(lease: Lease, reason: str) -> Transition:
-    write = _run(lease.run_id, HALTABLE, status=R.COMPENSATING.value, reason=reason)
+    write = run_write(lease.run_id, HALTABLE, status=R.COMPENSATING.value, reason=reason)
     return Transition(lease.run_id, "run.halt", [write], lease.fence(*HALTABLE))
 
 
 def hold(lease: Lease, reason: str, item: Write, *more: Write) -> Transition:
-    write = _run(lease.run_id, HALTABLE, status=R.PENDING_REVIEW.value, reason=reason)
+    write = run_write(lease.run_id, HALTABLE, status=R.PENDING_REVIEW.value, reason=reason)
     return Transition(lease.run_id, "run.hold", [write, item, *more], lease.fence(*HALTABLE))
 
 
 def to_review(lease: Lease) -> Transition:
     """Compensation is done: the run waits for a person."""
-    write = _run(lease.run_id, (R.COMPENSATING,), status=R.PENDING_REVIEW.value, owner=None)
+    write = run_write(lease.run_id, (R.COMPENSATING,), status=R.PENDING_REVIEW.value, owner=None)
     return Transition(lease.run_id, "run.review", [write], lease.fence(R.COMPENSATING))
 
 
 def aborted(lease: Lease) -> Transition:
-    write = _run(lease.run_id, (R.ABORTING,), status=R.ABORTED.value, owner=None)
+    write = run_write(lease.run_id, (R.ABORTING,), status=R.ABORTED.value, owner=None)
     return Transition(lease.run_id, "run.aborted", [write], lease.fence(R.ABORTING))
 
 
@@ -335,7 +335,7 @@ def settle(lease: Lease, seq: int, state: str, error: str, was: str = A.STARTED.
 def settle_write(
     run_id: str, seq: int, state: str, error: str, was: str = A.STARTED.value
 ) -> Write:
-    return _action(run_id, seq, (was,), state=state, error=error, finished_at=NOW)
+    return action_write(run_id, seq, (was,), state=state, error=error, finished_at=NOW)
 
 
 def settled(
@@ -347,7 +347,7 @@ def settled(
 
 
 def interrupted_undo(lease: Lease, seq: int, had_row: bool) -> list[Write]:
-    writes = [_action(lease.run_id, seq, (A.COMPENSATING,), state=A.COMPENSATION_FAILED.value)]
+    writes = [action_write(lease.run_id, seq, (A.COMPENSATING,), state=A.COMPENSATION_FAILED.value)]
     if had_row:
         writes.append(
             Write(
@@ -374,7 +374,7 @@ def compensation_start(
         [Write("compensations", key, comp)]
         if interrupted
         else [
-            _action(lease.run_id, seq, (A.SUCCEEDED,), state=A.COMPENSATING.value),
+            action_write(lease.run_id, seq, (A.SUCCEEDED,), state=A.COMPENSATING.value),
             Write("compensations", key, {**comp, "position": position}, insert=True),
         ]
     )
@@ -384,7 +384,7 @@ def compensation_start(
 def compensation_done(lease: Lease, status: str, seq: int, attempts: int) -> Transition:
     key = {"run_id": lease.run_id, "seq": seq}
     writes = [
-        _action(lease.run_id, seq, (A.COMPENSATING,), state=A.COMPENSATED.value),
+        action_write(lease.run_id, seq, (A.COMPENSATING,), state=A.COMPENSATED.value),
         Write(
             "compensations",
             key,
@@ -399,7 +399,7 @@ def compensation_failed(
 ) -> Transition:
     key = {"run_id": lease.run_id, "seq": seq}
     writes = [
-        _action(lease.run_id, seq, (A.COMPENSATING,), state=A.COMPENSATION_FAILED.value),
+        action_write(lease.run_id, seq, (A.COMPENSATING,), state=A.COMPENSATION_FAILED.value),
         Write(
             "compensations",
             key,
@@ -408,110 +408,3 @@ def compensation_failed(
         item,
     ]
     return Transition(lease.run_id, "compensation.failed", writes, lease.fence(status))
-
-
-# -- decisions by people --------------------------------------------------------------------
-
-
-def resume(run: RunRecord, by: str, note: str | None) -> Transition:
-    """Back to ``running`` with no owner; the epoch grows, so whoever held the run before is
-    fenced off and the agent that continues it claims it afresh."""
-    write = _run(
-        run.id,
-        DECIDABLE,
-        status=R.RUNNING.value,
-        owner=None,
-        epoch=run.epoch + 1,
-        decided_by=by,
-        decision_note=note,
-    )
-    write.expect["epoch"] = (run.epoch,)
-    return Transition(run.id, "run.resume", [write])
-
-
-def abort(run: RunRecord, owner: str, by: str, reason: str | None) -> Transition:
-    epoch = run.epoch + 1
-    write = _run(
-        run.id,
-        DECIDABLE,
-        status=R.ABORTING.value,
-        owner=owner,
-        epoch=epoch,
-        heartbeat_at=NOW,
-        decided_by=by,
-        decision_note=reason,
-    )
-    write.expect["epoch"] = (run.epoch,)
-    return Transition(run.id, "run.abort", [write], lease=Lease(run.id, owner, epoch))
-
-
-def resolve_item(
-    run_id: str, item_id: str, resolution: str, by: str, note: str | None, kind: str
-) -> Transition:
-    write = Write(
-        "review_items",
-        {"id": item_id},
-        {
-            "status": "resolved",
-            "resolution": resolution,
-            "resolved_by": by,
-            "note": note,
-            "resolved_at": NOW,
-        },
-        expect={"status": ("open",)},
-    )
-    return Transition(run_id, kind, [write])
-
-
-def resolve_doubt(
-    run_id: str, item_id: str, seq: int, happened: bool, by: str, note: str | None
-) -> Transition:
-    """A person says whether a call whose outcome was unknown took effect: ``happened`` makes
-    it succeeded (undone or reviewed like one; a replay does not run it again), else failed (a
-    replay runs it again)."""
-    resolution = "happened" if happened else "not_happened"
-    t = resolve_item(run_id, item_id, resolution, by, note, f"review.{resolution}")
-    state = A.SUCCEEDED if happened else A.FAILED
-    word = f"{by} says it {'happened' if happened else 'did not happen'}"
-    t.writes.append(_action(run_id, seq, (A.IN_DOUBT,), state=state.value, error=word[:2000]))
-    return t
-
-
-def decide_approval(
-    run_id: str,
-    item_id: str,
-    seq: int | None,
-    approve: bool,
-    by: str,
-    note: str | None,
-    *,
-    edit: dict[str, Any] | None = None,
-    args: dict[str, Any] | None = None,
-) -> Transition:
-    """Approve or reject an approval request. An approval may ``edit`` arguments: the item
-    keeps the edit, and the action records ``args``, the whole (redacted) arguments it will
-    run with."""
-    resolution = A.APPROVED if approve else A.REJECTED
-    t = resolve_item(run_id, item_id, resolution.value, by, note, f"approval.{resolution}")
-    if edit is not None:
-        t.writes[0].values["answer"] = {"args": edit}
-    if seq is not None:
-        values: dict[str, Any] = {"state": resolution.value}
-        if args is not None:
-            values["args"] = args
-        t.writes.append(_action(run_id, seq, (A.AWAITING_APPROVAL,), **values))
-    return t
-
-
-def reply_approval(
-    run_id: str, item_id: str, seq: int | None, reply: Any, by: str, note: str | None
-) -> Transition:
-    """Answer an approval request with a reply for the agent instead of running the call: the
-    action is rejected (it never runs) and records the reply as its result."""
-    t = resolve_item(run_id, item_id, "replied", by, note, "approval.replied")
-    t.writes[0].values["answer"] = {"reply": reply}
-    if seq is not None:
-        t.writes.append(
-            _action(run_id, seq, (A.AWAITING_APPROVAL,), state=A.REJECTED.value, result=reply)
-        )
-    return t

@@ -242,3 +242,49 @@ def test_the_middleware_can_wait_in_place_for_the_decision(sqlite_url: str) -> N
     assert any(getattr(m, "content", "") == "shipped o1" for m in out["messages"])
     assert guard.require_run("t-wait").status == "completed"
     guard.close()
+
+
+def test_the_middleware_remembers_a_bounded_number_of_threads(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server sees endless threads: the middleware keeps the latest turn of the recent ones
+    only, and a forgotten thread's run still completes and its next turn is found again."""
+    from langchain.agents import create_agent
+    from langchain_core.messages import AIMessage
+    from langchain_shop import ScriptedModel
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    from guardrail.adapters import langchain as adapter
+
+    monkeypatch.setattr(adapter, "TURNS_KEPT", 2)
+    guard = Guard(store=sqlite_url)
+    guard.policy("note", effect="read_only")
+
+    @tool
+    def note(text: str) -> str:
+        """Write a note."""
+        return text
+
+    def script() -> list[AIMessage]:
+        out = []
+        for i in range(6):
+            call = {"name": "note", "args": {"text": str(i)}, "id": f"c{i}"}
+            out += [AIMessage(content="", tool_calls=[call]), AIMessage(content="ok")]
+        return out
+
+    middleware = adapter.GuardrailMiddleware(guard, agent="notes")
+    agent = create_agent(
+        ScriptedModel(messages=iter(script())),
+        [note],
+        middleware=[middleware],
+        checkpointer=InMemorySaver(),
+    )
+    for thread in ["a", "b", "c", "d", "a"]:  # "a" is forgotten, then its second turn
+        agent.invoke(
+            {"messages": [{"role": "user", "content": "note"}]},
+            {"configurable": {"thread_id": thread}},
+        )
+    assert len(middleware._turns) <= 2 and not middleware._runs
+    statuses = {r.id: r.status for r in guard.runs()}
+    assert statuses == {t: "completed" for t in ["a", "b", "c", "d", "a~2"]}
+    guard.close()

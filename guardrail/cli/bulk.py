@@ -189,7 +189,7 @@ def _preview(
         if p.refused is None:
             text = p.would
             if what == "abort" and force:
-                missing = missing_undos(guard, guard.store.actions(p.run_id))
+                missing = missing_undos(guard, guard.actions(p.run_id))
                 if missing:
                     text += f"; --force: {len(missing)} undo(s) missing here, listed for a person"
             rows.append(Row(p.run_id, "decide", p.status, text))
@@ -207,7 +207,7 @@ def _result(guard: Guard, what: str, outcome: Any) -> Row:
         return Row(outcome.run_id, "landed", outcome.status, "")
     if outcome.error is None or outcome.status in SETTLED.get(what, ()):
         return Row(outcome.run_id, "already", outcome.status, outcome.error or "already so")
-    run = guard.store.run(outcome.run_id)
+    run = guard.run_record(outcome.run_id)
     by = f" (decided by {run.decided_by})" if run is not None and run.decided_by else ""
     return Row(outcome.run_id, "lost", outcome.status, f"{outcome.error}{by}")
 
@@ -218,7 +218,7 @@ def _mismatches(guard: Guard, ids: Sequence[str]) -> None:
 
     found = []
     for run_id in ids:
-        run = guard.store.run(run_id)
+        run = guard.run_record(run_id)
         problem = policy_mismatch(guard, run) if run is not None else None
         if problem is not None:
             found.append(problem)

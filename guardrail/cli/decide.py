@@ -102,7 +102,7 @@ def _decide(
 
 
 def _item(guard: Guard, item_id: str) -> ReviewItem:
-    item = guard.store.review_item(item_id)
+    item = guard.review_item(item_id)
     if item is None:
         fail(f"no review item {item_id!r} in {guard.store.url}", NOT_FOUND)
     return item
@@ -193,14 +193,13 @@ def abort(
         )
     assert run_id is not None
     from guardrail import decisions
-    from guardrail.drive import drive
     from guardrail.transitions import DECIDABLE
 
     with opened(store, Loads.of(app, policy, pack, pack_option)) as guard:
         run = guard.require_run(run_id)
         warn_mismatch(guard, run)
         if run.status in DECIDABLE:
-            missing = decisions.missing_undos(guard, guard.store.actions(run_id))
+            missing = decisions.missing_undos(guard, guard.actions(run_id))
             if missing and not force:
                 fail(refusal(run_id, missing, "abort"), USAGE)
             if missing:
@@ -211,7 +210,7 @@ def abort(
             run_id,
             yes,
             as_json,
-            lambda: drive(decisions.abort(guard, run_id, who, note, require_undos=not force)),
+            lambda: guard.abort(run_id, by=who, reason=note, require_undos=not force),
         )
     if as_json:
         dump_json(done)
@@ -311,7 +310,7 @@ def _request(guard: Guard, item_id: str, what: str) -> dict[str, Any]:
             f"guardrail resolve {item_id} --as done_manually|retried|skipped, not {what}",
             USAGE,
         )
-    action = next((a for a in guard.store.actions(item.run_id) if a.seq == item.seq), None)
+    action = next((a for a in guard.actions(item.run_id) if a.seq == item.seq), None)
     return {
         "item_id": item_id,
         "run_id": item.run_id,

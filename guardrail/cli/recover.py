@@ -105,11 +105,11 @@ def _blocked(guard: Guard, force: bool) -> dict[str, list[PlannedStep]]:
 
     blocked: dict[str, list[PlannedStep]] = {}
     for status in LIVE:
-        for run in guard.store.runs(status=status):
+        for run in guard.runs(status=status):
             if owner_alive(run.owner, run.heartbeat_at, guard.stale_after):
                 continue
             warn_mismatch(guard, run)
-            missing = decisions.missing_undos(guard, guard.store.actions(run.id))
+            missing = decisions.missing_undos(guard, guard.actions(run.id))
             if missing and force:
                 forced(run.id, missing)
             elif missing:

@@ -184,12 +184,12 @@ def verify(
         problems: dict[str, list[str]] = {}
         for run_id in ids:
             found: list[str] = []
-            if guard.store.run(run_id) is not None:
+            if guard.run_record(run_id) is not None:
                 found += guard.verify(run_id).problems
             for w in seen:
                 if w.run_id == run_id:
                     found += guard.check(w)
-            if guard.store.run(run_id) is None and not found:
+            if guard.run_record(run_id) is None and not found:
                 found.append(f"no run {run_id} in the store")
             problems[run_id] = found
     bad = {k: v for k, v in problems.items() if v}
