@@ -186,8 +186,8 @@ def edited(guard: Guard, form: DecisionForm) -> dict[str, Any]:
     if item.status != "open":
         # decided meanwhile (the action records an approved edit): the core tells a repeat of
         # the answer recorded from another answer (Conflict, naming who decided)
-        answered_args = (item.answer or {}).get("args") if isinstance(item.answer, dict) else None
-        return edit or (dict(answered_args) if isinstance(answered_args, dict) else {})
+        recorded = item.answer.get("args") if isinstance(item.answer, dict) else None
+        return edit or dict(recorded or {})
     if not edit:
         raise FieldError.at(
             form,
