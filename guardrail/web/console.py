@@ -20,6 +20,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from guardrail.errors import GuardrailError, RunNotFound
 from guardrail.guard import Guard
 from guardrail.transitions import RunStatus
+from guardrail.web.answers import MAX_ARGS, MAX_REPLY, answered
 from guardrail.web.browse import InboxPage, load_counts, load_inbox
 from guardrail.web.flash import FLASH_COOKIE, Flash, clear_flash, read_flash, set_flash
 from guardrail.web.forms import (
@@ -63,7 +64,7 @@ class Console:
             trim_blocks=True,
             lstrip_blocks=True,
         )
-        self.templates.filters.update(when=when, ago=ago, run_url=run_url)
+        self.templates.filters.update(when=when, ago=ago, run_url=run_url, answered=answered)
         self.templates.globals.update(
             statuses=RUN_STATUSES,
             inbox_statuses=STATUSES,
@@ -71,6 +72,7 @@ class Console:
             remedy=REMEDY,
             shared_identity=SHARED_IDENTITY,
             max_note=MAX_NOTE,
+            max_reply=MAX_REPLY,
             logins={
                 "reviewers": authority.reviewers is not None,
                 "shared": authority.shared,
@@ -211,7 +213,7 @@ class Console:
         data: RunPage,
         flash: Flash | None,
         status_code: int = 200,
-        errors: Mapping[str, str] | None = None,
+        errors: Mapping[str, Mapping[str, str]] | None = None,
         typed: DecisionForm | None = None,
     ) -> Response:
         # the outcome of an item's decision shows in the item's place, else at the top
@@ -251,9 +253,10 @@ class Console:
 
     async def decide(self, request: Request) -> Response:
         """Make the decision and redirect to the run's page (to the item's place for an item's
-        decision), where its outcome shows once. A note to write again shows the page with the
-        form again (422), nothing recorded."""
-        form = await self.checked_form(request)
+        decision), where its outcome shows once. A note to write again, or an edit of the
+        arguments the core refuses, shows the page with the form again (422), nothing
+        recorded."""
+        form = await self.checked_form(request, max_fields=MAX_ARGS + 20)
         principal: Principal = request.state.principal
         # who decides is who logged in; a "reviewer" field (older forms, scripts) is ignored
         try:
@@ -264,6 +267,8 @@ class Console:
             run_id, kind, message = await run_in_threadpool(
                 apply_decision, self.guard, decision, principal.identity, force=self.force
             )
+        except FieldError as exc:
+            return await self.ask_again(request, exc)
         except RunNotFound as exc:
             raise HTTPException(404, str(exc)) from None
         item = decision.target if decision.decision in ITEM_DECISIONS else ""
@@ -294,7 +299,7 @@ class Console:
             data,
             self.flash(request),
             status_code=422,
-            errors={form.key: error.message},
+            errors={form.key: error.fields},
             typed=form,
         )
 

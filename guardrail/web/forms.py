@@ -1,24 +1,35 @@
 """The console's decision forms: what a posted form asks for, checked, and the decision made.
 
-A form a person filled in badly (a note left empty or only spaces, or too long) raises
-`FieldError`: the page shows the form again with the message next to the field, and nothing is
-recorded. A form no page of the console makes (an unknown decision, no target) is a 400.
+A form a person filled in badly (a note left empty or only spaces, or too long; an edit of the
+arguments the core refuses, or none; an empty reply) raises `FieldError`: the page shows the form
+again with the message next to the field, and nothing is recorded. A form no page of the console
+makes (an unknown decision, no target) is a 400.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from starlette.exceptions import HTTPException
 
 from guardrail import decisions
 from guardrail.decisions import Decision, UndosMissing, explain_missing
 from guardrail.drive import drive
-from guardrail.errors import GuardrailError, RunNotFound
+from guardrail.errors import GuardrailError, PolicyError, RunNotFound
 from guardrail.guard import Guard
+from guardrail.web.answers import (
+    ARG,
+    MAX_REPLY,
+    answered,
+    changed,
+    refused_fields,
+    request_action,
+)
 
-ITEM_DECISIONS = ("resolve", "approve", "reject", "approve_resume")
+EDITS = ("approve_edit", "approve_edit_resume")  # approve other values of some arguments
+ITEM_DECISIONS = ("resolve", "approve", "reject", "approve_resume", *EDITS, "reply")
 DECISIONS = ("resume", "abort", *ITEM_DECISIONS)
 RESOLUTIONS = ("done_manually", "retried", "skipped", "happened", "not_happened")
 MAX_NOTE = 2000
@@ -38,20 +49,36 @@ class DecisionForm:
     target: str  # the item (item decisions) or the run
     note: str
     resolution: str
+    edits: tuple[tuple[str, str], ...] = ()  # ("amount", "900"): the arguments' fields as typed
+    reply: str = ""
 
     @property
     def key(self) -> str:
+        """The form on the page: an item's decision form, its edit form (``ID-edit``) or its
+        reply form (``ID-reply``), or ``resume`` / ``abort``."""
+        if self.decision in EDITS:
+            return f"{self.target}-edit"
+        if self.decision == "reply":
+            return f"{self.target}-reply"
         return self.target if self.decision in ITEM_DECISIONS else self.decision
+
+    @property
+    def typed_args(self) -> dict[str, str]:
+        return dict(self.edits)
 
 
 class FieldError(Exception):
-    """A field a person can correct; the form is shown again with ``message`` next to it."""
+    """Fields a person can correct; the form is shown again with each message next to its
+    field (``note``, ``reply``, ``args``, or ``arg.NAME``)."""
 
-    def __init__(self, form: DecisionForm, field: str, message: str) -> None:
-        super().__init__(message)
+    def __init__(self, form: DecisionForm, fields: Mapping[str, str]) -> None:
+        super().__init__("; ".join(fields.values()))
         self.form = form
-        self.field = field
-        self.message = message
+        self.fields = dict(fields)
+
+    @classmethod
+    def at(cls, form: DecisionForm, name: str, message: str) -> FieldError:
+        return cls(form, {name: message})
 
 
 def parse(fields: Mapping[str, str]) -> DecisionForm:
@@ -67,14 +94,32 @@ def parse(fields: Mapping[str, str]) -> DecisionForm:
     if decision == "resolve" and resolution not in RESOLUTIONS:
         raise HTTPException(400, f"resolution must be one of {', '.join(RESOLUTIONS)}")
     raw = fields.get("note", "")
-    form = DecisionForm(decision, target, raw.strip(), resolution)
+    edits = tuple(
+        (k[len(ARG) :], v) for k, v in fields.items() if k.startswith(ARG) and decision in EDITS
+    )
+    reply = fields.get("reply", "") if decision == "reply" else ""
+    form = DecisionForm(decision, target, raw.strip(), resolution, edits, reply.strip())
+    if decision == "reply" and not form.reply:
+        why = "only spaces" if reply else "empty"
+        raise FieldError.at(
+            form,
+            "reply",
+            f"Write the reply the agent gets instead (it was {why}); nothing was recorded.",
+        )
+    if len(form.reply) > MAX_REPLY:
+        raise FieldError.at(
+            form,
+            "reply",
+            f"A reply is limited to {MAX_REPLY} characters (this one has {len(form.reply)}); "
+            "nothing was recorded.",
+        )
     if not form.note:
         why = "only spaces" if raw else "empty"
-        raise FieldError(
+        raise FieldError.at(
             form, "note", f"Write a note saying why (it was {why}); nothing was recorded."
         )
     if len(form.note) > MAX_NOTE:
-        raise FieldError(
+        raise FieldError.at(
             form,
             "note",
             f"The note is limited to {MAX_NOTE} characters (this one has {len(form.note)}); "
@@ -98,35 +143,72 @@ def apply_decision(
     ``kind`` is ``ok`` (it landed), ``warn`` (the same decision was already recorded: nothing
     changed; or an approval landed but the run could not resume) or ``error`` (another decision
     came first, the run is in the wrong state, or an abort needs undos this console lacks and
-    ``force`` is off: then nothing changed).
+    ``force`` is off: then nothing changed). An edit or a reply the core refuses raises
+    `FieldError` (nothing changed).
     """
     decision, target, note = form.decision, form.target, form.note
     run_id = item_run(guard, target) if decision in ITEM_DECISIONS else target
+    edit: dict[str, Any] | None = None
     act: dict[str, Callable[[], Decision]] = {
         "resume": lambda: guard.resume(target, by=by, note=note),
         "abort": lambda: drive(decisions.abort(guard, target, by, note, require_undos=not force)),
         "resolve": lambda: guard.resolve(target, form.resolution, by=by, note=note),
         "approve": lambda: guard.approve(target, by=by, note=note),
+        "approve_edit": lambda: guard.approve(target, by=by, note=note, args=edit),
         "reject": lambda: guard.reject(target, by=by, reason=note),
+        "reply": lambda: guard.reply(target, form.reply, by=by, note=note),
     }
     try:
-        if decision == "approve_resume":
-            return run_id, *approve_and_resume(guard, target, by, note)
+        if decision in EDITS:
+            edit = edited(guard, form)
+        if decision in ("approve_resume", "approve_edit_resume"):
+            return run_id, *approve_and_resume(guard, target, by, note, edit)
         outcome = act[decision]()
     except RunNotFound:
         raise
     except UndosMissing as exc:
         return run_id, "error", f"Not done: {explain_missing(target, exc.steps, REMEDY)}."
+    except PolicyError as exc:
+        if decision not in (*EDITS, "reply"):
+            return run_id, "error", f"Not done: {exc}"
+        field = "reply" if decision == "reply" else "args"
+        raise FieldError.at(form, field, f"{exc}; nothing was recorded.") from exc
     except GuardrailError as exc:
         return run_id, "error", f"Not done: {exc}"
-    return run_id, *describe(guard, decision, target, outcome)
+    return run_id, *describe(guard, decision, target, outcome, edit)
 
 
-def approve_and_resume(guard: Guard, item_id: str, by: str, note: str) -> tuple[str, str]:
-    """Approve the request and resume its run, both recorded as ``by``. Refused, with nothing
-    changed, when someone else decided the request first (they may have meant the run to wait);
-    an approval that landed on a run that cannot resume yet says why."""
-    approved = guard.approve(item_id, by=by, note=note)  # Conflict when it was rejected
+def edited(guard: Guard, form: DecisionForm) -> dict[str, Any]:
+    """The arguments the edit form changed, each one the core would take; else `FieldError`
+    (no change, or the core's reason next to each argument it would refuse)."""
+    item, action = request_action(guard, form.target)
+    edit = changed(action.args, form.edits)
+    if item.status != "open":
+        # decided meanwhile (the action records an approved edit): the core tells a repeat of
+        # the answer recorded from another answer (Conflict, naming who decided)
+        recorded = item.answer.get("args") if isinstance(item.answer, dict) else None
+        return edit or dict(recorded or {})
+    if not edit:
+        raise FieldError.at(
+            form,
+            "args",
+            "No argument was changed: change the values to approve instead, or use Approve for "
+            "the arguments as asked; nothing was recorded.",
+        )
+    refused = refused_fields(guard, item, action, edit)
+    if refused:
+        raise FieldError(form, {k: f"{v}; nothing was recorded." for k, v in refused.items()})
+    return edit
+
+
+def approve_and_resume(
+    guard: Guard, item_id: str, by: str, note: str, edit: dict[str, Any] | None = None
+) -> tuple[str, str]:
+    """Approve the request (with ``edit``, other values of some arguments) and resume its run,
+    both recorded as ``by``. Refused, with nothing changed, when someone else decided the
+    request first (they may have meant the run to wait); an approval that landed on a run that
+    cannot resume yet says why."""
+    approved = guard.approve(item_id, by=by, note=note, args=edit)  # Conflict: decided otherwise
     if not approved.landed:
         item = guard.store.review_item(item_id)
         if item is None or item.resolved_by != by:
@@ -136,22 +218,29 @@ def approve_and_resume(guard: Guard, item_id: str, by: str, note: str) -> tuple[
                 "changed and the run was not resumed (resume it yourself if it should go on)."
             )
     run_id = approved.run_id
+    what = f"Approved item {item_id}" + (f" {answered({'args': edit})}" if edit else "")
     try:
         resumed = guard.resume(run_id, by=by, note=note)
     except GuardrailError as exc:
-        return "warn", f"Approved item {item_id} (by {by}), but the run was not resumed: {exc}"
+        return "warn", f"{what} (by {by}), but the run was not resumed: {exc}"
     if not resumed.landed:
         return "warn", (
-            f"Approved item {item_id} (by {by}); run {run_id} was already resumed "
+            f"{what} (by {by}); run {run_id} was already resumed "
             f"({resumed.status}): nothing more changed."
         )
     return "ok", (
-        f"Approved item {item_id} and resumed run {run_id} (by {by}). Restart the agent on this "
+        f"{what} and resumed run {run_id} (by {by}). Restart the agent on this "
         "run: the approved call runs once, with the approved arguments."
     )
 
 
-def describe(guard: Guard, decision: str, target: str, outcome: Decision) -> tuple[str, str]:
+def describe(
+    guard: Guard,
+    decision: str,
+    target: str,
+    outcome: Decision,
+    edit: dict[str, Any] | None = None,
+) -> tuple[str, str]:
     if not outcome.landed:
         what = {"resume": "resumed", "abort": "aborted"}.get(decision, outcome.status)
         by = f" by {outcome.by}" if decision == "abort" and outcome.by else ""
@@ -168,6 +257,16 @@ def describe(guard: Guard, decision: str, target: str, outcome: Decision) -> tup
     if decision == "approve":
         return "ok", (
             f"Approved item {target} (by {outcome.by}). Resume the run to let the call go ahead."
+        )
+    if decision == "approve_edit":
+        return "ok", (
+            f"Approved item {target} {answered({'args': edit})} (by {outcome.by}). Resume the "
+            "run to let the call go ahead, with these arguments."
+        )
+    if decision == "reply":
+        return "ok", (
+            f"Replied to item {target} (by {outcome.by}). After a resume the agent's call "
+            "returns the reply; the tool does not run."
         )
     if decision == "reject":
         return "ok", (

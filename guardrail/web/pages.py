@@ -24,6 +24,7 @@ from guardrail.guard import Guard
 from guardrail.history import DecisionEvent
 from guardrail.lifecycle import PlannedStep
 from guardrail.store import Action, Compensation, ReviewItem
+from guardrail.web.answers import ArgField, arg_fields
 
 WAITING = ("pending_review", "awaiting_approval")
 MAX_SHOWN_JSON = 20_000
@@ -80,6 +81,7 @@ class Problem:
     args: str
     failing: bool = False
     decided: bool = False
+    fields: list[ArgField] = field(default_factory=list)  # an approval's arguments, to edit
 
 
 @dataclass(slots=True)
@@ -202,6 +204,9 @@ def find_problems(
             action=action,
             compensation=comps.get(seq) if seq is not None else None,
             args=pretty(action.args) if action is not None else "",
+            fields=arg_fields(action.args)
+            if action is not None and item is not None and item.reason == "approval"
+            else [],
             **kw,
         )
 
