@@ -156,15 +156,3 @@ def lost(core: Core, run_id: str, kind: str) -> OwnershipLost:
         run_id=run_id,
         status=status,
     )
-
-
-class HasCore(Protocol):
-    """Anything that gives a `Core` (a guard)."""
-
-    @property
-    def core(self) -> Core: ...
-
-
-def core_of(given: Core | HasCore) -> Core:
-    """``given`` itself, or the core of the guard given."""
-    return given if isinstance(given, Core) else given.core

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from guardrail import people as P
 from guardrail import telemetry
 from guardrail import transitions as T
-from guardrail.core import Core, HasCore, PolicyLookup, commit, core_of
+from guardrail.core import Core, PolicyLookup, commit
 from guardrail.drive import Steps
 from guardrail.errors import Conflict, PolicyError, RunNotFound, RunStateError, StoreError
 from guardrail.fingerprint import EMPTY
@@ -130,20 +130,18 @@ def resume(core: Core, run_id: str, by: str, note: str | None) -> Decision:
 
 
 def abort(
-    given: Core | HasCore,
+    core: Core,
     run_id: str,
     by: str,
     reason: str | None,
     *,
     require_undos: bool = False,
 ) -> Steps[Decision]:
-    """Undo what is still undoable and end the run as aborted (``given``: the guard, or its
-    core).
+    """Undo what is still undoable and end the run as aborted.
 
     ``require_undos``: refuse (`UndosMissing`, nothing changed) when an undo the abort needs is
     not available in this process, instead of listing those actions for review.
     """
-    core = core_of(given)
     landed = False
     for _ in range(TRIES):
         run = core.require_run(run_id)

@@ -509,15 +509,14 @@ def test_threads_racing_resume_and_resolving_the_held_item(shop: Guard, world: W
 def test_an_abort_that_requires_its_undos_refuses_before_changing_anything(
     store_url: str, world: World
 ) -> None:
-    from guardrail.decisions import UndosMissing, abort, missing_undos
-    from guardrail.drive import drive
+    from guardrail.decisions import UndosMissing, missing_undos
 
     with Guard(store=store_url) as agent, Guard(store=store_url) as reviewer:
         declare(agent, world)
         run_id = held_run(agent, world)
         before = snapshot(agent, run_id)
         with pytest.raises(UndosMissing) as refused:
-            drive(abort(reviewer, run_id, "bob", None, require_undos=True))
+            reviewer.abort(run_id, by="bob", require_undos=True)
         assert refused.value.run_id == run_id and refused.value.field == "undo"
         assert [(s.seq, s.tool) for s in refused.value.steps] == [(1, "create")]
         assert "no undo is registered for create" in str(refused.value)
@@ -530,10 +529,10 @@ def test_an_abort_that_requires_its_undos_refuses_before_changing_anything(
         assert "its undo is the tool 'cancel', which is not registered here" in step.detail
         reviewer.register(lambda item: world.undone.append((run_id, 1)), name="cancel")
         assert missing_undos(reviewer, reviewer.store.actions(run_id)) == []
-        decision = drive(abort(reviewer, run_id, "bob", None, require_undos=True))
+        decision = reviewer.abort(run_id, by="bob", require_undos=True)
         assert decision.landed and world.undone == [(run_id, 1)]
         # a repeat is not refused, whatever this process has
-        again = drive(abort(agent, run_id, "bob", None, require_undos=True))
+        again = agent.abort(run_id, by="bob", require_undos=True)
         assert (again.landed, again.status) == (False, "aborted")
 
 

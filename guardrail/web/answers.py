@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from guardrail import decisions
-from guardrail.core import core_of
 from guardrail.errors import PolicyError, RunNotFound, RunStateError
 from guardrail.guard import Guard
 from guardrail.redact import REDACTED
@@ -114,10 +113,10 @@ def changed(stored: Mapping[str, Any], typed: Sequence[tuple[str, str]]) -> dict
 
 def request_action(guard: Guard, item_id: str) -> tuple[ReviewItem, Action]:
     """The approval request and the call it asks about."""
-    item = guard.store.review_item(item_id)
+    item = guard.review_item(item_id)
     if item is None:
         raise RunNotFound(f"no review item {item_id!r} in this store")
-    action = next((a for a in guard.store.actions(item.run_id) if a.seq == item.seq), None)
+    action = next((a for a in guard.actions(item.run_id) if a.seq == item.seq), None)
     if item.reason != "approval" or action is None:
         raise RunStateError(
             f"review item {item_id} ({item.reason}) is not an approval request of a recorded "
@@ -132,7 +131,7 @@ def refused_fields(
 ) -> dict[str, str]:
     """What the core says of each edited argument it would refuse, by form field (``args`` for
     an argument the form has no field for); empty when it would take every one."""
-    core = core_of(guard)
+    core = guard.core
     refused: dict[str, str] = {}
     for name, value in edit.items():
         try:

@@ -55,14 +55,14 @@ def load_counts(guard: Guard) -> dict[str, int]:
 def load_inbox(guard: Guard, query: InboxQuery, size: int = PAGE_SIZE) -> InboxPage:
     """A page of the inbox for ``query``."""
     if query.status == NEEDS:
-        open_items = Counter(guard.store.open_item_counts())
+        open_items = Counter(guard.open_item_counts())
         runs, cursor = needs_page(guard, open_items, query.cursor, size)
         rows = [RunRow(r, open_items.get(r.id, 0)) for r in runs]
         return InboxPage(rows, counts(guard, open_items), cursor)
     found = guard.search(**query.filters(), limit=size, cursor=query.cursor or None)
     needle = query.text.lower()
     open_items = Counter(
-        {r.id: len(guard.store.review_items(run_id=r.id, status="open")) for r in found.runs}
+        {r.id: len(guard.review_items(run_id=r.id, status="open")) for r in found.runs}
     )
     rows = []
     for run in found.runs:
@@ -89,7 +89,7 @@ def needs_page(
                 found[r.id] = r
     for run_id in open_items:
         if run_id not in found:
-            record = guard.store.run(run_id)
+            record = guard.run_record(run_id)
             if record is not None:
                 found[run_id] = record
 

@@ -14,9 +14,7 @@ from typing import Any
 
 from starlette.exceptions import HTTPException
 
-from guardrail import decisions
 from guardrail.decisions import Decision, UndosMissing, explain_missing
-from guardrail.drive import drive
 from guardrail.errors import GuardrailError, PolicyError, RunNotFound
 from guardrail.guard import Guard
 from guardrail.web.answers import (
@@ -129,7 +127,7 @@ def parse(fields: Mapping[str, str]) -> DecisionForm:
 
 
 def item_run(guard: Guard, item_id: str) -> str:
-    item = guard.store.review_item(item_id)
+    item = guard.review_item(item_id)
     if item is None:
         raise RunNotFound(f"no review item {item_id!r} in this store")
     return item.run_id
@@ -151,7 +149,7 @@ def apply_decision(
     edit: dict[str, Any] | None = None
     act: dict[str, Callable[[], Decision]] = {
         "resume": lambda: guard.resume(target, by=by, note=note),
-        "abort": lambda: drive(decisions.abort(guard, target, by, note, require_undos=not force)),
+        "abort": lambda: guard.abort(target, by=by, reason=note, require_undos=not force),
         "resolve": lambda: guard.resolve(target, form.resolution, by=by, note=note),
         "approve": lambda: guard.approve(target, by=by, note=note),
         "approve_edit": lambda: guard.approve(target, by=by, note=note, args=edit),
@@ -210,7 +208,7 @@ def approve_and_resume(
     cannot resume yet says why."""
     approved = guard.approve(item_id, by=by, note=note, args=edit)  # Conflict: decided otherwise
     if not approved.landed:
-        item = guard.store.review_item(item_id)
+        item = guard.review_item(item_id)
         if item is None or item.resolved_by != by:
             who = item.resolved_by if item is not None else "someone else"
             return "error", (
@@ -251,7 +249,7 @@ def describe(
             "already succeeded will not run again."
         )
     if decision == "abort":
-        left = guard.store.review_items(run_id=target, status="open")
+        left = guard.review_items(run_id=target, status="open")
         tail = f" {len(left)} review item(s) still need a person." if left else ""
         return "ok", f"Aborted run {target} (by {outcome.by}): undone what could be undone.{tail}"
     if decision == "approve":
