@@ -254,7 +254,7 @@ def test_the_middleware_remembers_a_bounded_number_of_threads(
     from langchain_shop import ScriptedModel
     from langgraph.checkpoint.memory import InMemorySaver
 
-    from guardrail.adapters import langchain as adapter
+    from guardrail.adapters import langchain_middleware as adapter
 
     monkeypatch.setattr(adapter, "TURNS_KEPT", 2)
     guard = Guard(store=sqlite_url)
