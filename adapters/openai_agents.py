@@ -89,6 +89,7 @@ from agents.tool import (
 from agents.tool_context import ToolContext
 from pydantic import BaseModel, ValidationError
 
+from guardrail.decisions import reply_text
 from guardrail.errors import CallRejected
 from guardrail.flight import flight
 from guardrail.guard import Guard
@@ -153,9 +154,12 @@ def apply_decisions(guard: Guard, run_id: str, state: RunState[Any, Any]) -> lis
             item = items.get(latest.seq)
             who = f" by {item.resolved_by}" if item is not None and item.resolved_by else ""
             why = f": {item.note}" if item is not None and item.note else ""
+            reply = reply_text(item)
             state.reject(
                 interruption,
-                rejection_message=(
+                rejection_message=reply
+                if reply is not None
+                else (
                     f"{latest.tool} with these arguments was rejected{who}{why}; it did not "
                     "run. Change the plan or the arguments (new arguments need a new approval)"
                 ),

@@ -92,6 +92,7 @@ from pydantic_ai.tools import AgentDepsT, RunContext, ToolApproved
 from pydantic_ai.toolsets import AbstractToolset, FunctionToolset, ToolsetTool, WrapperToolset
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
+from guardrail.decisions import reply_text
 from guardrail.errors import CallRejected, GuardrailError
 from guardrail.flight import flight
 from guardrail.guard import Guard
@@ -387,6 +388,8 @@ def apply_decisions(
         who = item.resolved_by if item is not None else None
         if latest.state == "approved":
             results.approvals[call.tool_call_id] = ToolApproved()
+        elif (reply := reply_text(item)) is not None:
+            results.approvals[call.tool_call_id] = ToolDenied(reply)  # what the model reads
         else:
             why = f": {item.note}" if item is not None and item.note else ""
             results.approvals[call.tool_call_id] = ToolDenied(

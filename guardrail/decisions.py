@@ -12,6 +12,7 @@ whether it runs under the policies the run started with (`policy_mismatch`).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -371,6 +372,15 @@ def reply(core: Core, item_id: str, answer: Any, by: str, note: str | None) -> D
         )
     t = P.reply_approval(item.run_id, item_id, item.seq, value, by, note)
     return _decided(core, item, t, "replied", by, {"reply": value})
+
+
+def reply_text(item: ReviewItem | None) -> str | None:
+    """A person's reply to an approval request (`reply`) as the text a model reads instead of
+    the call's result (JSON for a reply that is not text); None when there was no reply."""
+    if item is None or item.resolution != "replied" or not isinstance(item.answer, dict):
+        return None
+    answer = item.answer.get("reply")
+    return answer if isinstance(answer, str) else json.dumps(answer)
 
 
 def _approval_request(core: Core, item_id: str) -> ReviewItem:

@@ -528,7 +528,7 @@ BIG_ORDER = [
 ]
 
 
-@pytest.mark.parametrize("decision", ["approve", "reject"])
+@pytest.mark.parametrize("decision", ["approve", "reject", "edit", "reply"])
 def test_an_approval_gate_pauses_the_sdk_run_and_resumes_from_its_state(
     store_url: str, decision: str
 ) -> None:
@@ -557,6 +557,10 @@ def test_an_approval_gate_pauses_the_sdk_run_and_resumes_from_its_state(
     reviewer = Guard(store=store_url)
     if decision == "approve":
         reviewer.approve(request.id, by="ann", note="known customer")
+    elif decision == "edit":
+        reviewer.approve(request.id, by="ann", note="a deposit first", args={"amount": 450})
+    elif decision == "reply":
+        reviewer.reply(request.id, "Take a deposit of 450 first", by="ann")
     else:
         reviewer.reject(request.id, by="ann", reason="card looks stolen")
     reviewer.resume(run.id, by="ann")
@@ -578,12 +582,17 @@ def test_an_approval_gate_pauses_the_sdk_run_and_resumes_from_its_state(
     log = guard.log(run.id)
     assert log.run.status == "completed"
     charges = [e for e in shop.events if e[0] == "charge_payment"]
-    if decision == "approve":
+    if decision in ("approve", "edit"):
         assert len(charges) == 1  # exactly once, on the approved action
         assert [(a.tool, a.state) for a in log.actions] == [
             ("create_order", "succeeded"),
             ("charge_payment", "succeeded"),
         ]
+        assert log.action(2).args["amount"] == (450 if decision == "edit" else 4500)
+    elif decision == "reply":
+        assert charges == []
+        assert told["a2"] == "Take a deposit of 450 first"  # the model reads the reply
+        assert log.action(2).state == "rejected"
     else:
         assert charges == []
         assert "rejected by ann: card looks stolen" in told["a2"]

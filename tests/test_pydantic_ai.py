@@ -770,7 +770,7 @@ BIG_ORDER: list[Step] = [
 ]
 
 
-@pytest.mark.parametrize("decision", ["approve", "reject"])
+@pytest.mark.parametrize("decision", ["approve", "reject", "edit", "reply"])
 def test_an_approval_gate_defers_the_call_and_resumes_with_the_decision(
     store_url: str, shop: Shop, decision: str
 ) -> None:
@@ -801,6 +801,10 @@ def test_an_approval_gate_defers_the_call_and_resumes_with_the_decision(
     reviewer = Guard(store=store_url)
     if decision == "approve":
         reviewer.approve(item.id, by="ann", note="known customer")
+    elif decision == "edit":
+        reviewer.approve(item.id, by="ann", note="a deposit first", args={"amount": 450})
+    elif decision == "reply":
+        reviewer.reply(item.id, "Take a deposit of 450 first", by="ann")
     else:
         reviewer.reject(item.id, by="ann", reason="card looks stolen")
     reviewer.resume(run.id, by="ann")
@@ -826,12 +830,18 @@ def test_an_approval_gate_defers_the_call_and_resumes_with_the_decision(
     assert "charge_payment" in str(told["a3"].content)
     log = guard.log(run.id)
     assert log.run.status == "completed"
-    if decision == "approve":
+    if decision in ("approve", "edit"):
         assert shop.count("charge_payment") == 1  # exactly once, on the approved action
         assert [(a.tool, a.call_id, a.state) for a in log.actions] == [
             ("create_order", "a1", "succeeded"),
             ("charge_payment", "a2", "succeeded"),
         ]
+        assert log.action(2).args["amount"] == (450 if decision == "edit" else 4500)
+    elif decision == "reply":
+        assert shop.count("charge_payment") == 0
+        assert told["a2"].outcome == "denied"
+        assert str(told["a2"].content) == "Take a deposit of 450 first"
+        assert log.action(2).state == "rejected"
     else:
         assert shop.count("charge_payment") == 0
         assert told["a2"].outcome == "denied"
