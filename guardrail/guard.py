@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
-from guardrail import audit, decisions, inject, lifecycle, policy_file, recovery
+from guardrail import audit, decisions, inject, lifecycle, policy_trust, recovery
 from guardrail.audit import ActionLog, Verification, Witness, read_log, verify
 from guardrail.clock import SYSTEM, Clock, check_clock
 from guardrail.core import Core
@@ -91,7 +91,7 @@ class Guard(Inbox):
         context: inject.ContextFactory | None = None,
         clock: Clock = SYSTEM,
     ) -> None:
-        self.allow: tuple[str, ...] = policy_file.check_allow(allow)  # before opening the store
+        self.allow: tuple[str, ...] = policy_trust.check_allow(allow)  # before opening the store
         clock = check_clock(clock)
         opened: Store = (
             open_store(store, durability=durability, hash_key=hash_key)

@@ -13,7 +13,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from guardrail import policy_file, policy_source
+from guardrail import policy_file, policy_source, policy_trust
 from guardrail.errors import PolicyError, UnknownTool
 from guardrail.fingerprint import fingerprint
 from guardrail.policy import Policy, make_policy
@@ -53,7 +53,7 @@ class Registry:
         self, source: str | Path | Mapping[str, Any], allow: Iterable[str], **options: Any
     ) -> list[Policy]:
         """Load policies from a file, a parsed mapping or a pack (see `Guard.load_policies`)."""
-        trusted = (*self.allow, *policy_file.check_allow(allow))
+        trusted = (*self.allow, *policy_trust.check_allow(allow))
         registered = list(self.tools.values())
         if isinstance(source, Mapping):
             policies = policy_file.parse_mapping(source, allow=trusted, functions=registered)

@@ -20,6 +20,7 @@ from guardrail import (
     RunHalted,
     RunStateError,
     policy_file,
+    policy_trust,
 )
 from guardrail.cli import app
 from guardrail.conditions import Condition, ConditionError
@@ -487,7 +488,7 @@ def app_modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
         (root / name).write_text(text)
     mark = tmp_path / "imported.txt"
     monkeypatch.setenv("GR_TRUST_MARK", str(mark))
-    monkeypatch.delenv(policy_file.ENV_ALLOW, raising=False)
+    monkeypatch.delenv(policy_trust.ENV_ALLOW, raising=False)
     monkeypatch.syspath_prepend(str(root))
     yield mark
     for module in [m for m in sys.modules if m.startswith("gr_trust_")]:
@@ -648,12 +649,12 @@ def test_allow_prefixes_are_checked(
         with pytest.raises(PolicyError, match="not a module prefix"):
             guard.load_policies(path, allow=["gr trust"])
     # the environment variable: for the command line (abort, recover, serve, mcp-proxy)
-    monkeypatch.setenv(policy_file.ENV_ALLOW, "other.module, gr_trust_app.payments")
+    monkeypatch.setenv(policy_trust.ENV_ALLOW, "other.module, gr_trust_app.payments")
     assert len(policy_file.load(path)) == 1
-    monkeypatch.setenv(policy_file.ENV_ALLOW, "gr_trust_app.paymentsx")
+    monkeypatch.setenv(policy_trust.ENV_ALLOW, "gr_trust_app.paymentsx")
     with pytest.raises(PolicyError, match="not allowed"):
         policy_file.load(path)
-    monkeypatch.setenv(policy_file.ENV_ALLOW, "gr_trust_app;rm")
+    monkeypatch.setenv(policy_trust.ENV_ALLOW, "gr_trust_app;rm")
     with pytest.raises(PolicyError, match="GUARDRAIL_POLICY_ALLOW"):
         policy_file.load(path)
 
@@ -699,7 +700,7 @@ def test_policy_check_reports_a_callable_that_is_not_allowed(
     clean = hooks_file(tmp_path, snapshot="gr_trust_app.payments.snapshot")
     result = runner.invoke(app, ["policy", "check", str(clean), "--allow", "gr_trust_app"])
     assert result.exit_code == 0, result.output
-    monkeypatch.setenv(policy_file.ENV_ALLOW, "gr_trust_app.payments")
+    monkeypatch.setenv(policy_trust.ENV_ALLOW, "gr_trust_app.payments")
     assert runner.invoke(app, ["policy", "check", str(clean)]).exit_code == 0
     result = runner.invoke(app, ["policy", "check", str(clean), "--allow", "not a module"])
     assert result.exit_code == 2, result.output
