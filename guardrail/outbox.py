@@ -94,6 +94,11 @@ def deliver(
             if event.attempts + 1 >= MAX_ATTEMPTS:
                 error = f"gave up after {MAX_ATTEMPTS} attempts: {error}"
             store.event_outcome(event.id, None, error)
-            log.warning("guardrail webhook %s failed for event %s: %s", hook.url, event.id, error)
+            log.warning(
+                "guardrail webhook %s failed for event %s: %s",
+                webhook.shown(hook.url),
+                event.id,
+                error,
+            )
             failed += 1
     return Delivery(sent, failed)

@@ -47,6 +47,15 @@ def check_url(url: str, field: str = "webhook_url") -> str:
     return url
 
 
+def shown(url: str) -> str:
+    """A webhook URL as logs and screens show it: its scheme and host only. The rest is often
+    the secret (a chat tool's incoming-webhook URL is its own password)."""
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    rest = "/…" if (parts.path not in ("", "/") or parts.query) else ""
+    return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}{rest}"
+
+
 def iso(at: float) -> str:
     """An epoch time as ISO 8601 in UTC: ``2026-12-01T16:06:25.120000Z``."""
     moment = dt.datetime.fromtimestamp(at, dt.UTC)

@@ -182,3 +182,19 @@ def test_an_event_is_queued_once(store_url: str, receiver: Receiver) -> None:
     assert outbox.queue(guard.store, event, 1.0)
     assert not outbox.queue(guard.store, event, 2.0)
     guard.close()
+
+
+def test_a_failing_webhook_is_logged_without_the_secret_part_of_its_url(
+    store_url: str, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A chat tool's incoming-webhook URL is its own password: a log shows its host only."""
+    receiver.statuses = [503]
+    secret_path = "/services/T000/B000/XXXXsecretXXXX"
+    guard = _guard(store_url, receiver, Clock())
+    guard.use_webhook(receiver.url + secret_path)
+    with caplog.at_level("WARNING", logger="guardrail"):
+        _halt(guard)
+    guard.close()
+    assert any("failed for event" in r.getMessage() for r in caplog.records)
+    assert "XXXXsecretXXXX" not in caplog.text
+    assert webhook.shown(receiver.url + secret_path).endswith("/…")

@@ -474,7 +474,8 @@ def test_serve_delivers_when_the_apps_guard_has_a_webhook(
     )
     assert result.exit_code == 0, result.output
     assert seen == [True]
-    assert "delivering webhook events to http://127.0.0.1:9/hook every 5 s" in result.stderr
+    # (the URL's path is left out: a chat tool's webhook URL is its own password)
+    assert "delivering webhook events to http://127.0.0.1:9/… every 5 s" in result.stderr
     assert not any(t.name == "guardrail-deliver" for t in threading.enumerate())
 
 

@@ -184,9 +184,11 @@ def serve(
             )
         with delivering(guard, deliver_every) as loop:
             if loop is not None:
+                from guardrail import webhook
+
+                where = webhook.shown(guard.webhook_url or "")
                 typer.echo(
-                    f"delivering webhook events to {guard.webhook_url} every {deliver_every:g} s",
-                    err=True,
+                    f"delivering webhook events to {where} every {deliver_every:g} s", err=True
                 )
             uvicorn.run(
                 console,
