@@ -16,7 +16,7 @@ from guardrail.core import Core, commit
 from guardrail.drive import Steps, adrive, drive
 from guardrail.errors import Conflict, GuardrailError, RunHalted, RunStateError, StoreError
 from guardrail.lifecycle import halt
-from guardrail.redact import describe
+from guardrail.redact import describe, redact
 from guardrail.store import RunRecord
 from guardrail.transitions import Lease, new_id
 
@@ -91,7 +91,8 @@ class Run:
                 self.id,
                 self.agent,
                 core.owner,
-                self.metadata,
+                # stored, shown and sent to webhooks: values that look secret are redacted
+                redact(self.metadata, (), "metadata") if self.metadata else {},
                 store.keys.current,
                 core.policies.policy_fingerprint,
             )

@@ -198,3 +198,16 @@ def test_a_failing_webhook_is_logged_without_the_secret_part_of_its_url(
     assert any("failed for event" in r.getMessage() for r in caplog.records)
     assert "XXXXsecretXXXX" not in caplog.text
     assert webhook.shown(receiver.url + secret_path).endswith("/…")
+
+
+def test_run_metadata_that_looks_secret_is_redacted_before_it_is_stored_or_sent(
+    store_url: str, receiver: Receiver
+) -> None:
+    guard = _guard(store_url, receiver, Clock())
+    key = "sk_live_51HqLyjWDarjtT1zdp7dcXYZabc"
+    with pytest.raises(RunHalted), guard.run(agent="shop", metadata={"key": key, "t": 1}) as run:
+        run.call("ship", {"order": 1}, fn=ScriptedTool([RuntimeError("carrier is down")]))
+    stored = guard.require_run(run.id).meta
+    guard.close()
+    assert key not in json.dumps(stored) and stored["t"] == 1
+    assert key not in receiver.got[0][1].decode()
