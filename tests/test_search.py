@@ -122,3 +122,16 @@ def test_runs_halted_by_the_same_cause_fall_in_one_group() -> None:
     assert a == b and c == d
     assert len({a, c, e}) == 3
     assert reason_group(None) == reason_group("") == "(no reason)"
+
+
+def test_searches_of_many_shapes_leave_the_statement_cache_as_it_was(shop: Guard) -> None:
+    """A search's IN lists have any length: a long-lived console must not keep a statement per
+    length."""
+    for i in range(6):
+        _halted(shop, f"ord_{i}")
+    shop.search("ord_")
+    cached = len(shop.store._sql_cache)  # type: ignore[attr-defined]
+    for text in ("ord_1", "ord_", "o", "ship", "carrier"):
+        for limit in (1, 2, 3, 5):
+            shop.search(text, limit=limit)
+    assert len(shop.store._sql_cache) == cached  # type: ignore[attr-defined]

@@ -42,10 +42,15 @@ class Reads:
     def _cached(self, key: Any, sql: str) -> str:
         raise NotImplementedError
 
-    def _fetch(self, run_id: str | None, sql: str, params: Sequence[Any]) -> list[Any]:
+    def _fetch(
+        self, run_id: str | None, sql: str, params: Sequence[Any], *, cache: bool = True
+    ) -> list[Any]:
+        """Rows of ``sql``; ``cache=False`` for a statement of one of many shapes (an IN list
+        of any length), which the statement cache must not keep."""
+        text = self._cached(sql, sql) if cache else self.dialect.sql(sql)
         try:
             with self._checkout() as conn:
-                return list(conn.execute(self._cached(sql, sql), params).fetchall())
+                return list(conn.execute(text, params).fetchall())
         except StoreError:
             raise
         except Exception as exc:

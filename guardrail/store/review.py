@@ -45,23 +45,27 @@ class Review(Reads):
                 )
                 narrow[i] = [str(r[0]) for r in rows] if len(rows) <= NARROW else None
         sql, params = run_page_sql(query, dialect, narrow[0], narrow[1])
-        page = page_of(self._fetch(None, sql, params), query.limit)
+        page = page_of(self._fetch(None, sql, params, cache=False), query.limit)
         if needle is None or not page.run_ids:
             return page
         ids = page.run_ids
         marks = ", ".join("?" for _ in ids)
-        runs = self._fetch(None, f"SELECT id, agent, reason FROM runs WHERE id IN ({marks})", ids)
+        runs = self._fetch(
+            None, f"SELECT id, agent, reason FROM runs WHERE id IN ({marks})", ids, cache=False
+        )
         eids = self._fetch(
             None,
             f"SELECT run_id, name, value FROM external_ids WHERE run_id IN ({marks}) AND "
             + prefix_match("lower(value)", dialect),
             (*ids, *prefix_params(needle)),
+            cache=False,
         )
         tools = self._fetch(
             None,
             f"SELECT DISTINCT run_id, tool FROM actions WHERE run_id IN ({marks}) AND "
             + prefix_match("lower(tool)", dialect),
             (*ids, *prefix_params(needle)),
+            cache=False,
         )
         for run_id, agent, reason in runs:
             page.matches[run_id] = explain(
